@@ -1,0 +1,260 @@
+"""Evaluation harness: predict, score, write ``results/metrics.json``; also a command-line tool.
+
+Two read-outs of an LLM's grade:
+* ``generate``: decode the rationale greedily and parse its ``<grade>`` (parse failures are counted and
+  scored as misses, see she_lib.metrics);
+* ``first_token``: the grade probabilities at the answer position in one forward pass (no decoding);
+  the prediction is their argmax.
+
+Every method lands in ``metrics.json`` as ``{method: {accuracy, macro_f1, macro_f1_ci, accuracy_ci,
+per_class_f1, per_class, confusion_matrix, parse_failure_rate, n_examples, n_queries, split, profile,
+model, scoring, seconds, examples_per_second, machine}}``. Predictions are appended to a JSON-lines
+cache chunk by chunk, so an interrupted evaluation resumes where it stopped.
+
+Command line (users bring their own labelled data in the ESCI layout)::
+
+    python -m she_lib.evaluate --baseline zero_shot --profile cpu                 # test split
+    python -m she_lib.evaluate --run runs/cpu/lexical --data path/to/esci_folder   # any ESCI folder
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import Profile, get_profile
+from .labels import get_scale
+from .metrics import bootstrap_ci, classification_metrics
+from .schema import parse, render_prompt
+
+MODES = ("generate", "first_token")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
+
+
+def _cached(cache: Path | None) -> dict:
+    if not cache or not cache.exists():
+        return {}
+    rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+    return {r["example_id"]: r for r in rows}
+
+
+def predict_llm(model, tokenizer, df: pd.DataFrame, profile: Profile, mode: str = "generate",
+                cache: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Predictions of an LLM on ``df``: columns example_id, pred, completion / p_<grade>."""
+    from .inference import generate, grade_probabilities
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    scale, cache = get_scale(profile.grade_scale), Path(cache) if cache else None
+    done = _cached(cache)
+    todo = df[~df["example_id"].isin(done)].to_dict("records")
+    chunk = profile.eval_batch_size * 4
+    for start in range(0, len(todo), chunk):
+        rows = todo[start:start + chunk]
+        prompts = [render_prompt(tokenizer, r, scale, profile.order) for r in rows]
+        if mode == "generate":
+            texts = generate(model, tokenizer, prompts, profile.eval_batch_size, profile.eval_max_new_tokens,
+                             progress=progress, desc=f"generate {start + len(rows)}/{len(todo)}")
+            out = [{"example_id": r["example_id"], "completion": t, "pred": parse(t, scale).grade,
+                    "well_formed": parse(t, scale).well_formed} for r, t in zip(rows, texts)]
+        else:
+            probs = grade_probabilities(model, tokenizer, prompts, scale.words,
+                                        batch_size=profile.eval_batch_size, progress=progress)
+            out = [{"example_id": r["example_id"], "pred": scale.words[int(np.argmax(p))],
+                    **{f"p_{w}": float(x) for w, x in zip(scale.words, p)}} for r, p in zip(rows, probs)]
+        done.update({o["example_id"]: o for o in out})
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with cache.open("a") as f:
+                f.writelines(json.dumps(o) + "\n" for o in out)
+    return pd.DataFrame([done[e] for e in df["example_id"]])
+
+
+def score(df: pd.DataFrame, preds: pd.DataFrame, profile: Profile, **info) -> dict:
+    """Metrics of ``preds`` (example_id, pred) against ``df`` with query-bootstrap CIs."""
+    scale = get_scale(profile.grade_scale)
+    m = df[["example_id", "label", "query"]].merge(preds, on="example_id", how="left", validate="1:1")
+    pred = m["pred"].where(m["pred"].notna(), None).tolist()
+    groups = m["query"].str.lower().tolist()
+    out = classification_metrics(m["label"], pred, scale.words)
+    out.update(bootstrap_ci(m["label"], pred, groups, scale.words, profile.bootstrap_samples, profile.seed))
+    out.update(n_queries=len(set(groups)), profile=profile.name, machine=machine(), **info)
+    if "well_formed" in m.columns:
+        out["well_formed_rate"] = float(m["well_formed"].fillna(False).mean())
+    return out
+
+
+def save_metrics(results_dir: str | Path, method: str, metrics: dict) -> Path:
+    """Merge ``{method: metrics}`` into ``results_dir/metrics.json`` (other methods are kept)."""
+    path = Path(results_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[method] = metrics
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    return path
+
+
+def plot_confusion(metrics: dict, title: str, path: str | Path | None = None, ax=None):
+    """Row-normalised confusion matrix (rows true, columns predicted, last column unparsed)."""
+    import matplotlib.pyplot as plt
+
+    cm = np.array(metrics["confusion_matrix"]["rows_true_cols_pred"], dtype=float)
+    labels = metrics["confusion_matrix"]["labels"]
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(cm)), labels[: len(cm)])
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("human label")
+    ax.set_title(title)
+    if path:
+        ax.figure.tight_layout()
+        ax.figure.savefig(path, dpi=120)
+    return ax
+
+
+# ------------------------------------------------------------------------------------ methods
+def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress: bool = True,
+                       save: bool = True) -> dict[str, dict]:
+    """The base model with the prompt, no training: one metrics entry per read-out mode."""
+    from .modeling import load_policy
+
+    policy = load_policy(profile)
+    profile = profile.replace(eval_max_new_tokens=profile.zero_shot_max_new_tokens)
+    results = {}
+    for mode in modes:
+        name = "zero_shot" if mode == "generate" else "zero_shot_first_token"
+        cache = Path(profile.runs_dir) / "zero_shot" / f"predictions_{profile.eval_split}_{mode}.jsonl"
+        t0 = time.time()
+        preds = predict_llm(policy.model, policy.tokenizer, df, profile, mode, cache, progress)
+        secs = time.time() - t0
+        results[name] = score(df, preds, profile, split=profile.eval_split, model=profile.model_name
+                              if not profile.is_tiny else "tiny-llama (random)", scoring=mode,
+                              seconds=round(secs, 1), dtype=str(policy.dtype).replace("torch.", ""),
+                              max_new_tokens=profile.eval_max_new_tokens if mode == "generate" else 0)
+        if save:
+            save_metrics(profile.results_dir, name, results[name])
+    return results
+
+
+def evaluate_lexical(profile: Profile, splits: dict[str, pd.DataFrame], save: bool = True) -> dict:
+    """Fit the lexical baseline on train, save it under runs/, score it on the eval split."""
+    from .lexical import LexicalBaseline, LexicalConfig
+
+    t0 = time.time()
+    model = LexicalBaseline(LexicalConfig(seed=profile.seed)).fit(splits["train"])
+    fit_s = time.time() - t0
+    run = Path(profile.runs_dir) / "lexical"
+    run.mkdir(parents=True, exist_ok=True)
+    model.save(run / "lexical.joblib")
+    (run / "run.json").write_text(json.dumps({"kind": "lexical", "profile": profile.name}))
+    df = eval_frame(profile, splits)
+    t0 = time.time()
+    preds = pd.DataFrame({"example_id": df["example_id"], "pred": model.predict(df)})
+    preds.to_json(run / f"predictions_{profile.eval_split}.jsonl", orient="records", lines=True)
+    m = score(df, preds, profile, split=profile.eval_split, model="lexical features + gradient boosting",
+              scoring="classifier", seconds=round(time.time() - t0, 2), fit_seconds=round(fit_s, 2))
+    if save:
+        save_metrics(profile.results_dir, "lexical", m)
+    return m
+
+
+def eval_frame(profile: Profile, splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    df = splits[profile.eval_split]
+    return df.iloc[: profile.eval_limit] if profile.eval_limit else df
+
+
+# -------------------------------------------------------------------------------------- CLI
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m she_lib.evaluate", description=__doc__.split("\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a saved run folder (runs/<profile>/<name>)")
+    src.add_argument("--baseline", choices=["zero_shot", "lexical"])
+    ap.add_argument("--data", help="a folder in the ESCI layout; default: the profile's split")
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--split", default=None, help="train / validation / test (default: the profile's)")
+    ap.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--save", action="store_true", help="merge the result into the profile's metrics.json")
+    args = ap.parse_args(argv)
+    from .data import curate, load_dataset, load_splits
+
+    profile = get_profile(args.profile, **{k: v for k, v in {"eval_split": args.split,
+                                                             "eval_limit": args.limit}.items() if v})
+    modes = MODES if args.mode == "both" else (args.mode,)
+    splits = load_splits(profile)
+    if args.data:  # a whole external folder is the evaluation set
+        df, _ = curate(load_dataset(profile, args.data), profile.replace(max_pairs=None))
+        splits = {**splits, "external": df}
+        profile = profile.replace(eval_split="external", runs_dir=str(Path(profile.runs_dir) / "external"))
+    df = eval_frame(profile, splits)
+    if args.baseline == "zero_shot":
+        results = evaluate_zero_shot(profile, df, modes, save=args.save)
+    elif args.baseline == "lexical":
+        results = {"lexical": evaluate_lexical(profile, splits, save=args.save)}
+    else:
+        results = evaluate_run(Path(args.run), profile, df, modes)
+    cols = ["accuracy", "macro_f1", "macro_f1_ci", "parse_failure_rate", "n_examples", "n_queries"]
+    print(pd.DataFrame(results).T[cols].to_string())
+    return 0
+
+
+def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> dict[str, dict]:
+    """Score a saved run: a lexical model, or a peft adapter / full checkpoint of the profile's base."""
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    if info.get("kind") == "lexical" or (run / "lexical.joblib").exists():
+        from .lexical import LexicalBaseline
+
+        model = LexicalBaseline.load(run / "lexical.joblib")
+        preds = pd.DataFrame({"example_id": df["example_id"], "pred": model.predict(df)})
+        return {run.name: score(df, preds, profile, split=profile.eval_split, model=str(run), scoring="classifier")}
+    from .modeling import load_policy
+
+    policy = load_policy(profile)
+    model = policy.model
+    if (run / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, run).merge_and_unload()
+    elif (run / "config.json").exists():
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(run, dtype=policy.dtype)
+    else:
+        raise FileNotFoundError(f"{run}: no run.json/lexical.joblib, adapter_config.json or config.json")
+    out = {}
+    for mode in modes:
+        preds = predict_llm(model, policy.tokenizer, df, profile, mode)
+        out[f"{run.name}:{mode}"] = score(df, preds, profile, split=profile.eval_split, model=str(run), scoring=mode)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

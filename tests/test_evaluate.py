@@ -1,0 +1,73 @@
+"""Evaluation harness: scoring, metrics.json merging, resumable predictions, the CLI."""
+import json
+
+import pandas as pd
+import pytest
+
+from she_lib.data import load_splits
+from she_lib.evaluate import main, predict_llm, save_metrics, score
+
+
+def frame():
+    return pd.DataFrame({"example_id": list("abcd"), "query": ["q1", "q1", "Q2", "q2"],
+                         "label": ["Exact", "Irrelevant", "Exact", "Substitute"]})
+
+
+def test_score_counts_unparsed_and_queries(smoke):
+    preds = pd.DataFrame({"example_id": list("dcba"), "pred": ["Substitute", None, "Irrelevant", "Exact"],
+                          "well_formed": [True, False, True, True]})
+    m = score(frame(), preds, smoke, split="test", model="m", scoring="generate")
+    assert m["accuracy"] == pytest.approx(0.75) and m["parse_failure_rate"] == pytest.approx(0.25)
+    assert m["n_queries"] == 2 and m["n_examples"] == 4 and m["well_formed_rate"] == pytest.approx(0.75)
+    # Exact: tp 1 of 2 true, 1 predicted -> F1 2/3; Irrelevant, Substitute 1; Complement 0 -> (2/3+2)/4
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 + 1 + 0) / 4)
+    assert m["macro_f1_ci"][0] <= m["macro_f1"] <= m["macro_f1_ci"][1]
+    for key in ("per_class_f1", "split", "profile", "model", "machine", "accuracy_ci"):
+        assert key in m
+
+
+def test_save_metrics_merges(tmp_path):
+    save_metrics(tmp_path, "a", {"macro_f1": 0.1})
+    save_metrics(tmp_path, "b", {"macro_f1": 0.2})
+    save_metrics(tmp_path, "a", {"macro_f1": 0.3})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": {"macro_f1": 0.3}, "b": {"macro_f1": 0.2}}
+
+
+@pytest.mark.parametrize("mode", ["generate", "first_token"])
+def test_predict_llm_resumes_from_cache(tiny_policy, smoke, tmp_path, monkeypatch, mode):
+    df = load_splits(smoke)["test"].head(6)
+    cache = tmp_path / "pred.jsonl"
+    prof = smoke.replace(eval_batch_size=1)  # chunks of 4 examples
+    first = predict_llm(tiny_policy.model, tiny_policy.tokenizer, df, prof, mode, cache, progress=False)
+    assert len(cache.read_text().splitlines()) == 6 and list(first["example_id"]) == list(df["example_id"])
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:4]) + "\n")  # as if stopped after the first chunk
+    calls = []
+    import she_lib.inference as inf
+    real = inf.generate if mode == "generate" else inf.grade_probabilities
+    monkeypatch.setattr(inf, real.__name__, lambda m, t, prompts, *a, **k: calls.append(len(prompts)) or real(
+        m, t, prompts, *a, **k))
+    again = predict_llm(tiny_policy.model, tiny_policy.tokenizer, df, prof, mode, cache, progress=False)
+    assert calls == [2]  # only the two missing examples were recomputed
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_cli_lexical_and_zero_shot_on_smoke(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("she_lib.config.PROFILES", _tmp_profiles(tmp_path))
+    assert main(["--baseline", "lexical", "--profile", "smoke", "--save"]) == 0
+    assert main(["--baseline", "zero_shot", "--profile", "smoke", "--mode", "first_token", "--limit", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "lexical" in out and "zero_shot_first_token" in out
+    saved = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert set(saved) == {"lexical"}  # zero_shot ran without --save
+    run = tmp_path / "runs" / "lexical"
+    assert main(["--run", str(run), "--profile", "smoke", "--data", "data_samples/esci_us", "--limit", "50"]) == 0
+    assert "n_examples" in capsys.readouterr().out
+
+
+def _tmp_profiles(tmp_path):
+    from she_lib.config import PROFILES
+
+    return {**PROFILES, "smoke": PROFILES["smoke"].replace(
+        results_dir=str(tmp_path / "results"), runs_dir=str(tmp_path / "runs"),
+        processed_dir=str(tmp_path / "processed"))}

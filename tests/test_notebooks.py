@@ -1,0 +1,32 @@
+"""Every notebook runs top to bottom on the smoke profile (papermill), in order."""
+import json
+from pathlib import Path
+
+import pytest
+
+from she_lib.config import REPO_ROOT, get_profile
+from she_lib.notebooks import NOTEBOOKS, run_notebooks
+
+BOOKS = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_the_six_notebooks_exist_without_outputs():
+    assert [b[:2] for b in BOOKS] == ["01", "02", "03", "04", "05", "06"]
+    for b in BOOKS:
+        nb = json.loads((NOTEBOOKS / b).read_text())
+        assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), b
+        assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), b
+
+
+@pytest.mark.slow
+def test_all_notebooks_run_on_smoke(tmp_path):
+    timings = run_notebooks("smoke", out_dir=tmp_path)
+    assert list(timings) == BOOKS
+    prof = get_profile("smoke")
+    metrics = json.loads((Path(prof.results_dir) / "metrics.json").read_text())
+    assert {"lexical", "zero_shot", "zero_shot_first_token"} <= set(metrics)
+    for name in ("01_label_distribution.png", "05_confusion.png", "06_negation.png"):
+        assert (Path(prof.results_dir) / "figures" / name).stat().st_size > 1000
+    for split in ("train", "validation", "test"):
+        assert (Path(prof.processed_dir) / f"{split}.parquet").exists()
+    assert Path(prof.results_dir).is_relative_to(REPO_ROOT / "results" / "smoke")
