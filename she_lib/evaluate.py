@@ -140,6 +140,29 @@ def plot_confusion(metrics: dict, title: str, path: str | Path | None = None, ax
     return ax
 
 
+def summary_table(results: dict[str, dict], words) -> pd.DataFrame:
+    """One row per method: accuracy, macro-F1 with its CI, per-class F1, parse failures, sizes."""
+    rows = []
+    for name, m in results.items():
+        lo, hi = m["macro_f1_ci"]
+        rows.append({"method": name, "accuracy": round(m["accuracy"], 3), "macro-F1": round(m["macro_f1"], 3),
+                     "macro-F1 95% CI": f"[{lo:.3f}, {hi:.3f}]",
+                     **{f"F1 {w}": round(m["per_class_f1"][w], 3) for w in words},
+                     "parse failures": round(m["parse_failure_rate"], 3), "pairs": m["n_examples"],
+                     "queries": m["n_queries"], "seconds": m.get("seconds")})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def write_summary(results_dir: str | Path, words) -> pd.DataFrame:
+    """``results_dir/summary.md`` from every method in ``metrics.json`` (the README's table)."""
+    data = json.loads((Path(results_dir) / "metrics.json").read_text())
+    table = summary_table(data, words)
+    machines = sorted({m.get("machine", "?") for m in data.values()})
+    text = table.to_markdown() + "\n\nMachine: " + "; ".join(machines) + "\n"
+    (Path(results_dir) / "summary.md").write_text(text)
+    return table
+
+
 # ------------------------------------------------------------------------------------ methods
 def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress: bool = True,
                        save: bool = True) -> dict[str, dict]:

@@ -164,7 +164,8 @@ def load_policy(profile: Profile, training: bool = False) -> Policy:
 
         model, tok = FastLanguageModel.from_pretrained(
             model_name=path, max_seq_length=profile.max_seq_length, dtype=dtype, load_in_4bit=False)
-        fix_special_tokens(tok) if profile.model_source == "smollm2_gguf" else None
+        if profile.model_source == "smollm2_gguf":
+            fix_special_tokens(tok)
         if training:
             model = FastLanguageModel.get_peft_model(
                 model, r=profile.lora_r, lora_alpha=profile.lora_alpha, lora_dropout=profile.lora_dropout,

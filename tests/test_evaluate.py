@@ -71,3 +71,17 @@ def _tmp_profiles(tmp_path):
     return {**PROFILES, "smoke": PROFILES["smoke"].replace(
         results_dir=str(tmp_path / "results"), runs_dir=str(tmp_path / "runs"),
         processed_dir=str(tmp_path / "processed"))}
+
+
+def test_write_summary_reads_every_method(tmp_path, smoke):
+    preds = pd.DataFrame({"example_id": list("abcd"), "pred": ["Exact", "Irrelevant", "Exact", "Exact"]})
+    m = score(frame(), preds, smoke, split="test", model="m", scoring="generate", seconds=1.0)
+    save_metrics(tmp_path, "x", m)
+    save_metrics(tmp_path, "y", dict(m, accuracy=0.5))
+    from she_lib.evaluate import write_summary
+    from she_lib.labels import ESCI
+
+    t = write_summary(tmp_path, ESCI.words)
+    assert list(t.index) == ["x", "y"] and t.loc["x", "accuracy"] == 0.75 and t.loc["y", "accuracy"] == 0.5
+    text = (tmp_path / "summary.md").read_text()
+    assert "| x " in text and "Machine:" in text and "F1 Complement" in text
