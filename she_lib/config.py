@@ -67,9 +67,10 @@ class Profile:
     eval_limit: int | None = None  # None = the whole split
     eval_batch_size: int = 32
     eval_max_new_tokens: int = 128
-    # Zero-shot decoding only: the grade tag comes first (grade_first), so 64 tokens suffice to read a grade
-    # if the untrained model writes one at all; halves the slowest step of the cpu job.
-    zero_shot_max_new_tokens: int = 64
+    # Zero-shot decoding only: the grade tag comes first (grade_first; `<grade>Exact</grade>` is 8 tokens),
+    # so 24 tokens suffice to read a grade if the untrained model writes one at all. With 64 tokens the
+    # decode took 1,002 s of the cpu job and parsed nothing either (README).
+    zero_shot_max_new_tokens: int = 24
     bootstrap_samples: int = 1000
     seed: int = 0
     # --- paths -----------------------------------------------------------------------------------

@@ -91,6 +91,12 @@ def predict_llm(model, tokenizer, df: pd.DataFrame, profile: Profile, mode: str 
     return pd.DataFrame([done[e] for e in df["example_id"]])
 
 
+def prediction_file(profile: Profile, mode: str) -> str:
+    """Cache name that changes with every setting the predictions depend on (no stale reuse)."""
+    tail = f"_{profile.order}_t{profile.eval_max_new_tokens}" if mode == "generate" else f"_{profile.order}"
+    return f"predictions_{profile.eval_split}_{mode}{tail}.jsonl"
+
+
 def score(df: pd.DataFrame, preds: pd.DataFrame, profile: Profile, **info) -> dict:
     """Metrics of ``preds`` (example_id, pred) against ``df`` with query-bootstrap CIs."""
     scale = get_scale(profile.grade_scale)
@@ -174,7 +180,7 @@ def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress
     results = {}
     for mode in modes:
         name = "zero_shot" if mode == "generate" else "zero_shot_first_token"
-        cache = Path(profile.runs_dir) / "zero_shot" / f"predictions_{profile.eval_split}_{mode}.jsonl"
+        cache = Path(profile.runs_dir) / "zero_shot" / prediction_file(profile, mode)
         t0 = time.time()
         preds = predict_llm(policy.model, policy.tokenizer, df, profile, mode, cache, progress)
         secs = time.time() - t0
