@@ -71,6 +71,9 @@ class Profile:
     # so 24 tokens suffice to read a grade if the untrained model writes one at all. With 64 tokens the
     # decode took 1,002 s of the cpu job and parsed nothing either (README).
     zero_shot_max_new_tokens: int = 24
+    # read-outs for trained runs in notebook 05; the cpu job scores its SFT run by first token only
+    # (decoding 795 rationales of ~100 tokens takes ~20 min here), cpu-full decodes too
+    eval_trained_modes: tuple[str, ...] = ("generate", "first_token")
     bootstrap_samples: int = 1000
     seed: int = 0
     # --- paths -----------------------------------------------------------------------------------
@@ -95,7 +98,7 @@ PROFILES: dict[str, Profile] = {
         eval_limit=24, eval_batch_size=8, eval_max_new_tokens=24, zero_shot_max_new_tokens=16, bootstrap_samples=200,
         results_dir=str(REPO_ROOT / "results" / "smoke"), runs_dir=str(REPO_ROOT / "runs" / "smoke"),
         processed_dir=str(REPO_ROOT / "data_processed" / "smoke")),
-    "cpu": Profile(name="cpu", runs_dir=str(REPO_ROOT / "runs" / "cpu")),
+    "cpu": Profile(name="cpu", runs_dir=str(REPO_ROOT / "runs" / "cpu"), eval_trained_modes=("first_token",)),
     "cpu-full": Profile(name="cpu-full", runs_dir=str(REPO_ROOT / "runs" / "cpu-full")),
     "gpu": Profile(
         name="gpu", model_source="hub", model_name="Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16",

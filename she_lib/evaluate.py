@@ -32,6 +32,7 @@ import pandas as pd
 from .config import Profile, get_profile
 from .labels import get_scale
 from .metrics import bootstrap_ci, classification_metrics
+from .data import SPLITS
 from .schema import parse, render_prompt
 
 MODES = ("generate", "first_token")
@@ -160,12 +161,22 @@ def summary_table(results: dict[str, dict], words) -> pd.DataFrame:
 
 
 def write_summary(results_dir: str | Path, words) -> pd.DataFrame:
-    """``results_dir/summary.md`` from every method in ``metrics.json`` (the README's table)."""
-    data = json.loads((Path(results_dir) / "metrics.json").read_text())
+    """From every method in ``metrics.json``: ``summary.md`` (the README's table) and
+    ``figures/05_confusion.png`` (one confusion matrix per method)."""
+    import matplotlib.pyplot as plt
+
+    results_dir = Path(results_dir)
+    data = json.loads((results_dir / "metrics.json").read_text())
     table = summary_table(data, words)
     machines = sorted({m.get("machine", "?") for m in data.values()})
-    text = table.to_markdown() + "\n\nMachine: " + "; ".join(machines) + "\n"
-    (Path(results_dir) / "summary.md").write_text(text)
+    (results_dir / "summary.md").write_text(table.to_markdown() + "\n\nMachine: " + "; ".join(machines) + "\n")
+    fig, axes = plt.subplots(1, len(data), figsize=(5 * len(data), 4), squeeze=False)
+    for ax, (name, m) in zip(axes[0], sorted(data.items())):
+        plot_confusion(m, name, ax=ax)
+    fig.tight_layout()
+    (results_dir / "figures").mkdir(exist_ok=True)
+    fig.savefig(results_dir / "figures" / "05_confusion.png", dpi=110)
+    plt.close(fig)
     return table
 
 
@@ -180,7 +191,8 @@ def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress
     results = {}
     for mode in modes:
         name = "zero_shot" if mode == "generate" else "zero_shot_first_token"
-        cache = Path(profile.runs_dir) / "zero_shot" / prediction_file(profile, mode)
+        cache = Path(profile.runs_dir) / "zero_shot" / prediction_file(profile, mode) \
+            if profile.eval_split in SPLITS else None  # an external --data folder is not cached
         t0 = time.time()
         preds = predict_llm(policy.model, policy.tokenizer, df, profile, mode, cache, progress)
         secs = time.time() - t0
@@ -233,6 +245,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--save", action="store_true", help="merge the result into the profile's metrics.json")
     args = ap.parse_args(argv)
+    if args.data and args.save:
+        ap.error("--save records the profile's split only; results on --data are printed")
     from .data import curate, load_dataset, load_splits
 
     profile = get_profile(args.profile, **{k: v for k, v in {"eval_split": args.split,
@@ -250,6 +264,10 @@ def main(argv=None) -> int:
         results = {"lexical": evaluate_lexical(profile, splits, save=args.save)}
     else:
         results = evaluate_run(Path(args.run), profile, df, modes)
+        for name, m in results.items() if args.save else ():
+            save_metrics(profile.results_dir, name, m)
+    if args.save:
+        write_summary(profile.results_dir, get_scale(profile.grade_scale).words)
     cols = ["accuracy", "macro_f1", "macro_f1_ci", "parse_failure_rate", "n_examples", "n_queries"]
     print(pd.DataFrame(results).T[cols].to_string())
     return 0
@@ -263,7 +281,8 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> 
 
         model = LexicalBaseline.load(run / "lexical.joblib")
         preds = pd.DataFrame({"example_id": df["example_id"], "pred": model.predict(df)})
-        return {run.name: score(df, preds, profile, split=profile.eval_split, model=str(run), scoring="classifier")}
+        return {run.name: score(df, preds, profile, split=profile.eval_split, model=str(run), scoring="classifier",
+                                run=info)}
     from .modeling import load_policy
 
     policy = load_policy(profile)
@@ -279,9 +298,13 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> 
     else:
         raise FileNotFoundError(f"{run}: no run.json/lexical.joblib, adapter_config.json or config.json")
     out = {}
-    for mode in modes:
-        preds = predict_llm(model, policy.tokenizer, df, profile, mode)
-        out[f"{run.name}:{mode}"] = score(df, preds, profile, split=profile.eval_split, model=str(run), scoring=mode)
+    for mode in modes:  # method names follow the baselines: "<run>" decodes, "<run>_first_token" scores
+        name = run.name if mode == "generate" else f"{run.name}_first_token"
+        cache = run / prediction_file(profile, mode) if profile.eval_split in SPLITS else None  # not --data
+        t0 = time.time()
+        preds = predict_llm(model, policy.tokenizer, df, profile, mode, cache)
+        out[name] = score(df, preds, profile, split=profile.eval_split, model=str(run), scoring=mode,
+                          seconds=round(time.time() - t0, 1), run=info)
     return out
 
 

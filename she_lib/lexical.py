@@ -94,10 +94,11 @@ class BM25:
         tokens = tokenize(doc)
         tf, norm = Counter(tokens), self.k1 * (1 - self.b + self.b * len(tokens) / self.avgdl)
         return sum(self.idf.get(t, self._idf(0)) * tf[t] * (self.k1 + 1) / (tf[t] + norm)
-                   for t in set(tokenize(query)))  # each distinct query term once
+                   for t in dict.fromkeys(tokenize(query)))  # each distinct term once, in order (float sums
+        # must not depend on set order, which changes with PYTHONHASHSEED)
 
     def idf_sum(self, query: str) -> float:
-        return sum(self.idf.get(t, self._idf(0)) for t in set(tokenize(query)))
+        return sum(self.idf.get(t, self._idf(0)) for t in dict.fromkeys(tokenize(query)))
 
 
 @dataclass

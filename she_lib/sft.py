@@ -195,6 +195,8 @@ def train_sft(profile: Profile, config: CoTSFTConfig | None = None, splits: dict
         eval_ds = build_sft_dataset(_sample(splits["validation"], config.eval_limit, config.seed), scale, config.order)
 
     (run / "run.json").unlink(missing_ok=True)  # the folder holds no finished run until training ends
+    for stale in run.glob("predictions_*.jsonl"):  # evaluation caches of an earlier adapter
+        stale.unlink()
     ckpt_dir = run / "checkpoints"
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
     meter = _Meter()
@@ -226,3 +228,30 @@ def train_sft(profile: Profile, config: CoTSFTConfig | None = None, splits: dict
     (run / "run.json").write_text(json.dumps(info, indent=2))
     return run
 
+
+
+def main(argv=None) -> int:
+    """``python -m she_lib.sft --profile cpu [--order steps_first] [--name sft] [--evaluate first_token]``"""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m she_lib.sft", description="LoRA CoT SFT (resumes a stopped run)")
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--order", choices=ORDERS, default=None)
+    ap.add_argument("--name", default="sft")
+    ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"],
+                    help="then score the run on the profile's evaluation split")
+    args = ap.parse_args(argv)
+    profile = get_profile(args.profile, **({"order": args.order} if args.order else {}))
+    run = train_sft(profile, CoTSFTConfig.for_profile(profile), name=args.name)
+    print(json.dumps({k: v for k, v in json.loads((run / "run.json").read_text()).items() if k != "config"}))
+    if args.evaluate:
+        from .data import load_splits
+        from .evaluate import eval_frame, evaluate_run
+
+        for method, m in evaluate_run(run, profile, eval_frame(profile, load_splits(profile)), args.evaluate).items():
+            print(method, {k: m[k] for k in ("accuracy", "macro_f1", "macro_f1_ci", "parse_failure_rate")})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

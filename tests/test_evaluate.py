@@ -85,3 +85,8 @@ def test_write_summary_reads_every_method(tmp_path, smoke):
     assert list(t.index) == ["x", "y"] and t.loc["x", "accuracy"] == 0.75 and t.loc["y", "accuracy"] == 0.5
     text = (tmp_path / "summary.md").read_text()
     assert "| x " in text and "Machine:" in text and "F1 Complement" in text
+
+
+def test_cli_refuses_to_save_external_data():
+    with pytest.raises(SystemExit):
+        main(["--baseline", "lexical", "--data", "data_samples/esci_us", "--save"])

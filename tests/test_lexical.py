@@ -131,3 +131,21 @@ def test_missing_column_raises(fitted):
         LexicalBaseline(FAST).fit(test.drop(columns=["label"]))
     with pytest.raises(ValueError, match="classifier"):
         LexicalBaseline(LexicalConfig(classifier="svm")).fit(test)
+
+
+def test_features_do_not_depend_on_the_hash_seed():
+    """Float sums over Python sets change with PYTHONHASHSEED; features must not."""
+    import subprocess
+    import sys
+
+    code = ("import hashlib, numpy as np, pandas as pd; from she_lib.lexical import LexicalBaseline, LexicalConfig;"
+            "d = pd.DataFrame({'query': ['red running shoes men', 'blue mug 12 oz', 'usb c cable 6 ft'] * 4,"
+            "'title': ['Men Running Shoe Red', 'Coffee Mug Blue 12oz', 'USB-C Cable 6ft', 'Hat'] * 3,"
+            "'brand': ['A', 'B', 'C'] * 4, 'colour': ['red', 'blue', ''] * 4, 'category': ['x > y'] * 12,"
+            "'bullets': [''] * 12, 'description': [''] * 12,"
+            "'label': ['Exact', 'Substitute', 'Irrelevant', 'Complement'] * 3});"
+            "m = LexicalBaseline(LexicalConfig()).fit(d);"
+            "print(hashlib.md5(np.asarray(m.features(d), dtype=np.float64).tobytes()).hexdigest())")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": s}).stdout for s in ("1", "2", "3")}
+    assert len(outs) == 1

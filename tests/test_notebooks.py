@@ -24,7 +24,7 @@ def test_all_notebooks_run_on_smoke(tmp_path):
     assert list(timings) == BOOKS
     prof = get_profile("smoke")
     metrics = json.loads((Path(prof.results_dir) / "metrics.json").read_text())
-    assert {"lexical", "zero_shot", "zero_shot_first_token"} <= set(metrics)
+    assert {"lexical", "zero_shot", "zero_shot_first_token", "sft", "sft_first_token"} <= set(metrics)
     for name in ("01_label_distribution.png", "05_confusion.png", "06_negation.png"):
         assert (Path(prof.results_dir) / "figures" / name).stat().st_size > 1000
     for split in ("train", "validation", "test"):

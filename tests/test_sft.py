@@ -175,3 +175,15 @@ def test_bf16_autocast_step_keeps_fp32_adapter(smoke, splits):
     info = json.loads((run / "run.json").read_text())
     assert info["bf16"] and info["finished"] and 0 < info["train_loss"] < 20
     assert {t.dtype for t in load_file(run / "adapter_model.safetensors").values()} == {torch.float32}
+
+
+def test_sft_cli_on_smoke(tmp_path, monkeypatch, capsys):
+    from she_lib.config import PROFILES
+    from she_lib.sft import main
+
+    monkeypatch.setattr("she_lib.config.PROFILES", {**PROFILES, "smoke": PROFILES["smoke"].replace(
+        runs_dir=str(tmp_path / "runs"), processed_dir=str(tmp_path / "processed"))})
+    assert main(["--profile", "smoke", "--name", "cli", "--evaluate", "first_token"]) == 0
+    out = capsys.readouterr().out
+    assert '"kind": "sft"' in out and "cli_first_token" in out
+    assert (tmp_path / "runs" / "cli" / "adapter_config.json").exists()
