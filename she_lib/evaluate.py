@@ -77,8 +77,9 @@ def predict_llm(model, tokenizer, df: pd.DataFrame, profile: Profile, mode: str 
         if mode == "generate":
             texts = generate(model, tokenizer, prompts, profile.eval_batch_size, profile.eval_max_new_tokens,
                              progress=progress, desc=f"generate {start + len(rows)}/{len(todo)}")
-            out = [{"example_id": r["example_id"], "completion": t, "pred": parse(t, scale).grade,
-                    "well_formed": parse(t, scale).well_formed} for r, t in zip(rows, texts)]
+            parsed = [parse(t, scale) for t in texts]
+            out = [{"example_id": r["example_id"], "completion": t, "pred": p.grade, "well_formed": p.well_formed}
+                   for r, t, p in zip(rows, texts, parsed)]
         else:
             probs = grade_probabilities(model, tokenizer, prompts, scale.words,
                                         batch_size=profile.eval_batch_size, progress=progress)
