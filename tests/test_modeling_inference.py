@@ -76,13 +76,3 @@ def test_grade_token_ids_distinct(tokenizer):
     with pytest.raises(ValueError, match="share a first token"):
         grade_token_ids(tokenizer, ["Irrelevant", "Ir"])
 
-
-def test_inference_benchmark_runs_on_tiny(tmp_path, monkeypatch):
-    import runpy
-    import sys
-
-    monkeypatch.setattr(sys, "argv", ["bench", "--tiny", "--batch-sizes", "2", "--new-tokens", "4", "--matmul", "64",
-                "--out", str(tmp_path / "b.json")])
-    runpy.run_path("benchmarks/bench_inference.py", run_name="__main__")
-    res = json.loads((tmp_path / "b.json").read_text())
-    assert set(res["results"]) == {"float32", "bfloat16"} and res["results"]["float32"]["generate_tok_s_bs2"] > 0

@@ -1,0 +1,27 @@
+"""The speed scripts run end to end on the tiny model (so they cannot rot); their figures are not asserted."""
+import json
+import subprocess
+import sys
+
+
+def test_sft_benchmark_runs_on_tiny(tmp_path):
+    out = tmp_path / "b.json"
+    subprocess.run([sys.executable, "benchmarks/bench_sft.py", "--tiny", "--steps", "3", "--batch", "2",
+                    "--out", str(out)], check=True, capture_output=True, text=True)
+    res = json.loads(out.read_text())
+    assert set(res["variants"]) == {"plain", "optimised"}
+    assert res["variants"]["plain"]["bf16"] is False and res["variants"]["plain"]["gradient_checkpointing"] is True
+    assert res["variants"]["optimised"]["gradient_checkpointing"] is False
+    for v in res["variants"].values():
+        assert v["tokens_per_s"] > 0 and 0 < v["mfu_6N"] and v["peak_rss_gib"] > 0
+
+
+def test_inference_benchmark_runs_on_tiny(tmp_path, monkeypatch):
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["bench", "--tiny", "--batch-sizes", "2", "--new-tokens", "4", "--matmul", "64",
+                "--out", str(tmp_path / "b.json")])
+    runpy.run_path("benchmarks/bench_inference.py", run_name="__main__")
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert set(res["results"]) == {"float32", "bfloat16"} and res["results"]["float32"]["generate_tok_s_bs2"] > 0
