@@ -32,7 +32,7 @@ import pandas as pd
 from .config import Profile, get_profile
 from .labels import get_scale
 from .metrics import bootstrap_ci, classification_metrics
-from .data import SPLITS
+from .data import SPLITS, curate, load_dataset, load_splits
 from .schema import parse, render_prompt
 
 MODES = ("generate", "first_token")
@@ -97,6 +97,16 @@ def prediction_file(profile: Profile, mode: str) -> str:
     """Cache name that changes with every setting the predictions depend on (no stale reuse)."""
     tail = f"_{profile.order}_t{profile.eval_max_new_tokens}" if mode == "generate" else f"_{profile.order}"
     return f"predictions_{profile.eval_split}_{mode}{tail}.jsonl"
+
+
+def prediction_cache(folder: str | Path, profile: Profile, mode: str) -> Path | None:
+    """Where predictions of ``mode`` are cached in ``folder``; None for an external ``--data`` folder."""
+    return Path(folder) / prediction_file(profile, mode) if profile.eval_split in SPLITS else None
+
+
+def method_name(base: str, mode: str) -> str:
+    """Method names in metrics.json: ``base`` decodes, ``base_first_token`` scores the first token."""
+    return base if mode == "generate" else f"{base}_first_token"
 
 
 def score(df: pd.DataFrame, preds: pd.DataFrame, profile: Profile, **info) -> dict:
@@ -191,9 +201,7 @@ def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress
     profile = profile.replace(eval_max_new_tokens=profile.zero_shot_max_new_tokens)
     results = {}
     for mode in modes:
-        name = "zero_shot" if mode == "generate" else "zero_shot_first_token"
-        cache = Path(profile.runs_dir) / "zero_shot" / prediction_file(profile, mode) \
-            if profile.eval_split in SPLITS else None  # an external --data folder is not cached
+        name, cache = method_name("zero_shot", mode), prediction_cache(Path(profile.runs_dir) / "zero_shot", profile, mode)
         t0 = time.time()
         preds = predict_llm(policy.model, policy.tokenizer, df, profile, mode, cache, progress)
         secs = time.time() - t0
@@ -248,8 +256,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.data and args.save:
         ap.error("--save records the profile's split only; results on --data are printed")
-    from .data import curate, load_dataset, load_splits
-
     profile = get_profile(args.profile, **{k: v for k, v in {"eval_split": args.split,
                                                              "eval_limit": args.limit}.items() if v})
     modes = MODES if args.mode == "both" else (args.mode,)
@@ -299,12 +305,10 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> 
     else:
         raise FileNotFoundError(f"{run}: no run.json/lexical.joblib, adapter_config.json or config.json")
     out = {}
-    for mode in modes:  # method names follow the baselines: "<run>" decodes, "<run>_first_token" scores
-        name = run.name if mode == "generate" else f"{run.name}_first_token"
-        cache = run / prediction_file(profile, mode) if profile.eval_split in SPLITS else None  # not --data
+    for mode in modes:
         t0 = time.time()
-        preds = predict_llm(model, policy.tokenizer, df, profile, mode, cache)
-        out[name] = score(df, preds, profile, split=profile.eval_split, model=str(run), scoring=mode,
+        preds = predict_llm(model, policy.tokenizer, df, profile, mode, prediction_cache(run, profile, mode))
+        out[method_name(run.name, mode)] = score(df, preds, profile, split=profile.eval_split, model=str(run), scoring=mode,
                           seconds=round(time.time() - t0, 1), run=info)
     return out
 

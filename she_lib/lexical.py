@@ -93,9 +93,9 @@ class BM25:
     def score(self, query: str, doc: str) -> float:
         tokens = tokenize(doc)
         tf, norm = Counter(tokens), self.k1 * (1 - self.b + self.b * len(tokens) / self.avgdl)
+        # each distinct query term once, in query order: a float sum over a set would change with PYTHONHASHSEED
         return sum(self.idf.get(t, self._idf(0)) * tf[t] * (self.k1 + 1) / (tf[t] + norm)
-                   for t in dict.fromkeys(tokenize(query)))  # each distinct term once, in order (float sums
-        # must not depend on set order, which changes with PYTHONHASHSEED)
+                   for t in dict.fromkeys(tokenize(query)))
 
     def idf_sum(self, query: str) -> float:
         return sum(self.idf.get(t, self._idf(0)) for t in dict.fromkeys(tokenize(query)))

@@ -65,15 +65,15 @@ class CoTSFTConfig:
 
     @classmethod
     def for_profile(cls, profile: Profile | str, **overrides) -> "CoTSFTConfig":
-        """Defaults per profile; a chat is ~310 tokens (prompt ~210, rationale ~100), SmolLM2-135M LoRA trains
-        at ~400 tok/s on the 2 cores in bf16 autocast (CPU_NOTES.md), so ~6 s per step of 8 chats."""
+        """Defaults per profile; a chat is ~310 tokens (prompt ~210, rationale ~100). Measured on the 2-core
+        CPU (README): SmolLM2-135M LoRA trains at ~220-240 tok/s in bf16 autocast, ~10 s per step of 8 chats."""
         profile = get_profile(profile)
         base = dict(order=profile.order, max_length=profile.max_seq_length, seed=profile.seed)
         per = {
             # a few steps on the tiny model, fp32 so tests are exact
             "smoke": dict(max_steps=4, per_device_batch_size=4, logging_steps=1, save_steps=2, bf16=False,
                           train_limit=16, eval_limit=8),
-            # the 30-minute job: 480 pairs, one epoch = 60 steps of 8 chats of ~310 tokens (~6 min at ~400 tok/s)
+            # the 30-minute job: 480 pairs, one epoch = 60 steps of 8 chats (611 s measured, README)
             "cpu": dict(train_limit=480, epochs=1, logging_steps=5, save_steps=20, eval_limit=48),
             # the whole train split, two epochs of effective batch 16
             "cpu-full": dict(epochs=2, grad_accum=2, logging_steps=10, save_steps=100, eval_limit=256),
@@ -106,15 +106,14 @@ def _sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------- train
 def _precision(bf16: bool | str) -> tuple[bool, bool]:
-    """(bf16, fp16) mixed-precision flags for the trainer."""
+    """(bf16, fp16) mixed-precision flags for the trainer; "auto" follows ``modeling.resolve_dtype``
+    (bf16 on CUDA with bf16 support, else fp16 (a T4); bf16 on a CPU with fast bf16; else fp32)."""
     if bf16 != "auto":
         return bool(bf16), False
-    if torch.cuda.is_available():
-        ok = torch.cuda.is_bf16_supported()
-        return ok, not ok  # a T4 trains in fp16 autocast
-    from .modeling import cpu_has_fast_bf16
+    from .modeling import resolve_dtype
 
-    return cpu_has_fast_bf16(), False
+    dtype = resolve_dtype("auto")
+    return dtype == torch.bfloat16, dtype == torch.float16
 
 
 def sft_args(config: CoTSFTConfig, output_dir: str | Path, has_eval: bool):
