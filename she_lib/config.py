@@ -62,6 +62,7 @@ class Profile:
     processed_dir: str = str(REPO_ROOT / "data_processed")
     # --- reasoning format ------------------------------------------------------------------------
     order: str = "grade_first"  # "grade_first" (respond-then-think) | "steps_first"
+    sft_orders: tuple[str, ...] = ("grade_first", "steps_first")  # orders notebook 02 trains (and 05 scores)
     # --- evaluation ------------------------------------------------------------------------------
     eval_split: str = "test"
     eval_limit: int | None = None  # None = the whole split
@@ -74,6 +75,9 @@ class Profile:
     # read-outs for trained runs in notebook 05; the cpu job scores its SFT run by first token only
     # (decoding 795 rationales of ~100 tokens takes ~20 min here), cpu-full decodes too
     eval_trained_modes: tuple[str, ...] = ("generate", "first_token")
+    # decoding only: score trained runs on the first k pairs of every eval query (None = all pairs); the
+    # first-token read-out always takes the whole split. Decoding is ~50x the cost of a first-token read.
+    eval_generate_per_query: int | None = None
     bootstrap_samples: int = 1000
     seed: int = 0
     # --- paths -----------------------------------------------------------------------------------
@@ -98,8 +102,11 @@ PROFILES: dict[str, Profile] = {
         eval_limit=24, eval_batch_size=8, eval_max_new_tokens=24, zero_shot_max_new_tokens=16, bootstrap_samples=200,
         results_dir=str(REPO_ROOT / "results" / "smoke"), runs_dir=str(REPO_ROOT / "runs" / "smoke"),
         processed_dir=str(REPO_ROOT / "data_processed" / "smoke")),
-    "cpu": Profile(name="cpu", runs_dir=str(REPO_ROOT / "runs" / "cpu"), eval_trained_modes=("first_token",)),
-    "cpu-full": Profile(name="cpu-full", runs_dir=str(REPO_ROOT / "runs" / "cpu-full")),
+    "cpu": Profile(name="cpu", runs_dir=str(REPO_ROOT / "runs" / "cpu"), eval_trained_modes=("first_token",),
+                   sft_orders=("grade_first",)),
+    # decoded read-outs on 8 pairs of each of the 18 test queries (144 pairs): an AVX2-only 2-core CPU decodes
+    # an SFT rationale in ~7-12 s, so all 795 would take ~2 h per run
+    "cpu-full": Profile(name="cpu-full", runs_dir=str(REPO_ROOT / "runs" / "cpu-full"), eval_generate_per_query=8),
     "gpu": Profile(
         name="gpu", model_source="hub", model_name="Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16",
         max_seq_length=1024, eval_batch_size=128, lora_r=32, lora_alpha=64, runs_dir=str(REPO_ROOT / "runs" / "gpu")),

@@ -12,6 +12,11 @@ Loaders
   ``esci_s_products.jsonl.gz`` for category paths; pointing it at the full release just works.
 * :func:`load_wands` reads Wayfair WANDS (``product.csv``, ``query.csv``, ``label.csv``, tab-separated).
 
+At scale (the full release: 2.6M pairs, ~1.8M products, ``benchmarks/bench_data_scale.py``) only the columns
+the schema uses are read, the products file is streamed in record batches keeping only the products the examples
+name (and the locale), plain ASCII text is normalised in arrow (other text in Python, once per distinct value), and
+curation copies no column it leaves unchanged.
+
 Bad input raises :class:`DataError` naming file, row (1-based data row, header excluded) and field.
 With ``bad_rows="skip"`` row-level problems (unknown label, empty query/title, unknown product) are
 skipped instead and counted in ``df.attrs["skipped"]``; file-level problems (missing column, wrong
@@ -34,6 +39,7 @@ import re
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .config import Profile
@@ -43,6 +49,10 @@ from .labels import GradeScale, get_scale
 TEXT_COLUMNS = ("query", "title", "brand", "colour", "category", "bullets", "description")
 SCHEMA = ("example_id", "query_id", "query", "product_id", *TEXT_COLUMNS[1:], "label", "grade", "source")
 SPLITS = ("train", "validation", "test")
+# The columns of the official ESCI files that load_esci uses (others, e.g. small_version or split, are not read).
+ESCI_EXAMPLE_COLUMNS = ("example_id", "query_id", "query", "product_id", "product_locale", "esci_label")
+ESCI_PRODUCT_COLUMNS = ("product_id", "product_title", "product_brand", "product_color", "product_bullet_point",
+                        "product_description", "product_locale")
 
 
 class DataError(ValueError):
@@ -56,13 +66,29 @@ class DataError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------- reading
-def read_table(path: Path, required: tuple[str, ...], sep: str = ",") -> pd.DataFrame:
-    """Read a parquet or delimited text file as strings and check that ``required`` columns exist."""
+def _check_columns(path: Path, found: list, required: tuple[str, ...], sep: str) -> None:
+    missing = [c for c in required if c not in found]
+    if missing:
+        hint = ""
+        if len(found) == 1:
+            hint = f" (only one column was found: is the delimiter {sep!r} right?)"
+        raise DataError(path, None, missing[0], f"missing column; found {list(found)}{hint}")
+
+
+def read_table(path: Path, required: tuple[str, ...], sep: str = ",", columns: tuple[str, ...] | None = None
+               ) -> pd.DataFrame:
+    """Read a parquet or delimited text file as strings and check that ``required`` columns exist.
+
+    ``columns``: of a parquet file read only these (those present); text files are read whole."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, None, "file not found")
     if path.suffix == ".parquet":
-        df = pd.read_parquet(path)
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        _check_columns(path, names, required, sep)
+        return pd.read_parquet(path, columns=[c for c in names if c in columns] if columns else None)
     else:
         raw = path.read_bytes()
         try:
@@ -77,22 +103,85 @@ def read_table(path: Path, required: tuple[str, ...], sep: str = ",") -> pd.Data
         except pd.errors.ParserError as e:
             m = re.search(r"line (\d+)", str(e))
             raise DataError(path, int(m.group(1)) - 1 if m else None, None, f"malformed file: {e}") from None
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        hint = ""
-        if len(df.columns) == 1:
-            hint = f" (only one column was found: is the delimiter {sep!r} right?)"
-        raise DataError(path, None, missing[0], f"missing column; found {list(df.columns)}{hint}")
+    _check_columns(path, list(df.columns), required, sep)
     return df
 
 
+def _open_products(path: Path):
+    """The ESCI products file: a text file read whole; of a parquet file (streamed later) the columns are checked."""
+    if path.suffix != ".parquet":
+        return read_table(path, ("product_id", "product_title"))
+    import pyarrow.parquet as pq
+
+    _check_columns(path, pq.read_schema(path).names, ("product_id", "product_title"), ",")
+    return path
+
+
+def _select_products(source, ids: pd.Series, locale: str | None, batch_rows: int = 20_000) -> pd.DataFrame:
+    """The products whose product_id is in ``ids`` (and locale is ``locale``), indexed by their row in the file.
+    Parquet is streamed in record batches, so products the examples do not name (other locales, most of the
+    release) are never held in memory."""
+    if isinstance(source, pd.DataFrame):
+        keep = source["product_id"].isin(ids)
+        if locale and "product_locale" in source.columns:
+            keep &= source["product_locale"] == locale
+        return source[keep]
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(source)  # closed on return: the reader keeps buffers while open
+    columns = [c for c in f.schema_arrow.names if c in ESCI_PRODUCT_COLUMNS]
+    wanted = pa.array(ids.dropna().unique()).cast(f.schema_arrow.field("product_id").type)
+    parts, rows, start = [], [], 0
+    for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
+        keep = pc.is_in(batch["product_id"], value_set=wanted)
+        if locale and "product_locale" in columns:
+            keep = pc.and_(keep, pc.equal(batch["product_locale"], locale))
+        keep = keep.fill_null(False)
+        parts.append(batch.filter(keep))
+        rows.append(start + np.flatnonzero(keep.to_numpy(zero_copy_only=False)))
+        start += batch.num_rows
+    table = pa.Table.from_batches(parts, schema=parts[0].schema if parts else f.schema_arrow)
+    return table.to_pandas().set_axis(np.concatenate(rows) if rows else np.empty(0, dtype=np.int64))
+
+
+_TAG = re.compile(r"<[^>]{0,200}>")
+
+
 def normalise_text(value) -> str:
-    """HTML-unescape, drop tags, NFKC, collapse whitespace; None/NaN become ''."""
+    """HTML-unescape, NFKC, drop tags, collapse whitespace; None/NaN become ''.
+
+    Each step runs only where it can change something (``&``, non-ASCII, ``<``); ``str.split()`` splits on exactly
+    the characters of the regex ``\\s``."""
     if value is None or (isinstance(value, float) and value != value):
         return ""
-    s = unicodedata.normalize("NFKC", html.unescape(str(value)))
-    s = re.sub(r"<[^>]{0,200}>", " ", s)
-    return re.sub(r"\s+", " ", s).strip()
+    s = str(value)
+    if "&" in s:
+        s = html.unescape(s)
+    if not s.isascii():
+        s = unicodedata.normalize("NFKC", s)
+    if "<" in s:
+        s = _TAG.sub(" ", s)
+    return " ".join(s.split())
+
+
+# The ASCII characters that str.split() (and the regex \s) split on, and the spacing normalise_text changes.
+_ASCII_SPACES = r"[\t-\r\x1c-\x1f ]+"
+_ODD_SPACING = r"[\t-\r\x1c-\x1f]|^ | $|  "
+
+
+def _normalised(s: pd.Series) -> pd.Series:
+    """``s.map(normalise_text)``, fast: values that are ASCII without ``&`` or ``<`` only need their spacing
+    collapsed, done in arrow without Python strings; the others go through :func:`normalise_text` once per
+    distinct value. ``s`` itself comes back when nothing changes (re-normalising loaded data copies nothing)."""
+    if not (isinstance(s.dtype, pd.StringDtype) and s.dtype.storage == "pyarrow"):  # object, categorical, ...
+        return s.map(normalise_text) if isinstance(s.dtype, pd.CategoricalDtype) else _map_distinct(s, normalise_text)
+    simple = s.str.isascii() & ~s.str.contains("[&<]")  # False where missing
+    rest = _map_distinct(s[~simple], normalise_text)
+    if not (s.str.contains(_ODD_SPACING) & simple).any() and not s.hasnans and rest.equals(s[~simple]):
+        return s
+    return s.str.replace(_ASCII_SPACES, " ", regex=True).str.strip(" ").where(simple, rest)
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -116,7 +205,15 @@ def _bad_rows(df: pd.DataFrame, mask: pd.Series, file, field: str, message: str,
 
 
 def _text(df: pd.DataFrame, col: str) -> pd.Series:
-    return df[col].map(normalise_text) if col in df.columns else pd.Series("", index=df.index)
+    return _normalised(df[col]) if col in df.columns else pd.Series("", index=df.index)
+
+
+def _map_distinct(s: pd.Series, fn) -> pd.Series:
+    """``s.map(fn)`` calling ``fn`` once per distinct value."""
+    if s.empty:
+        return s.map(fn)
+    codes, uniques = pd.factorize(s, use_na_sentinel=False)
+    return pd.Series(np.asarray([fn(u) for u in uniques], dtype=object)[codes], index=s.index)
 
 
 # ------------------------------------------------------------------------------------------ loaders
@@ -125,42 +222,45 @@ def load_esci(folder, locale: str | None = "us", scale: str | GradeScale = "esci
     """Load the official ESCI layout from ``folder`` into the schema (see module docstring)."""
     folder, scale = Path(folder), get_scale(scale) if isinstance(scale, str) else scale
     ex_path, pr_path = _find(folder, "shopping_queries_dataset_examples"), _find(folder, "shopping_queries_dataset_products")
-    ex = read_table(ex_path, ("query_id", "query", "product_id", "esci_label"))
-    pr = read_table(pr_path, ("product_id", "product_title"))
+    ex = read_table(ex_path, ("query_id", "query", "product_id", "esci_label"), columns=ESCI_EXAMPLE_COLUMNS)
+    products = _open_products(pr_path)
     if locale and "product_locale" in ex.columns:
         ex = ex[ex["product_locale"] == locale]
-    if locale and "product_locale" in pr.columns:
-        pr = pr[pr["product_locale"] == locale]
     skipped: dict = {}
-    known = ex["esci_label"].map(lambda v: v in scale.raw_to_word or str(v).strip() in scale.raw_to_word)
-    ex = _bad_rows(ex, ~known, ex_path, "esci_label",
+    known = _map_distinct(ex["esci_label"], lambda v: v in scale.raw_to_word or str(v).strip() in scale.raw_to_word)
+    ex = _bad_rows(ex, ~known.astype(bool), ex_path, "esci_label",
                    "unknown label {value!r}; expected one of " + str(sorted(map(str, scale.raw_to_word))),
                    bad_rows, skipped)
-    ex = _bad_rows(ex, ex["query"].map(normalise_text) == "", ex_path, "query", "empty query", bad_rows, skipped)
-    pr = pr.drop_duplicates("product_id")
-    pr = _bad_rows(pr, pr["product_id"].isin(ex["product_id"]) & (_text(pr, "product_title") == ""),
-                   pr_path, "product_title", "empty product title", bad_rows, skipped)
+    query = _text(ex, "query")
+    ex = _bad_rows(ex, query == "", ex_path, "query", "empty query", bad_rows, skipped)
+    pr = _select_products(products, ex["product_id"], locale).drop_duplicates("product_id")
+    fields = {"bullets": "product_bullet_point", "description": "product_description", "title": "product_title",
+              "brand": "product_brand", "colour": "product_color"}  # largest first: see the join below
+    for src in fields.values():  # normalised once per product, replacing the raw text
+        pr[src] = _text(pr, src)
+    pr = _bad_rows(pr, pr["product_title"] == "", pr_path, "product_title", "empty product title", bad_rows, skipped)
     ex = _bad_rows(ex, ~ex["product_id"].isin(pr["product_id"]), ex_path, "product_id",
                    "product {value!r} not in the products file (or skipped there)", bad_rows, skipped)
     df = pd.DataFrame({
         "example_id": ex["example_id"].astype(str) if "example_id" in ex.columns
         else ex["query_id"].astype(str) + ":" + ex["product_id"],
-        "query_id": ex["query_id"].astype(str), "query": _text(ex, "query"), "product_id": ex["product_id"],
-        "label": ex["esci_label"].map(scale.word)}).reset_index(drop=True)
-    prod = pr.set_index("product_id").loc[df["product_id"]].reset_index(drop=True)
-    for col, src in (("title", "product_title"), ("brand", "product_brand"), ("colour", "product_color"),
-                     ("bullets", "product_bullet_point"), ("description", "product_description")):
-        df[col] = _text(prod, src)
-    categories = _esci_s_categories(folder)
-    df["category"] = df["product_id"].map(lambda pid: categories.get(pid, ""))
+        "query_id": ex["query_id"].astype(str), "query": query.loc[ex.index], "product_id": ex["product_id"],
+        "label": _map_distinct(ex["esci_label"], scale.word)}).reset_index(drop=True)
+    at = pd.Index(pr["product_id"]).get_indexer(df["product_id"])  # each pair's product
+    for col, src in fields.items():  # the per-pair column grows as the per-product one is freed
+        df[col] = pr.pop(src).iloc[at].reset_index(drop=True)
+    del pr
+    categories = _esci_s_categories(folder, set(df["product_id"]))
+    df["category"] = _map_distinct(df["product_id"], lambda pid: categories.get(pid, ""))
     return _finish(df, scale, "esci", skipped)
 
 
-def _esci_s_categories(folder: Path) -> dict[str, str]:
+def _esci_s_categories(folder: Path, asins: set | None = None) -> dict[str, str]:
+    """ESCI-S category paths by ASIN (of ``asins`` only, when given), each distinct path normalised once."""
     path = folder / "esci_s_products.jsonl.gz"
     if not path.exists():
         return {}
-    out = {}
+    out, paths = {}, {}
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
@@ -169,8 +269,13 @@ def _esci_s_categories(folder: Path) -> dict[str, str]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(path, i, None, f"invalid JSON: {e}") from None
-            cats = rec.get("category") or []
-            out[rec.get("asin", "")] = " > ".join(normalise_text(c) for c in cats if c)
+            asin = rec.get("asin", "")
+            if asins is not None and asin not in asins:
+                continue
+            cats = tuple(c for c in rec.get("category") or [] if c)
+            if cats not in paths:
+                paths[cats] = " > ".join(normalise_text(c) for c in cats)
+            out[asin] = paths[cats]
     return out
 
 
@@ -248,24 +353,26 @@ def _query_order(keys, seed: int) -> list[str]:
 def curate(df: pd.DataFrame, profile: Profile) -> tuple[pd.DataFrame, dict]:
     """Normalise, de-duplicate, cap lengths, optionally subsample whole queries, add facts.
 
-    Returns the curated frame and a report of every count (nothing is dropped silently)."""
+    Returns the curated frame and a report of every count (nothing is dropped silently). ``df`` is not modified;
+    columns that stay the same are shared with it, not copied (pandas copy-on-write), and lengths are capped
+    before duplicates are dropped, so the one row-filtering copy is of the short fields."""
     report = {"rows_in": len(df), "skipped_at_load": dict(df.attrs.get("skipped", {}))}
-    df = df.copy()
-    for col in TEXT_COLUMNS:
-        df[col] = df[col].map(normalise_text)
+    df = df.assign(**{col: _normalised(df[col]) for col in TEXT_COLUMNS})
     df["query_key"] = df["query"].str.lower()
     dup = df.duplicated(["query_key", "product_id"], keep="first")
     labels_per_pair = df.groupby(["query_key", "product_id"])["label"].transform("nunique")
     report["duplicates_dropped"] = int(dup.sum())
     report["conflicting_label_pairs"] = int(((labels_per_pair > 1) & ~dup).sum())
-    df = df[~dup]
     caps = {"title": profile.max_title_chars, "bullets": profile.max_bullets_chars,
             "description": profile.max_description_chars}
     report["truncated"] = {}
     for col, cap in caps.items():
         long = df[col].str.len() > cap
-        report["truncated"][col] = int(long.sum())
-        df.loc[long, col] = df.loc[long, col].map(lambda s, c=cap: s[:c].rsplit(" ", 1)[0] + " …")
+        report["truncated"][col] = int((long & ~dup).sum())
+        if long.any():  # s[:cap].rsplit(" ", 1)[0] + " …", vectorised
+            df[col] = df[col].where(~long, df[col].str.slice(0, cap).str.replace(r" [^ ]*$", "", regex=True) + " …")
+    if dup.any():
+        df = df[~dup]
     if profile.max_pairs_per_query:
         order = df["example_id"].map(lambda e: hashlib.sha1(f"{profile.split_seed}:{e}".encode()).hexdigest())
         rank = order.groupby(df["query_key"]).rank(method="first")
@@ -326,8 +433,12 @@ def prepare_splits(profile: Profile, write: bool = True) -> tuple[dict[str, pd.D
 
 
 def load_splits(profile: Profile) -> dict[str, pd.DataFrame]:
-    """Read the processed splits written by notebook 01 (built on the fly if absent)."""
+    """Read the processed splits written by notebook 01 (built on the fly if absent). In a multi-process launch
+    rank 0 builds and writes them first, then the other ranks read them."""
+    from .distributed import main_process_first
+
     out = Path(profile.processed_dir)
-    if not all((out / f"{s}.parquet").exists() for s in SPLITS):
-        return prepare_splits(profile)[0]
-    return {s: pd.read_parquet(out / f"{s}.parquet") for s in SPLITS}
+    with main_process_first():
+        if not all((out / f"{s}.parquet").exists() for s in SPLITS):
+            return prepare_splits(profile)[0]
+        return {s: pd.read_parquet(out / f"{s}.parquet") for s in SPLITS}

@@ -124,12 +124,17 @@ def score(df: pd.DataFrame, preds: pd.DataFrame, profile: Profile, **info) -> di
 
 
 def save_metrics(results_dir: str | Path, method: str, metrics: dict) -> Path:
-    """Merge ``{method: metrics}`` into ``results_dir/metrics.json`` (other methods are kept)."""
+    """Merge ``{method: metrics}`` into ``results_dir/metrics.json`` (other methods are kept; an exclusive
+    lock on ``metrics.lock`` beside it serialises writers)."""
+    import fcntl
+
     path = Path(results_dir) / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[method] = metrics
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    with open(path.with_suffix(".lock"), "w") as lock:  # runs in parallel lanes write the same file
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[method] = metrics
+        path.write_text(json.dumps(data, indent=2, sort_keys=True))
     return path
 
 
@@ -178,6 +183,7 @@ def write_summary(results_dir: str | Path, words) -> pd.DataFrame:
 
     results_dir = Path(results_dir)
     data = json.loads((results_dir / "metrics.json").read_text())
+    data = {k: m for k, m in data.items() if "macro_f1_ci" in m}  # classifiers only (not e.g. ``genrm``)
     table = summary_table(data, words)
     machines = sorted({m.get("machine", "?") for m in data.values()})
     (results_dir / "summary.md").write_text(table.to_markdown() + "\n\nMachine: " + "; ".join(machines) + "\n")
@@ -241,6 +247,12 @@ def eval_frame(profile: Profile, splits: dict[str, pd.DataFrame]) -> pd.DataFram
     return df.iloc[: profile.eval_limit] if profile.eval_limit else df
 
 
+def per_query(df: pd.DataFrame, k: int | None) -> pd.DataFrame:
+    """The first ``k`` pairs of every query of ``df`` in its stored order (all pairs when k is None): a
+    cheaper evaluation set that keeps every query, so the bootstrap over queries still applies."""
+    return df if not k else df.groupby(df["query"].str.lower(), sort=False, group_keys=False).head(k)
+
+
 # -------------------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m she_lib.evaluate", description=__doc__.split("\n")[0])
@@ -281,7 +293,10 @@ def main(argv=None) -> int:
 
 
 def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> dict[str, dict]:
-    """Score a saved run: a lexical model, or a peft adapter / full checkpoint of the profile's base."""
+    """Score a saved run: a lexical model, or a peft adapter / full checkpoint of the profile's base.
+    An LLM run is read in the reasoning order its ``run.json`` records; ``first_token`` reads the grade
+    before any reasoning, so a ``steps_first`` run is read by decoding only."""
+    run = Path(run)
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     if info.get("kind") == "lexical" or (run / "lexical.joblib").exists():
         from .lexical import LexicalBaseline
@@ -290,27 +305,55 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> 
         preds = pd.DataFrame({"example_id": df["example_id"], "pred": model.predict(df)})
         return {run.name: score(df, preds, profile, split=profile.eval_split, model=str(run), scoring="classifier",
                                 run=info)}
-    from .modeling import load_policy
+    profile = profile.replace(order=info.get("order", profile.order))
+    modes = [m for m in modes if profile.order == "grade_first" or m != "first_token"] or ["generate"]
+    from .modeling import load_run
 
-    policy = load_policy(profile)
+    policy = load_run(run, profile)
     model = policy.model
-    if (run / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, run).merge_and_unload()
-    elif (run / "config.json").exists():
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(run, dtype=policy.dtype)
-    else:
-        raise FileNotFoundError(f"{run}: no run.json/lexical.joblib, adapter_config.json or config.json")
     out = {}
     for mode in modes:
         t0 = time.time()
-        preds = predict_llm(model, policy.tokenizer, df, profile, mode, prediction_cache(run, profile, mode))
-        out[method_name(run.name, mode)] = score(df, preds, profile, split=profile.eval_split, model=str(run), scoring=mode,
-                          seconds=round(time.time() - t0, 1), run=info)
+        frame = per_query(df, profile.eval_generate_per_query) if mode == "generate" else df
+        preds = predict_llm(model, policy.tokenizer, frame, profile, mode, prediction_cache(run, profile, mode))
+        out[method_name(run.name, mode)] = score(
+            frame, preds, profile, split=profile.eval_split, model=str(run), scoring=mode, run=info,
+            seconds=round(time.time() - t0, 1), pairs_per_query=profile.eval_generate_per_query if mode == "generate" else None)
     return out
+
+
+POLICY_KINDS = ("sft", "dpo", "grpo", "srpo", "agrl")  # run kinds that answer the relevance prompt
+
+
+def policy_runs(profile: Profile) -> list[Path]:
+    """Finished policy runs of ``profile`` (a reward model such as ``genrm`` is not one), by name."""
+    root = Path(profile.runs_dir)
+    runs = [p.parent for p in root.glob("*/run.json") if (p.parent / "adapter_config.json").exists()]
+    return sorted(r for r in runs if json.loads((r / "run.json").read_text()).get("kind") in POLICY_KINDS)
+
+
+def report_run(run: Path, profile: Profile, modes, save: bool = False) -> dict[str, dict]:
+    """Score ``run`` on the profile's evaluation split, print the headline figures, optionally save them
+    (``metrics.json``, then ``summary.md`` and the confusion figure): what the training CLIs call."""
+    results = evaluate_run(run, profile, eval_frame(profile, load_splits(profile)), modes)
+    for method, m in results.items():
+        print(method, {k: m[k] for k in ("accuracy", "macro_f1", "macro_f1_ci", "parse_failure_rate")})
+        if save:
+            save_metrics(profile.results_dir, method, m)
+    if save:
+        write_summary(profile.results_dir, get_scale(profile.grade_scale).words)
+    return results
+
+
+def evaluate_runs(profile: Profile, df: pd.DataFrame, modes=None, save: bool = True) -> dict[str, dict]:
+    """Score every policy run of ``profile`` (see :func:`evaluate_run` for orders and read-outs)."""
+    results = {}
+    for run in policy_runs(profile):
+        for name, m in evaluate_run(run, profile, df, modes or profile.eval_trained_modes).items():
+            results[name] = m
+            if save:
+                save_metrics(profile.results_dir, name, m)
+    return results
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Matching is on lower-cased word stems (plurals stripped by :func:`stem`), so "be
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import pandas as pd
@@ -30,6 +31,7 @@ def tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+@functools.lru_cache(maxsize=1 << 20)  # words repeat across millions of rows
 def stem(word: str) -> str:
     """Crude plural stripping: ies -> y; (s|x|z|ch|sh)es -> drop es; s -> drop (not ss)."""
     if len(word) > 4 and word.endswith("ies"):
@@ -86,10 +88,18 @@ FACT_COLUMNS = ("query_terms", "negated_terms", "product_type", "matched_terms",
                 "negation_hits")
 
 
-def add_facts(df: pd.DataFrame) -> pd.DataFrame:
-    """Return ``df`` with one column per fact (lists of str, product_type str)."""
-    facts = [example_facts(r) for r in df.to_dict("records")]
-    out = df.copy()
-    for col in FACT_COLUMNS:
-        out[col] = [f[col] for f in facts]
-    return out
+FACT_INPUTS = ("query", "title", "brand", "colour", "category", "bullets")
+
+
+def add_facts(df: pd.DataFrame, chunk: int = 100_000) -> pd.DataFrame:
+    """Return ``df`` with one column per fact (lists of str, product_type str).
+
+    Reads only the columns the facts need, ``chunk`` rows at a time, and shares the other columns with ``df``."""
+    out: dict[str, list] = {col: [] for col in FACT_COLUMNS}
+    for lo in range(0, len(df), chunk):
+        part = df.iloc[lo:lo + chunk]
+        for values in zip(*(part[c].tolist() for c in FACT_INPUTS)):
+            facts = example_facts(dict(zip(FACT_INPUTS, values)))
+            for col in FACT_COLUMNS:
+                out[col].append(facts[col])
+    return df.assign(**out)

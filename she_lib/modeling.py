@@ -188,3 +188,27 @@ def load_policy(profile: Profile, training: bool = False) -> Policy:
         model = get_peft_model(model, lora_config(profile))
     model.generation_config.pad_token_id = tok.pad_token_id
     return Policy(model, tok, lora_config(profile), "transformers", dtype)
+
+
+def load_run(run: str | Path, profile: Profile) -> Policy:
+    """The model of a saved run as a plain (merged) model: the profile's base with the run's LoRA adapter
+    merged in, after the adapter its ``run.json`` names as ``init_adapter`` (a path relative to ``run``: DPO/RL
+    runs start from an SFT run); or a full checkpoint saved in ``run``. The tokenizer is the base's."""
+    import json
+
+    run = Path(run)
+    if (run / "config.json").exists() and not (run / "adapter_config.json").exists():
+        from transformers import AutoModelForCausalLM
+
+        policy = load_policy(profile)
+        policy.model = AutoModelForCausalLM.from_pretrained(run, dtype=policy.dtype)
+        return policy
+    if not (run / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{run}: no adapter_config.json or config.json (is the run finished?)")
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    init = info.get("init_adapter")
+    policy = load_run(run / init, profile) if init else load_policy(profile)
+    from peft import PeftModel
+
+    policy.model = PeftModel.from_pretrained(policy.model, run).merge_and_unload()
+    return policy

@@ -28,13 +28,11 @@ past ``max_steps`` (it checks the limit only after a step).
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import TrainerCallback
 
 from .config import Profile, get_profile
 from .labels import GradeScale, get_scale
@@ -56,6 +54,7 @@ class CoTSFTConfig:
     max_length: int = 512  # prompt + rationale tokens; longer examples are cut at the end
     logging_steps: int = 5
     save_steps: int = 25
+    eval_steps: int | None = None  # validation loss every this many steps (None = at each save)
     save_total_limit: int | None = 2
     seed: int = 0
     bf16: bool | str = "auto"  # "auto": autocast bf16 on a CPU with fast bf16, on CUDA when supported
@@ -75,8 +74,11 @@ class CoTSFTConfig:
                           train_limit=16, eval_limit=8),
             # the 30-minute job: 480 pairs, one epoch = 60 steps of 8 chats (611 s measured, README)
             "cpu": dict(train_limit=480, epochs=1, logging_steps=5, save_steps=20, eval_limit=48),
-            # the whole train split, two epochs of effective batch 16
-            "cpu-full": dict(epochs=2, grad_accum=2, logging_steps=10, save_steps=100, eval_limit=256),
+            # the results table: 320 pairs, one epoch of effective batch 16 = 20 optimizer steps, checkpoint
+            # every 5. Sized for one working session on an AVX2-only 2-core CPU (fp32, one thread per run so
+            # both reasoning orders train side by side): measured ~30 tokens/s per run x ~310 tokens per chat
+            "cpu-full": dict(train_limit=320, epochs=1, grad_accum=2, logging_steps=1, save_steps=5, eval_steps=10,
+                             eval_limit=32),
             "gpu": dict(epochs=2, per_device_batch_size=16, logging_steps=10, save_steps=200, eval_limit=512,
                         gradient_checkpointing=True),
             "colab": dict(epochs=2, per_device_batch_size=8, grad_accum=2, logging_steps=10, save_steps=200,
@@ -132,18 +134,8 @@ def sft_args(config: CoTSFTConfig, output_dir: str | Path, has_eval: bool):
         packing=False,  # padding beat packing and padding-free for short chats on the 2-core CPU
         completion_only_loss=True, logging_steps=config.logging_steps, save_strategy="steps",
         save_steps=config.save_steps, save_total_limit=config.save_total_limit, seed=config.seed,
-        eval_strategy="steps" if has_eval else "no", eval_steps=config.save_steps,
+        eval_strategy="steps" if has_eval else "no", eval_steps=config.eval_steps or config.save_steps,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0)
-
-
-class _Meter(TrainerCallback):
-    """Wall time and non-padding tokens of this session's training loop (a resumed run counts its own)."""
-
-    def on_train_begin(self, args, state, control, **kw):
-        self.t0, self.tokens0 = time.time(), state.num_input_tokens_seen
-
-    def on_train_end(self, args, state, control, **kw):
-        self.seconds, self.tokens = time.time() - self.t0, state.num_input_tokens_seen - self.tokens0
 
 
 def sft_trainer(profile: Profile, config: CoTSFTConfig, train_ds, output_dir: str | Path, eval_ds=None,
@@ -165,68 +157,31 @@ def sft_trainer(profile: Profile, config: CoTSFTConfig, train_ds, output_dir: st
                       peft_config=peft_config, callbacks=callbacks)
 
 
-def _finished(run: Path, profile: Profile, config: CoTSFTConfig) -> bool:
-    """``run`` holds a run of this profile and config that reached its last step (not one stopped early)."""
-    if not (run / "run.json").exists():
-        return False
-    info = json.loads((run / "run.json").read_text())
-    return bool(info.get("finished")) and info.get("profile") == profile.name and \
-        info.get("config") == json.loads(json.dumps(asdict(config)))
-
-
 def train_sft(profile: Profile, config: CoTSFTConfig | None = None, splits: dict | None = None,
               name: str = "sft", resume: bool = True, callbacks: list | None = None) -> Path:
-    """LoRA CoT SFT of the profile's model; returns the run folder ``runs_dir/name``."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """LoRA CoT SFT of the profile's model; returns the run folder ``runs_dir/name`` (see she_lib.runs)."""
+    from . import runs
     from .data import load_splits
     from .modeling import unsloth_available
 
     config = config or CoTSFTConfig.for_profile(profile)
     run = Path(profile.runs_dir) / name
-    if resume and _finished(run, profile, config):
-        return run  # a re-run notebook reuses the run (resuming at the end, transformers would train a step more)
+    if resume and runs.finished(run, profile, config):
+        return run
     splits = splits if splits is not None else load_splits(profile)
     scale = get_scale(profile.grade_scale)
     train_ds = build_sft_dataset(_sample(splits["train"], config.train_limit, config.seed), scale, config.order)
     eval_ds = None
     if config.eval_limit and len(splits.get("validation", ())):
         eval_ds = build_sft_dataset(_sample(splits["validation"], config.eval_limit, config.seed), scale, config.order)
-
-    (run / "run.json").unlink(missing_ok=True)  # the folder holds no finished run until training ends
-    for stale in run.glob("predictions_*.jsonl"):  # evaluation caches of an earlier adapter
-        stale.unlink()
-    ckpt_dir = run / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
-    meter = _Meter()
-    trainer = sft_trainer(profile, config, train_ds, ckpt_dir, eval_ds, [meter, *(callbacks or [])])
-    trainer.train(resume_from_checkpoint=last)
-
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    final_eval = None
-    if eval_ds is not None:  # the validation loss at the last step
-        evals = [e for e in trainer.state.log_history if "eval_loss" in e]
-        if not evals or evals[-1]["step"] != trainer.state.global_step:
-            trainer.evaluate()
-            evals = [e for e in trainer.state.log_history if "eval_loss" in e]
-        final_eval = evals[-1]["eval_loss"]
-
-    run.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(run)  # the LoRA adapter only
-    trainer.processing_class.save_pretrained(run)
-    (run / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    info = {"kind": "sft", "profile": profile.name, "order": config.order, "config": asdict(config),
-            "train_examples": len(train_ds), "eval_examples": len(eval_ds) if eval_ds is not None else 0,
-            "global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps,
-            "finished": trainer.state.global_step >= trainer.state.max_steps,
-            "resumed_from": Path(last).name if last else None,
-            "train_loss": losses[-1] if losses else None, "eval_loss": final_eval,
-            "seconds": round(meter.seconds, 1), "tokens_per_second": round(meter.tokens / max(meter.seconds, 1e-9), 1),
-            "backend": "unsloth" if unsloth_available(profile) else "transformers",
-            "bf16": trainer.args.bf16, "fp16": trainer.args.fp16}
-    (run / "run.json").write_text(json.dumps(info, indent=2))
+    last = runs.start(run)
+    last = last if resume else None
+    meter = runs.Meter()
+    trainer = sft_trainer(profile, config, train_ds, run / "checkpoints", eval_ds, [meter, *(callbacks or [])])
+    runs.fit(trainer, run, last, meter, profile, config, kind="sft", order=config.order,
+             train_examples=len(train_ds), eval_examples=len(eval_ds) if eval_ds is not None else 0,
+             backend="unsloth" if unsloth_available(profile) else "transformers")
     return run
-
 
 
 def main(argv=None) -> int:
@@ -239,16 +194,15 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="sft")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"],
                     help="then score the run on the profile's evaluation split")
+    ap.add_argument("--save", action="store_true", help="merge the evaluation into the profile's metrics.json")
     args = ap.parse_args(argv)
     profile = get_profile(args.profile, **({"order": args.order} if args.order else {}))
     run = train_sft(profile, CoTSFTConfig.for_profile(profile), name=args.name)
     print(json.dumps({k: v for k, v in json.loads((run / "run.json").read_text()).items() if k != "config"}))
     if args.evaluate:
-        from .data import load_splits
-        from .evaluate import eval_frame, evaluate_run
+        from .evaluate import report_run
 
-        for method, m in evaluate_run(run, profile, eval_frame(profile, load_splits(profile)), args.evaluate).items():
-            print(method, {k: m[k] for k in ("accuracy", "macro_f1", "macro_f1_ci", "parse_failure_rate")})
+        report_run(run, profile, args.evaluate, args.save)
     return 0
 
 

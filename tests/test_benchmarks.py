@@ -25,3 +25,16 @@ def test_inference_benchmark_runs_on_tiny(tmp_path, monkeypatch):
     runpy.run_path("benchmarks/bench_inference.py", run_name="__main__")
     res = json.loads((tmp_path / "b.json").read_text())
     assert set(res["results"]) == {"float32", "bfloat16"} and res["results"]["float32"]["generate_tok_s_bs2"] > 0
+
+
+def test_data_scale_benchmark_runs_small(tmp_path):
+    out = tmp_path / "b.json"
+    subprocess.run([sys.executable, "benchmarks/bench_data_scale.py", "--pairs", "3000", "--data", str(tmp_path / "esci"),
+                    "--out", str(out)], check=True, capture_output=True, text=True)
+    res = json.loads(out.read_text())
+    assert res["synthetic_pairs"] == 3000 and 0.6 * 3000 < res["pairs"] < 0.8 * 3000  # the us share is loaded
+    assert res["curated_pairs"] == sum(res["split_pairs"].values()) and res["queries"] > 0
+    assert res["peak_rss_gib"] >= res["peak_rss_after_load_gib"] > 0 and res["loaded_frame_gib"] > 0
+    assert res["load_s"] > 0 and res["curate_s"] > 0 and res["make_files_s"] > 0
+    assert set(res["files_mib"]) == {"shopping_queries_dataset_examples.parquet",
+                                     "shopping_queries_dataset_products.parquet", "esci_s_products.jsonl.gz"}

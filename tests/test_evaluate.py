@@ -90,3 +90,36 @@ def test_write_summary_reads_every_method(tmp_path, smoke):
 def test_cli_refuses_to_save_external_data():
     with pytest.raises(SystemExit):
         main(["--baseline", "lexical", "--data", "data_samples/esci_us", "--save"])
+
+
+def test_per_query_keeps_every_query():
+    from she_lib.evaluate import per_query
+
+    df = pd.DataFrame({"query": ["a", "A", "a", "b", "c", "c"], "example_id": list("123456")})
+    assert per_query(df, 2)["example_id"].tolist() == ["1", "2", "4", "5", "6"]  # queries compare lower-cased
+    assert per_query(df, None) is df
+
+
+def test_summary_skips_non_classifier_entries(tmp_path, smoke):
+    from she_lib.evaluate import write_summary
+
+    m = score(pd.DataFrame({"example_id": ["1"], "label": ["Exact"], "query": ["q"]}),
+              pd.DataFrame({"example_id": ["1"], "pred": ["Exact"]}), smoke)
+    save_metrics(tmp_path, "sft", m)
+    save_metrics(tmp_path, "genrm", {"step_accuracy": 0.9})  # a reward model's entry, not a classifier's
+    assert write_summary(tmp_path, ["Exact", "Substitute", "Complement", "Irrelevant"]).index.tolist() == ["sft"]
+
+
+def test_steps_first_runs_are_read_by_decoding_only(tmp_path, smoke, monkeypatch):
+    from she_lib import evaluate
+
+    run = tmp_path / "sft_steps_first"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"kind": "sft", "order": "steps_first"}))
+    seen = []
+    monkeypatch.setattr("she_lib.modeling.load_run", lambda r, p: type("P", (), {"model": None, "tokenizer": None}))
+    monkeypatch.setattr(evaluate, "predict_llm", lambda m, t, df, p, mode, cache: seen.append((p.order, mode)) or
+                        pd.DataFrame({"example_id": df["example_id"], "pred": "Exact"}))
+    df = pd.DataFrame({"example_id": ["1", "2"], "label": ["Exact", "Irrelevant"], "query": ["q", "r"]})
+    out = evaluate.evaluate_run(run, smoke, df, modes=("generate", "first_token"))
+    assert seen == [("steps_first", "generate")] and list(out) == ["sft_steps_first"]

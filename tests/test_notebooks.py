@@ -24,8 +24,11 @@ def test_all_notebooks_run_on_smoke(tmp_path):
     assert list(timings) == BOOKS
     prof = get_profile("smoke")
     metrics = json.loads((Path(prof.results_dir) / "metrics.json").read_text())
-    assert {"lexical", "zero_shot", "zero_shot_first_token", "sft", "sft_first_token"} <= set(metrics)
-    for name in ("01_label_distribution.png", "05_confusion.png", "06_negation.png"):
+    assert {"lexical", "zero_shot", "zero_shot_first_token", "sft", "sft_first_token", "sft_steps_first", "dpo",
+            "dpo_first_token", "genrm"} <= set(metrics)
+    assert "sft_steps_first_first_token" not in metrics  # steps_first runs are read by decoding only
+    for name in ("01_label_distribution.png", "02_pass_at_k.png", "02_dpo_training.png", "05_confusion.png",
+                 "06_negation.png"):
         assert (Path(prof.results_dir) / "figures" / name).stat().st_size > 1000
     for split in ("train", "validation", "test"):
         assert (Path(prof.processed_dir) / f"{split}.parquet").exists()

@@ -42,7 +42,7 @@ def test_profile_defaults_and_trainer_args(smoke, tmp_path):
     assert (cfg.max_steps, cfg.bf16, cfg.order, cfg.max_length) == (4, False, "grade_first", smoke.max_seq_length)
     cpu, full = CoTSFTConfig.for_profile("cpu"), CoTSFTConfig.for_profile("cpu-full")
     assert cpu.train_limit and cpu.max_steps == -1 and cpu.bf16 == "auto" and not cpu.gradient_checkpointing
-    assert full.train_limit is None and full.epochs >= 1
+    assert full.train_limit and full.epochs >= 1 and full.eval_steps > full.save_steps
     assert CoTSFTConfig.for_profile("smoke", order="steps_first", learning_rate=1e-3).order == "steps_first"
 
     args = sft_args(cfg, tmp_path, has_eval=True)

@@ -1,0 +1,112 @@
+"""Controlled single-step corruptions of teacher rationales: the GenRM's negative training steps.
+
+Each corruption rewrites one step of the offline teacher's rationale (``rationales.teacher_steps``) so
+that it becomes false for the example; that step is labelled incorrect, every other step correct:
+
+* ``type``          wrong product type: the <type> verdict becomes a seeded choice among the verdicts that
+                    ``verifier.TYPE_TRUTH`` marks incorrect for the label; the evidence is kept.
+* ``attribute``     a claimed attribute the product lacks: a query term the record lacks (facts'
+                    ``missing_terms``) joins the <type> step's ``matches:`` list; with no such term, the
+                    <product> step claims a colour from ``COLOURS`` that its fields do not contain.
+* ``grade``         a flipped grade: <grade> and the judgement both name another grade (seeded; the judge
+                    text is the teacher's for that grade). The judge step is the one labelled incorrect;
+                    the grade's own truth is the outcome, not a step.
+* ``contradiction`` a step contradicting an earlier one: <attr> says a word fails that <type> listed as a
+                    match (and the record has); with no such word, the judgement states a grade other
+                    than <grade> (which stays right).
+
+Every corrupted step is one the offline verifier marks incorrect (tested on the data), so corruption
+labels and verifier truth agree by construction. Seeded: :func:`corrupt_frame` is a function of its seed.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .facts import stem, tokens
+from .labels import GradeScale, get_scale
+from .rationales import teacher_steps
+from .schema import STEPS, render_rationale
+from .verifier import INCORRECT, TYPE_TRUTH
+
+KINDS = ("type", "attribute", "grade", "contradiction")
+COLOURS = ("purple", "orange", "turquoise", "magenta", "beige", "maroon", "olive", "teal", "lavender", "crimson")
+
+
+@dataclass
+class Corruption:
+    steps: dict[str, str]  # the five step texts, one of them corrupted
+    grade: str
+    step: str  # the corrupted step (labelled incorrect)
+    kind: str  # the corruption applied (a fallback may differ from the one asked for)
+
+    def rationale(self, order: str = "grade_first") -> str:
+        return render_rationale(self.steps, self.grade, order)
+
+    def labels(self) -> list[int]:
+        """1 = correct, 0 = incorrect, in STEPS order."""
+        return [int(s != self.step) for s in STEPS]
+
+
+def _other_grade(label: str, scale: GradeScale, rng: random.Random) -> str:
+    return rng.choice([w for w in scale.words if w != label])
+
+
+def _wrong_type(ex, steps, rng, scale, max_terms) -> Corruption:
+    wrong = [v for v, t in TYPE_TRUTH[ex["label"]].items() if t == INCORRECT]
+    evidence = steps["type"].split(";", 1)[1]
+    return Corruption({**steps, "type": f"{rng.choice(wrong)};{evidence}"}, ex["label"], "type", "type")
+
+
+def _lacking_attribute(ex, steps, rng, scale, max_terms) -> Corruption:
+    missing = list(ex["missing_terms"])
+    if missing:
+        claimed = list(ex["matched_terms"])[:max_terms] + [rng.choice(missing)]
+        verdict = steps["type"].split(";", 1)[0]
+        return Corruption({**steps, "type": f"{verdict}; matches: {', '.join(claimed)}"}, ex["label"], "type",
+                          "attribute")
+    have = {stem(t) for c in ("title", "brand", "colour", "category") for t in tokens(str(ex.get(c) or ""))}
+    colour = rng.choice([c for c in COLOURS if stem(c) not in have])
+    return Corruption({**steps, "product": f"{steps['product']}, {colour}"}, ex["label"], "product", "attribute")
+
+
+def _flipped_grade(ex, steps, rng, scale, max_terms) -> Corruption:
+    new = _other_grade(ex["label"], scale, rng)
+    judge = teacher_steps({**ex, "label": new}, max_terms)["judge"]
+    return Corruption({**steps, "judge": judge}, new, "judge", "grade")
+
+
+def _contradiction(ex, steps, rng, scale, max_terms) -> Corruption:
+    hits = set(ex["negation_hits"])
+    listed = [t for t in list(ex["matched_terms"])[:max_terms] if t not in hits]
+    if listed:
+        return Corruption({**steps, "attr": f"some specs fail; fails: {rng.choice(listed)}"}, ex["label"], "attr",
+                          "contradiction")
+    judge = teacher_steps({**ex, "label": _other_grade(ex["label"], scale, rng)}, max_terms)["judge"]
+    return Corruption({**steps, "judge": judge}, ex["label"], "judge", "contradiction")
+
+
+_MAKERS = {"type": _wrong_type, "attribute": _lacking_attribute, "grade": _flipped_grade,
+           "contradiction": _contradiction}
+
+
+def corrupt(ex, kind: str, rng: random.Random, scale: GradeScale | str = "esci", max_terms: int = 4) -> Corruption:
+    """One corruption of kind ``kind`` of the teacher rationale of ``ex`` (a row with the facts columns)."""
+    if kind not in _MAKERS:
+        raise ValueError(f"unknown corruption {kind!r}; choose one of {KINDS}")
+    scale = get_scale(scale) if isinstance(scale, str) else scale
+    return _MAKERS[kind](ex, teacher_steps(ex, max_terms), rng, scale, max_terms)
+
+
+def corrupt_frame(df: pd.DataFrame, n_per_kind: int, seed: int = 0, order: str = "grade_first",
+                  scale: GradeScale | str = "esci", kinds=KINDS) -> pd.DataFrame:
+    """``n_per_kind`` corrupted rationales per kind, each of a row drawn (seeded, without replacement within a
+    kind) from ``df``; columns of ``df`` + ``rationale``, ``labels`` (STEPS order), ``origin`` = corrupt:<kind>."""
+    rng, rows, out = random.Random(seed), df.to_dict("records"), []
+    for kind in kinds:
+        for i in rng.sample(range(len(rows)), min(n_per_kind, len(rows))):
+            c = corrupt(rows[i], kind, rng, scale)
+            out.append({**rows[i], "rationale": c.rationale(order), "labels": c.labels(), "origin": f"corrupt:{kind}"})
+    return pd.DataFrame(out, columns=[*df.columns, "rationale", "labels", "origin"])

@@ -1,0 +1,196 @@
+"""Generative stepwise reward model (GenRM): a LoRA model that *writes* a verdict for every step.
+
+It reads query, product and a rationale and writes ``query: correct`` ... ``judge: incorrect`` (format and
+data in she_lib.genrm_data). Training is CoT SFT on the assistant turn through ``sft.sft_trainer``.
+
+Scoring is teacher-forced, no decoding: one forward pass over ``prompt + "query: correct\\n...judge:
+correct"`` per rationale. With z_c, z_i the logits of the two verdict tokens at the position before step
+k's verdict, the step score is::
+
+    s_k = P(correct) = exp(z_c) / (exp(z_c) + exp(z_i))
+
+Because the earlier verdicts are filled with ``correct``, s_k = P(step k correct | x, steps before k
+correct): the reading a first-error (critical step) rule needs. The left-padded batch keeps only the
+logits of the five verdict positions (``logits_to_keep``), so a batch costs one prefill and no decoding.
+
+Evaluation, the examiner report and the whole job (``python -m she_lib.genrm``) are in she_lib.genrm_eval.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import Profile, get_profile
+from .genrm_data import build_genrm_dataset, genrm_messages, verdict_text, verdict_token_ids
+from .schema import STEPS
+
+
+@dataclass
+class GenRMConfig:
+    # data: train split to train on, validation split to evaluate on (never test)
+    teacher_pairs: int | None = 280  # pairs whose teacher rationale is a row (all steps correct); None = all
+    corruptions_per_kind: int = 140  # single-step corruptions per kind (corruptions.KINDS)
+    policy_prompts: int = 120  # train pairs the policy samples rationales for (verifier-labelled)
+    policy_samples: int = 2  # samples per prompt
+    policy_run: str = "sft"  # adapter in runs_dir/<policy_run> (train it first: python -m she_lib.sft)
+    policy_base_fallback: bool = False  # no such run: sample the base model (True) or use no policy rows (False)
+    policy_temperature: float = 1.0
+    policy_max_new_tokens: int = 128
+    eval_teacher_pairs: int | None = 100
+    eval_corruptions_per_kind: int = 50
+    eval_policy_prompts: int = 60  # x policy_samples held-out policy rationales
+    # training (through she_lib.sft)
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = 2e-4
+    per_device_batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    lr_scheduler: str = "cosine"
+    max_length: int = 640  # a row is 296 tokens on average, 397 at most (train split): the verdicts are never cut
+    logging_steps: int = 5
+    save_steps: int = 25
+    save_total_limit: int | None = 2
+    bf16: bool | str = "auto"
+    seed: int = 0
+    # scoring and evaluation
+    verdict_words: tuple[str, str] = ("correct", "incorrect")
+    score_batch_size: int = 16
+    threshold: float = 0.5  # P(correct) >= threshold reads as "correct"
+    calibration_bins: int = 10
+
+    @classmethod
+    def for_profile(cls, profile: Profile | str, **overrides) -> "GenRMConfig":
+        """Per-profile budgets; the defaults are cpu-full's. Its arithmetic (SmolLM2-135M LoRA trains at ~230 tok/s
+        on the 2-core CPU): a row is 296 tokens on average (measured on the train split: prompt + rationale ~95 +
+        verdict lines 20; max 397 < max_length). Rows = 280 teacher + 4 x 140 corruptions + <= 240 policy samples
+        (2 x 120 prompts; only fully decided ones are kept) <= 1,080; one epoch = 1,080 x 296 / 230 ~ 1,390 s
+        ~ 23 min of training (~21 min if a quarter of the policy samples is dropped). Around it: sampling 240 + 120
+        policy rationales of <= 128 tokens (~1.5 s each, README) ~ 9 min, scoring ~420 held-out rationales
+        (forward only) ~ 2-3 min: about 35 min in all."""
+        profile = get_profile(profile)
+        per = {
+            "smoke": dict(teacher_pairs=8, corruptions_per_kind=2, policy_prompts=4, policy_samples=1,
+                          policy_max_new_tokens=24, eval_teacher_pairs=4, eval_corruptions_per_kind=1,
+                          eval_policy_prompts=2, max_steps=4, per_device_batch_size=4, logging_steps=1,
+                          save_steps=2, bf16=False, score_batch_size=8, policy_base_fallback=True),
+            # notebook 03 in the 30-minute cpu job: <= 48 + 4 x 20 + 24 = 152 rows x 296 / 230 tok/s ~ 3.3 min
+            "cpu": dict(teacher_pairs=48, corruptions_per_kind=20, policy_prompts=24, policy_samples=1,
+                        eval_teacher_pairs=32, eval_corruptions_per_kind=12, eval_policy_prompts=16),
+            "cpu-full": {},
+            "gpu": dict(teacher_pairs=None, corruptions_per_kind=1000, policy_prompts=1000, policy_samples=4,
+                        eval_teacher_pairs=None, eval_corruptions_per_kind=200, eval_policy_prompts=400, epochs=2,
+                        per_device_batch_size=16, save_steps=200, logging_steps=10, score_batch_size=64),
+            "colab": dict(teacher_pairs=None, corruptions_per_kind=500, policy_prompts=400, policy_samples=2,
+                          eval_corruptions_per_kind=100, eval_policy_prompts=200, epochs=2, grad_accum=2,
+                          save_steps=200, logging_steps=10, score_batch_size=32),
+        }.get(profile.name, {})
+        return cls(**{**dict(seed=profile.seed), **per, **overrides})
+
+    def sft_config(self, order: str):
+        """The ``CoTSFTConfig`` that carries these training fields into ``sft.sft_trainer``."""
+        from .sft import CoTSFTConfig
+
+        keys = ("epochs", "max_steps", "learning_rate", "per_device_batch_size", "grad_accum", "warmup_ratio",
+                "max_length", "logging_steps", "save_steps", "save_total_limit", "seed", "bf16")
+        return CoTSFTConfig(order=order, lr_scheduler=self.lr_scheduler, train_limit=None, eval_limit=None,
+                            **{k: getattr(self, k) for k in keys})
+
+
+# ------------------------------------------------------------------------------------------ scorer
+class GenRM:
+    """Teacher-forced step scorer: ``score(examples, rationales) -> [n, len(STEPS)]`` P(correct)."""
+
+    def __init__(self, model, tokenizer, words=("correct", "incorrect"), batch_size: int = 16):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.ids = verdict_token_ids(tokenizer, words)
+        self.suffix = tokenizer(verdict_text([1] * len(STEPS), words), add_special_tokens=False).input_ids
+        self.at = [j for j, t in enumerate(self.suffix) if t == self.ids[0]]  # verdict token positions
+        if len(self.at) != len(STEPS):
+            raise ValueError(f"found {len(self.at)} verdict tokens in the verdict lines, need {len(STEPS)}")
+
+    @classmethod
+    def load(cls, run: str | Path, profile: Profile, config: GenRMConfig | None = None) -> "GenRM":
+        """The profile's base model with the adapter of ``run`` merged in."""
+        from peft import PeftModel
+
+        from .modeling import load_policy
+
+        config = config or GenRMConfig.for_profile(profile)
+        policy = load_policy(profile)
+        model = PeftModel.from_pretrained(policy.model, str(run)).merge_and_unload()
+        return cls(model, policy.tokenizer, config.verdict_words, config.score_batch_size)
+
+    def input_ids(self, ex, rationale) -> list[int]:
+        """Prompt tokens (chat template up to the assistant turn) + the all-``correct`` verdict lines."""
+        text = self.tokenizer.apply_chat_template(genrm_messages(ex, rationale), tokenize=False,
+                                                  add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False).input_ids + self.suffix
+
+    @torch.inference_mode()
+    def score(self, examples, rationales) -> np.ndarray:
+        examples = examples.to_dict("records") if isinstance(examples, pd.DataFrame) else list(examples)
+        seqs = [self.input_ids(e, r) for e, r in zip(examples, rationales)]
+        out = np.zeros((len(seqs), len(STEPS)))
+        self.model.eval()
+        device, pad = self.model.device, self.tokenizer.pad_token_id
+        order = np.argsort([len(s) for s in seqs], kind="stable")[::-1]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            width = max(len(seqs[i]) for i in idx)  # left padding: the verdict lines end every row
+            ids = torch.tensor([[pad] * (width - len(seqs[i])) + seqs[i] for i in idx], device=device)
+            mask = torch.tensor([[0] * (width - len(seqs[i])) + [1] * len(seqs[i]) for i in idx], device=device)
+            keep = torch.tensor([width - len(self.suffix) + j - 1 for j in self.at], device=device)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                logits_to_keep=keep).logits.float()
+            pair = logits[..., torch.tensor(self.ids, device=device)]  # [b, steps, 2]
+            out[idx] = torch.softmax(pair, dim=-1)[..., 0].cpu().numpy()
+        return out
+
+
+# ------------------------------------------------------------------------------------------ training
+def train_genrm(profile: Profile, config: GenRMConfig, train_rows: pd.DataFrame, name: str = "genrm",
+                resume: bool = True, callbacks: list | None = None) -> Path:
+    """LoRA SFT of the GenRM on ``train_rows`` (complete rows only); resumable run folder ``runs_dir/name``."""
+    from . import runs
+    from .sft import sft_trainer
+
+    run = Path(profile.runs_dir) / name
+    key = {**asdict(config), "train_rows": len(train_rows)}  # a run is reused for the same config and data size
+    if resume and runs.finished(run, profile, key):
+        return run
+    ds = build_genrm_dataset(train_rows, config.verdict_words)
+    last = runs.start(run)
+    last = last if resume else None
+    meter = runs.Meter()
+    trainer = sft_trainer(profile, config.sft_config(profile.order), ds, run / "checkpoints", None,
+                          [meter, *(callbacks or [])])
+    runs.fit(trainer, run, last, meter, profile, key, kind="genrm", train_rows=len(train_rows),
+             rows_by_origin=train_rows["origin"].value_counts().to_dict())
+    return run
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def main(argv=None) -> int:
+    """``python -m she_lib.genrm --profile cpu-full``: build data, train (resumes), evaluate, write results."""
+    import argparse
+
+    from .genrm_eval import run_genrm
+
+    ap = argparse.ArgumentParser(prog="python -m she_lib.genrm", description=main.__doc__)
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--name", default="genrm")
+    args = ap.parse_args(argv)
+    profile = get_profile(args.profile)
+    out = run_genrm(profile, GenRMConfig.for_profile(profile), name=args.name)
+    print(json.dumps(out["metrics"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""GenRM data: the prompt it reads, the verdict lines it writes, and its three sources of labelled steps.
+
+Format (a chat; training is on the assistant turn only, through she_lib.sft)::
+
+    system     GENRM_SYSTEM
+    user       the pair as the policy sees it (schema.user_prompt), "Rationale:", the rationale as written
+    assistant  query: correct
+               product: correct
+               type: incorrect
+               attr: correct
+               judge: correct
+
+Always one line per step of STEPS, in order, whatever the rationale holds. The verdict words must be
+single, distinct tokens after ``": "`` (:func:`verdict_token_ids` checks; SmolLM2: " correct" 2887,
+" incorrect" 11798), so P(correct) is read from one logit pair per step.
+
+Sources; every frame has the example's columns plus ``rationale``, ``labels`` (per step of STEPS: 1
+correct, 0 incorrect, -1 undecided) and ``origin``:
+
+* ``teacher``    the offline teacher's rationale, every step labelled correct;
+* ``corrupt:*``  single-step corruptions (she_lib.corruptions), the corrupted step labelled incorrect;
+* ``policy``     rationales sampled from a policy, labelled by the offline verifier (undecided and missing
+                 steps -1). Training keeps only complete rows (no -1: a line needs a target).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .corruptions import corrupt_frame
+from .labels import GradeScale, get_scale
+from .rationales import teacher_rationale
+from .schema import STEPS, render_prompt, user_prompt
+from .verifier import verify
+
+GENRM_SYSTEM = ("Check each step of a search-relevance rationale against the query and the product. "
+                "Write one line per step: query, product, type, attr, judge, each followed by ': correct' "
+                "or ': incorrect'.")
+
+
+def genrm_messages(ex, rationale: str) -> list[dict]:
+    """System + user messages of the GenRM prompt for one (example, rationale)."""
+    text = rationale if isinstance(rationale, str) else repr(rationale)
+    return [{"role": "system", "content": GENRM_SYSTEM},
+            {"role": "user", "content": f"{user_prompt(ex)}\nRationale:\n{text}"}]
+
+
+def verdict_text(labels, words=("correct", "incorrect")) -> str:
+    """The assistant turn: ``name: word`` per step; label 1 -> words[0], 0 -> words[1] (-1 is refused)."""
+    if any(int(v) not in (0, 1) for v in labels) or len(labels) != len(STEPS):
+        raise ValueError(f"need one 0/1 label per step of {STEPS}, got {list(labels)}")
+    return "\n".join(f"{s}: {words[0] if int(v) else words[1]}" for s, v in zip(STEPS, labels))
+
+
+def verdict_token_ids(tokenizer, words=("correct", "incorrect")) -> list[int]:
+    """Token id of each verdict word as it follows ``"step: "``; each must be one token, all distinct."""
+    ids = []
+    for w in words:
+        full = tokenizer(f"type: {w}", add_special_tokens=False).input_ids
+        head = tokenizer("type:", add_special_tokens=False).input_ids
+        if full[:len(head)] != head or len(full) != len(head) + 1:
+            raise ValueError(f"verdict word {w!r} is not a single token after 'type:' ({full}); pick another")
+        ids.append(full[-1])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"verdict words {list(words)} share a token ({ids})")
+    return ids
+
+
+def build_genrm_dataset(frame: pd.DataFrame, words=("correct", "incorrect")):
+    """``datasets.Dataset`` of {"prompt": [system, user], "completion": [assistant verdict lines]}."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": genrm_messages(r, r["rationale"]),
+                               "completion": [{"role": "assistant", "content": verdict_text(r["labels"], words)}]}
+                              for r in frame.to_dict("records")])
+
+
+# ------------------------------------------------------------------------------------------ sources
+def _sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    return df if n is None or n >= len(df) else df.sample(n=n, random_state=seed)
+
+
+def teacher_rows(df: pd.DataFrame, n: int | None, seed: int = 0, order: str = "grade_first") -> pd.DataFrame:
+    d = _sample(df, n, seed)
+    return d.assign(rationale=[teacher_rationale(r, order) for r in d.to_dict("records")],
+                    labels=[[1] * len(STEPS)] * len(d), origin="teacher").reset_index(drop=True)
+
+
+def verifier_labels(ex, rationale, scale: GradeScale | str = "esci") -> list[int]:
+    """1 / 0 where the verifier decides a step, -1 where it does not (or the step is missing)."""
+    return [-1 if np.isnan(v) else int(v) for v in verify(ex, rationale, scale).vector()]
+
+
+def policy_rows(df: pd.DataFrame, texts: list[str], scale: GradeScale | str = "esci") -> pd.DataFrame:
+    """``texts[i]`` is a sampled rationale of ``df.iloc[i]``, labelled by the verifier."""
+    d = df.reset_index(drop=True)
+    return d.assign(rationale=list(texts), labels=[verifier_labels(r, t, scale) for r, t in
+                                                   zip(d.to_dict("records"), texts)], origin="policy")
+
+
+def complete(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose every step has a 0/1 label (trainable)."""
+    return frame[[min(v) >= 0 for v in frame["labels"]]].reset_index(drop=True)
+
+
+def labelled_rows(df: pd.DataFrame, n_teacher: int | None, n_corrupt_per_kind: int, seed: int,
+                  order: str = "grade_first", scale: GradeScale | str = "esci") -> pd.DataFrame:
+    """Teacher rationales of ``n_teacher`` pairs + ``n_corrupt_per_kind`` corruptions of each kind."""
+    scale = get_scale(scale) if isinstance(scale, str) else scale
+    return pd.concat([teacher_rows(df, n_teacher, seed, order),
+                      corrupt_frame(df, n_corrupt_per_kind, seed, order, scale)], ignore_index=True)
+
+
+def sample_policy(model, tokenizer, df: pd.DataFrame, scale: GradeScale, order: str, n_samples: int,
+                  max_new_tokens: int, temperature: float, batch_size: int, seed: int,
+                  cache: str | Path | None = None) -> pd.DataFrame:
+    """``n_samples`` sampled rationales per row of ``df`` (seeded), verifier-labelled; cached as JSON lines
+    (example_id, rationale) so a resumed run reuses the same samples."""
+    import torch
+
+    from .inference import generate
+
+    cache = Path(cache) if cache else None
+    if cache and cache.exists():
+        rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+        texts = {}
+        for r in rows:
+            texts.setdefault(r["example_id"], []).append(r["rationale"])
+        if set(texts) == set(df["example_id"]) and all(len(v) == n_samples for v in texts.values()):
+            rep = df.loc[df.index.repeat(n_samples)]
+            return policy_rows(rep, [t for i in df["example_id"] for t in texts[i]], scale)
+    torch.manual_seed(seed)
+    prompts = [render_prompt(tokenizer, r, scale, order) for r in df.to_dict("records")]
+    out = generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=True,
+                   temperature=temperature, num_return_sequences=n_samples, progress=False, desc="policy")
+    texts = [t for group in out for t in (group if n_samples > 1 else [group])]
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        ids = [i for i in df["example_id"] for _ in range(n_samples)]
+        cache.write_text("".join(json.dumps({"example_id": i, "rationale": t}) + "\n" for i, t in zip(ids, texts)))
+    return policy_rows(df.loc[df.index.repeat(n_samples)], texts, scale)

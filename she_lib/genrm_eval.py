@@ -1,0 +1,185 @@
+"""GenRM job: data, training, held-out evaluation, examiner report (``python -m she_lib.genrm``, notebook 03).
+
+1. :func:`build_data` - train rows from the train split (teacher + corruptions + *complete* verifier-labelled
+   policy samples), held-out rows from the validation split (the same sources; policy steps labelled
+   where the verifier decides). The test split is never read. Policy samples come from the SFT run
+   ``runs_dir/<policy_run>``; without it there are none (or the base model's, ``policy_base_fallback``).
+2. ``genrm.train_genrm`` - resumable run folder ``runs_dir/<name>``.
+3. :func:`step_metrics` / :func:`evaluate_genrm` - step accuracy, F1 (``incorrect`` positive), ECE,
+   Brier and the reliability curve (``sklearn.calibration.calibration_curve``, uniform bins) over the
+   labelled held-out steps; ECE = sum_b |B_b|/N |acc_b - conf_b|.
+4. :func:`examiner_report` - the hybrid examiner on the held-out rollouts: verifier coverage, GenRM-verifier
+   agreement (the step scores of 3 reused, ``score_all``), and the measured cost per 1,000 rationales of
+   the verifier alone and of the verifier_first examiner with the GenRM.
+5. :func:`save_genrm_results` - ``metrics.json["genrm"]`` (merged, other keys kept), ``genrm_report.json``
+   and ``figures/03_genrm_calibration.png`` under ``profile.results_dir``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import Profile
+from .examiner import Examiner, HybridConfig, TableScorer
+from .genrm import GenRM, GenRMConfig, train_genrm
+from .genrm_data import complete, labelled_rows, sample_policy
+from .labels import get_scale
+from .schema import STEPS
+
+
+def load_policy_model(profile: Profile, run_name: str):
+    """(model, tokenizer, source): the base model with ``runs_dir/run_name``'s adapter merged if it exists."""
+    from .modeling import load_policy
+
+    policy, run = load_policy(profile), Path(profile.runs_dir) / run_name
+    if not (run / "adapter_config.json").exists():
+        return policy.model, policy.tokenizer, "base"
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(policy.model, str(run)).merge_and_unload(), policy.tokenizer, run_name
+
+
+def build_data(profile: Profile, config: GenRMConfig, splits: dict, name: str = "genrm"):
+    """(train rows, held-out rows, policy source). Policy samples are cached in ``runs_dir/name/policy_<split>_<source>
+    .jsonl`` (a resumed run reuses them); delete those files to resample after retraining the policy."""
+    scale = get_scale(profile.grade_scale)
+    train = labelled_rows(splits["train"], config.teacher_pairs, config.corruptions_per_kind, config.seed,
+                          profile.order, scale)
+    held = labelled_rows(splits["validation"], config.eval_teacher_pairs, config.eval_corruptions_per_kind,
+                         config.seed + 1, profile.order, scale)
+    source = "none"
+    have_run = (Path(profile.runs_dir) / config.policy_run / "adapter_config.json").exists()
+    if (config.policy_prompts or config.eval_policy_prompts) and (have_run or config.policy_base_fallback):
+        model, tok, source = load_policy_model(profile, config.policy_run)
+        parts = {}
+        for split, n in (("train", config.policy_prompts), ("validation", config.eval_policy_prompts)):
+            df = splits[split].sample(n=min(n, len(splits[split])), random_state=config.seed)
+            parts[split] = sample_policy(
+                model, tok, df, scale, profile.order, config.policy_samples, config.policy_max_new_tokens,
+                config.policy_temperature, profile.eval_batch_size, config.seed,
+                Path(profile.runs_dir) / name / f"policy_{split}_{source}.jsonl")
+        train = pd.concat([train, complete(parts["train"])], ignore_index=True)
+        held = pd.concat([held, parts["validation"]], ignore_index=True)
+    return train, held, source
+
+
+def step_metrics(labels, scores, threshold: float = 0.5, bins: int = 10) -> dict:
+    """Accuracy, F1 and calibration over the labelled steps (label >= 0) of [n, len(STEPS)] arrays."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import f1_score
+
+    labels, scores = np.asarray(labels).reshape(-1, len(STEPS)), np.asarray(scores, float).reshape(-1, len(STEPS))
+    mask = labels >= 0
+    y, p, col = labels[mask].astype(int), scores[mask], np.nonzero(mask)[1]
+    if not len(y):
+        return {"n_steps": 0}
+    pred = (p >= threshold).astype(int)
+    b = np.clip(np.digitize(p, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    ece = sum(abs(y[b == k].mean() - p[b == k].mean()) * (b == k).mean() for k in range(bins) if (b == k).any())
+    true, mean_p = calibration_curve(y, p, n_bins=bins) if len(set(y)) == 2 else ([], [])
+    return {"n_steps": int(mask.sum()), "step_accuracy": float((pred == y).mean()),
+            "step_f1": float(f1_score(y, pred, pos_label=0, zero_division=0)),
+            "step_macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+            "incorrect_rate": float(1 - y.mean()), "ece": float(ece), "brier": float(((p - y) ** 2).mean()),
+            "per_step_accuracy": {s: float((pred[col == j] == y[col == j]).mean())
+                                  for j, s in enumerate(STEPS) if (col == j).any()},
+            "calibration": {"prob_pred": [float(x) for x in mean_p], "prob_true": [float(x) for x in true],
+                            "bins": bins}}
+
+
+def evaluate_genrm(genrm: GenRM, held: pd.DataFrame, config: GenRMConfig) -> tuple[dict, np.ndarray]:
+    """(metrics over all held-out labelled steps, with ``per_origin`` accuracy and the GenRM's own cost per 1,000
+    rationales; the [n, steps] scores)."""
+    t0 = time.time()
+    scores = genrm.score(held, held["rationale"].tolist())
+    seconds = time.time() - t0
+    labels = np.array(held["labels"].tolist())
+    out = step_metrics(labels, scores, config.threshold, config.calibration_bins)
+    out["genrm_seconds_per_1000"] = round(1000 * seconds / max(len(held), 1), 2)  # every rationale scored
+    out["per_origin"] = {o: {k: v for k, v in step_metrics(labels[m], scores[m], config.threshold).items()
+                             if k in ("n_steps", "step_accuracy", "step_f1")}
+                         for o in sorted(held["origin"].unique()) if (m := (held["origin"] == o).to_numpy()).any()}
+    return out, scores
+
+
+def examiner_report(held: pd.DataFrame, scores: np.ndarray, genrm: GenRM | None, profile: Profile) -> dict:
+    """Coverage and agreement (score_all, reusing ``scores``) overall and per origin; the cost of the verifier
+    alone and of the default verifier_first examiner with ``genrm`` (timed here) per 1,000 rationales."""
+    rows, scale = held.to_dict("records"), profile.grade_scale
+    table = {(r["example_id"], r["rationale"]): s for r, s in zip(rows, scores)}
+    exam = Examiner(TableScorer(table), HybridConfig(score_all=True), scale).examine(rows)
+    keep = ("rollouts", "steps_judged", "verifier_coverage", "agreement", "agreement_steps", "correct_rate",
+            "well_formed_rate", "rollouts_with")
+    out = {k: v for k, v in exam.report().items() if k in keep}
+    out["by_origin"] = {o: {k: v for k, v in exam.select(held["origin"].to_numpy() == o).report().items() if k in keep}
+                        for o in sorted(held["origin"].unique())}
+    verifier_only = Examiner(None, HybridConfig(), scale).examine(rows).report()
+    out["verifier_seconds_per_1000"] = verifier_only["seconds_per_1000"]
+    if genrm is not None:
+        hybrid = Examiner(genrm, HybridConfig(), scale).examine(rows).report()
+        out.update(examiner_seconds_per_1000=hybrid["seconds_per_1000"], genrm_call_rate=hybrid["genrm_call_rate"])
+    return out
+
+
+def plot_calibration(metrics: dict, path: str | Path | None = None, ax=None):
+    """Reliability diagram of the held-out step scores."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4))
+    cal = metrics.get("calibration", {})
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect")
+    ax.plot(cal.get("prob_pred", []), cal.get("prob_true", []), marker="o", label="GenRM")
+    ax.set(xlabel="P(correct) (bin mean)", ylabel="fraction of steps correct", xlim=(0, 1), ylim=(0, 1),
+           title=f"GenRM calibration (ECE {metrics.get('ece', float('nan')):.3f})")
+    ax.legend(loc="upper left")
+    if path:
+        ax.figure.tight_layout()
+        ax.figure.savefig(path, dpi=120)
+    return ax
+
+
+def save_genrm_results(profile: Profile, metrics: dict, exam: dict, run: Path, policy_source: str) -> dict:
+    """Merge ``genrm`` into ``results_dir/metrics.json``; write ``genrm_report.json`` and the calibration plot."""
+    import matplotlib.pyplot as plt
+
+    from .evaluate import machine, save_metrics
+
+    info = json.loads((Path(run) / "run.json").read_text())
+    entry = {k: metrics.get(k) for k in ("step_accuracy", "step_f1", "step_macro_f1", "ece", "brier", "n_steps",
+                                         "genrm_seconds_per_1000")}
+    entry.update(verifier_coverage=exam["verifier_coverage"], agreement=exam["agreement"],
+                 examiner_seconds_per_1000=exam.get("examiner_seconds_per_1000"),
+                 verifier_seconds_per_1000=exam["verifier_seconds_per_1000"], split="validation",
+                 profile=profile.name, model=profile.model_name if not profile.is_tiny else "tiny-llama (random)",
+                 policy_source=policy_source, train_rows=info["train_rows"], train_seconds=info["seconds"],
+                 machine=machine())
+    save_metrics(profile.results_dir, "genrm", entry)
+    results = Path(profile.results_dir)
+    (results / "genrm_report.json").write_text(json.dumps({"metrics": metrics, "examiner": exam, "run": info},
+                                                          indent=2, default=str))
+    (results / "figures").mkdir(parents=True, exist_ok=True)
+    ax = plot_calibration(metrics, results / "figures" / "03_genrm_calibration.png")
+    plt.close(ax.figure)
+    return entry
+
+
+def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict | None = None,
+              name: str = "genrm") -> dict:
+    """Steps 1-5 of the module doc; returns the saved entry and every intermediate."""
+    from .data import load_splits
+
+    config = config or GenRMConfig.for_profile(profile)
+    splits = splits if splits is not None else load_splits(profile)
+    train, held, source = build_data(profile, config, splits, name)
+    run = train_genrm(profile, config, complete(train), name)
+    genrm = GenRM.load(run, profile, config)
+    metrics, scores = evaluate_genrm(genrm, held, config)
+    exam = examiner_report(held, scores, genrm, profile)
+    entry = save_genrm_results(profile, metrics, exam, run, source)
+    return {"metrics": entry, "step_metrics": metrics, "examiner": exam, "run": run, "train": train, "held": held,
+            "scores": scores}

@@ -1,0 +1,94 @@
+"""Run folders: what every trainer of the project (SFT, DPO, GenRM, RL) writes, and how it resumes.
+
+A run lives in ``runs_dir/<name>/``:
+
+* ``checkpoints/checkpoint-<step>/``: the trainer's checkpoints (optimizer, scheduler, RNG, data position);
+  :func:`fit` resumes from the last one;
+* the final LoRA adapter + tokenizer (``save_pretrained``), ``train_log.json`` (the trainer's log history);
+* ``run.json``, written last: kind, profile, config, step counts, losses, seconds, tokens/s. A folder without
+  ``run.json`` holds no finished run. A finished run of the same profile and config is reused as is
+  (resumed at its end, transformers 5.17 would train one step past ``max_steps``).
+
+Under ``accelerate launch`` every process trains (the trainer's collective calls) but only rank 0 writes the
+run folder (she_lib.distributed); the others wait for it, so every rank returns a complete folder.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class Meter(TrainerCallback):
+    """Wall time and non-padding tokens of this session's training loop (a resumed run counts its own)."""
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0, self.tokens0 = time.time(), state.num_input_tokens_seen
+
+    def on_train_end(self, args, state, control, **kw):
+        self.seconds, self.tokens = time.time() - self.t0, state.num_input_tokens_seen - self.tokens0
+
+
+def _jsonable(config) -> dict:
+    return json.loads(json.dumps(asdict(config) if is_dataclass(config) else config))
+
+
+def finished(run: Path, profile, config) -> bool:
+    """``run`` holds a finished run of this profile and config (not one stopped early)."""
+    path = Path(run) / "run.json"
+    if not path.exists():
+        return False
+    info = json.loads(path.read_text())
+    return bool(info.get("finished")) and info.get("profile") == profile.name and info.get("config") == _jsonable(config)
+
+
+def start(run: Path) -> str | None:
+    """Mark ``run`` unfinished, drop evaluation caches of an earlier model, return the checkpoint to resume."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .distributed import is_main_process
+
+    run = Path(run)
+    if is_main_process():
+        (run / "run.json").unlink(missing_ok=True)
+        for stale in run.glob("predictions_*.jsonl"):
+            stale.unlink()
+    ckpt = run / "checkpoints"
+    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+
+
+def fit(trainer, run: Path, last: str | None, meter: Meter, profile, config, **info) -> dict:
+    """Train (from ``last`` if given), save adapter + tokenizer + log, write and return ``run.json``."""
+    from .distributed import is_main_process, wait_for_everyone
+
+    run = Path(run)
+    trainer.train(resume_from_checkpoint=last)
+    log = trainer.state.log_history
+    losses = [e["loss"] for e in log if "loss" in e]
+    eval_loss = None
+    if trainer.eval_dataset is not None:  # the validation loss at the last step
+        evals = [e for e in log if "eval_loss" in e]
+        if not evals or evals[-1]["step"] != trainer.state.global_step:
+            trainer.evaluate()
+            evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+        eval_loss = evals[-1]["eval_loss"]
+    if is_main_process():
+        run.mkdir(parents=True, exist_ok=True)
+        trainer.model.save_pretrained(run)  # the LoRA adapter only
+        trainer.processing_class.save_pretrained(run)
+        (run / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    out = {**info, "profile": profile.name, "config": _jsonable(config),
+           "global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps,
+           "finished": trainer.state.global_step >= trainer.state.max_steps,
+           "resumed_from": Path(last).name if last else None,
+           "train_loss": losses[-1] if losses else None, "eval_loss": eval_loss,
+           "seconds": round(meter.seconds, 1),
+           "tokens_per_second": round(meter.tokens / max(meter.seconds, 1e-9), 1),
+           "bf16": trainer.args.bf16, "fp16": trainer.args.fp16}
+    if is_main_process():
+        (run / "run.json").write_text(json.dumps(out, indent=2))
+    wait_for_everyone()
+    return out

@@ -1,0 +1,222 @@
+"""Offline verifier: the truth of each reasoning step that the human label and the records decide.
+
+For one example (query, product record, human ``label``) and one rationale, :func:`verify` returns per
+step of STEPS a :class:`StepTruth` (``correct`` / ``incorrect`` / ``unknown``, with the reason), the truth
+of the ``<grade>`` and each step's format status (``ok`` / ``missing`` / ``repeated``). Pure Python.
+
+Rules (``VerifierConfig`` holds every table and word list):
+
+* grade   correct iff the ``<grade>`` word equals the human label; no readable grade is incorrect.
+* judge   correct iff the grade the judgement states equals the human label; another grade, or none, is
+          incorrect (the judgement's job is to restate the grade).
+* type    its verdict (TYPE_VERDICTS) against the label, by TYPE_TRUTH (ESCI definitions, DESIGN.md):
+          Exact: same type; Substitute: same or substitutable; Complement: complementary; Irrelevant:
+          unrelated (same/substitutable type undecided: a central aspect may fail; complementary is wrong).
+          Record check: every word listed after ``matches:`` must occur in the product record.
+* attr    its verdict (ATTR_VERDICTS) by ATTR_TRUTH: Exact: all specs met; Substitute: some specs fail;
+          Complement / Irrelevant: not decisive (every verdict undecided).
+          Record check: a word listed after ``fails:`` that is a query term the product has (facts'
+          ``matched_terms``) and not a negated term it mentions (``negation_hits``) is a false claim.
+* product every content word must occur in the product's title, brand, colour or category.
+* query   every content word must occur in the query; words after ``excludes:`` must be negated terms
+          of the query, words after ``wants:`` / ``specs:`` must not be negated-only terms.
+
+Combining inside a step: any failed check -> incorrect; else type/attr are correct iff their verdict is
+decided correct (a verdict outside the closed vocabulary is unknown), query/product are correct iff they
+state at least one checkable word; otherwise unknown. Words are compared as stems (she_lib.facts);
+stop words and ``filler_words`` (list keys, "none", "unclear", "unknown item") are not claims.
+
+Bad input: text that is not a string or holds no tagged element is ``unparsable`` (every step unknown,
+status missing, grade incorrect). A missing step is unknown with status ``missing``; a repeated step is
+judged on its first occurrence (what the parser keeps) with status ``repeated``; the examiner turns
+statuses into rewards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .facts import STOPWORDS, example_facts, stem, tokens
+from .labels import GradeScale, get_scale
+from .schema import STEPS, ParsedRationale, parse
+
+CORRECT, INCORRECT, UNKNOWN = "correct", "incorrect", "unknown"
+TRUTHS = (CORRECT, INCORRECT, UNKNOWN)
+_C, _X, _U = CORRECT, INCORRECT, UNKNOWN
+
+TYPE_TRUTH = {  # label -> type verdict -> truth (DESIGN.md table); Partial is WANDS's middle grade
+    "Exact": {"same type": _C, "substitutable type": _X, "complementary type": _X, "unrelated type": _X},
+    "Substitute": {"same type": _C, "substitutable type": _C, "complementary type": _X, "unrelated type": _X},
+    "Complement": {"same type": _X, "substitutable type": _X, "complementary type": _C, "unrelated type": _X},
+    "Irrelevant": {"same type": _U, "substitutable type": _U, "complementary type": _X, "unrelated type": _C},
+    "Partial": {"same type": _C, "substitutable type": _C, "complementary type": _U, "unrelated type": _X},
+}
+ATTR_TRUTH = {
+    "Exact": {"all specs met": _C, "some specs fail": _X, "not decisive": _X},
+    "Substitute": {"all specs met": _X, "some specs fail": _C, "not decisive": _X},
+    "Complement": {"all specs met": _U, "some specs fail": _U, "not decisive": _U},
+    "Irrelevant": {"all specs met": _U, "some specs fail": _U, "not decisive": _U},
+    "Partial": {"all specs met": _X, "some specs fail": _C, "not decisive": _X},
+}
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    type_truth: dict = field(default_factory=lambda: TYPE_TRUTH)
+    attr_truth: dict = field(default_factory=lambda: ATTR_TRUTH)
+    product_fields: tuple[str, ...] = ("title", "brand", "colour", "category")  # product-step claims
+    record_fields: tuple[str, ...] = ("title", "brand", "colour", "category", "bullets")  # "matches:" claims
+    filler_words: frozenset = frozenset(
+        {"wants", "specs", "excludes", "matches", "fails", "none", "unclear", "unknown", "item"})
+
+
+@dataclass(frozen=True)
+class StepTruth:
+    truth: str  # one of TRUTHS
+    reason: str
+
+
+@dataclass
+class Verification:
+    steps: dict[str, StepTruth]  # every name in STEPS
+    grade: StepTruth
+    status: dict[str, str]  # step -> "ok" | "missing" | "repeated"
+    parsed: ParsedRationale
+    unparsable: bool = False
+
+    def truths(self) -> list[str]:
+        return [self.steps[s].truth for s in STEPS]
+
+    def vector(self) -> np.ndarray:
+        """1.0 correct, 0.0 incorrect, nan unknown, in STEPS order."""
+        return np.array([{CORRECT: 1.0, INCORRECT: 0.0}.get(t, np.nan) for t in self.truths()])
+
+
+# ------------------------------------------------------------------------------------------ words
+def _words(text: str) -> list[str]:
+    return [t for t in tokens(str(text)) if t != "," and t not in STOPWORDS]
+
+
+def _stems(text: str) -> set[str]:
+    return {stem(t) for t in tokens(str(text))}
+
+
+def _parts(text: str) -> dict[str, str]:
+    """``"v; key: a, b; key2: c"`` -> {"": "v", "key": "a, b", "key2": "c"} (later keys win)."""
+    out = {}
+    for part in text.split(";"):
+        key, sep, value = part.partition(":")
+        if sep and key.strip().lower() in ("wants", "specs", "excludes", "matches", "fails"):
+            out[key.strip().lower()] = value
+        else:
+            out[""] = (out.get("", "") + " " + part).strip()
+    return out
+
+
+def _claims(text: str, config: VerifierConfig) -> list[str]:
+    return [w for w in _words(text) if w not in config.filler_words]
+
+
+def _record(ex, fields) -> set[str]:
+    return set().union(*(_stems(ex.get(f) or "") for f in fields))
+
+
+# ------------------------------------------------------------------------------------------ rules
+def _combine(verdict: StepTruth | None, failed: list[str], ok_reason: str = "", has_claims: bool = True) -> StepTruth:
+    """A failed check or an incorrect verdict -> incorrect (every reason); else the verdict; with no verdict,
+    correct if the step states something checkable, else unknown."""
+    if verdict is not None and verdict.truth == INCORRECT:
+        failed = [*failed, verdict.reason]
+    if failed:
+        return StepTruth(INCORRECT, "; ".join(failed))
+    if verdict is not None:
+        return verdict
+    return StepTruth(CORRECT, ok_reason) if has_claims else StepTruth(UNKNOWN, "states nothing checkable")
+
+
+def _verdict(step, table: dict, label: str, name: str) -> StepTruth:
+    if step.verdict is None:
+        return StepTruth(UNKNOWN, f"no {name} verdict from the closed vocabulary")
+    truth = table.get(label, {}).get(step.verdict, UNKNOWN)
+    how = {CORRECT: "fits", INCORRECT: "contradicts", UNKNOWN: "is not decided by"}[truth]
+    return StepTruth(truth, f"'{step.verdict}' {how} the label {label}")
+
+
+def check_query(text: str, ex, f: dict, config: VerifierConfig) -> StepTruth:
+    parts, q = _parts(text), _stems(ex["query"])
+    neg, pos = {stem(t) for t in f["negated_terms"]}, {stem(t) for t in f["query_terms"]}
+    claims = _claims(text, config)
+    failed = [f"'{w}' is not in the query" for w in claims if stem(w) not in q]
+    failed += [f"'{w}' is not excluded by the query" for w in _claims(parts.get("excludes", ""), config)
+               if stem(w) not in neg]
+    asked = _claims(parts.get("wants", "") + " " + parts.get("specs", ""), config)
+    failed += [f"'{w}' is excluded by the query" for w in asked if stem(w) in neg and stem(w) not in pos]
+    return _combine(None, failed, "every word is in the query", bool(claims))
+
+
+def check_product(text: str, ex, config: VerifierConfig) -> StepTruth:
+    have, claims = _record(ex, config.product_fields), _claims(text, config)
+    failed = [f"'{w}' is not in the product's {'/'.join(config.product_fields)}" for w in claims
+              if stem(w) not in have]
+    return _combine(None, failed, "every word is in the product record", bool(claims))
+
+
+def check_type(step, ex, label: str, config: VerifierConfig) -> StepTruth:
+    have = _record(ex, config.record_fields)
+    failed = [f"claims a match on '{w}', which the product record lacks"
+              for w in _claims(_parts(step.text).get("matches", ""), config) if stem(w) not in have]
+    return _combine(_verdict(step, config.type_truth, label, "type"), failed)
+
+
+def check_attr(step, f: dict, label: str, config: VerifierConfig) -> StepTruth:
+    has = {stem(t) for t in f["matched_terms"]} - {stem(t) for t in f["negation_hits"]}
+    failed = [f"claims '{w}' fails, but the product has it"
+              for w in _claims(_parts(step.text).get("fails", ""), config) if stem(w) in has]
+    return _combine(_verdict(step, config.attr_truth, label, "attribute"), failed)
+
+
+def check_judge(parsed: ParsedRationale, label: str) -> StepTruth:
+    if parsed.judge_grade is None:
+        return StepTruth(INCORRECT, "the judgement states no grade")
+    if parsed.judge_grade != label:
+        return StepTruth(INCORRECT, f"the judgement states {parsed.judge_grade}, the label is {label}")
+    return StepTruth(CORRECT, f"the judgement states the label {label}")
+
+
+def check_grade(parsed: ParsedRationale, label: str) -> StepTruth:
+    if parsed.grade is None:
+        return StepTruth(INCORRECT, "no readable grade")
+    if parsed.grade != label:
+        return StepTruth(INCORRECT, f"grade {parsed.grade}, the label is {label}")
+    return StepTruth(CORRECT, f"grade {parsed.grade} is the label")
+
+
+# ------------------------------------------------------------------------------------------ verify
+def step_status(parsed: ParsedRationale) -> dict[str, str]:
+    """``missing`` if the parser found no such step, ``repeated`` if it found it more than once."""
+    return {s: "missing" if s not in parsed.steps else
+            "repeated" if f"repeated step <{s}>" in parsed.errors else "ok" for s in STEPS}
+
+
+def verify(ex, rationale: str | ParsedRationale, scale: GradeScale | str = "esci",
+           config: VerifierConfig | None = None) -> Verification:
+    """Truth of every step of ``rationale`` for example ``ex`` (a mapping with the record and ``label``;
+    the facts columns are computed when absent). Never raises on any rationale."""
+    config = config or VerifierConfig()
+    scale = get_scale(scale) if isinstance(scale, str) else scale
+    parsed = rationale if isinstance(rationale, ParsedRationale) else parse(rationale, scale)
+    status, label = step_status(parsed), ex["label"]
+    if not parsed.steps and parsed.grade_span is None:
+        unknown = StepTruth(UNKNOWN, "unparsable")
+        return Verification({s: unknown for s in STEPS}, StepTruth(INCORRECT, "unparsable"), status, parsed, True)
+    f = ex if all(k in ex for k in ("query_terms", "negated_terms", "matched_terms", "negation_hits")) \
+        else example_facts({c: ex.get(c) or "" for c in ("query", "title", "brand", "colour", "category", "bullets")})
+    rules = {"query": lambda st: check_query(st.text, ex, f, config),
+             "product": lambda st: check_product(st.text, ex, config),
+             "type": lambda st: check_type(st, ex, label, config),
+             "attr": lambda st: check_attr(st, f, label, config),
+             "judge": lambda st: check_judge(parsed, label)}
+    steps = {s: rules[s](parsed.steps[s]) if s in parsed.steps else StepTruth(UNKNOWN, "missing")
+             for s in STEPS}
+    return Verification(steps, check_grade(parsed, label), status, parsed)

@@ -1,0 +1,238 @@
+"""GenRM (she_lib.genrm, genrm_data, genrm_eval) and its corruptions, on the tiny model and the smoke data."""
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from she_lib.config import get_profile
+from she_lib.corruptions import KINDS, corrupt, corrupt_frame
+from she_lib.genrm import GenRM, GenRMConfig, train_genrm
+from she_lib.genrm_data import (GENRM_SYSTEM, build_genrm_dataset, complete, genrm_messages, labelled_rows,
+                                policy_rows, verdict_text, verdict_token_ids)
+from she_lib.genrm_eval import save_genrm_results, step_metrics
+from she_lib.labels import ESCI
+from she_lib.rationales import teacher_rationale
+from she_lib.schema import STEPS, parse
+from she_lib.verifier import INCORRECT, verify
+
+
+@pytest.fixture(scope="module")
+def splits():
+    from she_lib.data import prepare_splits
+
+    return prepare_splits(get_profile("smoke"), write=False)[0]
+
+
+def fast(smoke, **kw):
+    return GenRMConfig.for_profile(smoke, **{**dict(warmup_ratio=0.0, save_steps=1000), **kw})
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+# ------------------------------------------------------------------------------------------ config
+def test_profiles_and_the_cpu_full_budget():
+    smoke = GenRMConfig.for_profile("smoke")
+    assert smoke.max_steps == 4 and smoke.bf16 is False and smoke.policy_samples == 1
+    full = GenRMConfig.for_profile("cpu-full")
+    rows = full.teacher_pairs + len(KINDS) * full.corruptions_per_kind + full.policy_prompts * full.policy_samples
+    assert 20 <= rows * 296 / 230 / 60 <= 25  # minutes of training at the measured ~230 tok/s, 296 tokens a row
+    assert smoke.policy_base_fallback and not full.policy_base_fallback  # cpu-full samples the SFT run only
+    sft = full.sft_config("steps_first")
+    assert (sft.order, sft.max_length, sft.epochs) == ("steps_first", 640, 1.0)
+    assert sft.train_limit is None and sft.eval_limit is None
+    assert GenRMConfig.for_profile("cpu", threshold=0.7).threshold == 0.7
+
+
+# ------------------------------------------------------------------------------------------ format
+def test_verdict_lines_and_tokens(tokenizer):
+    assert verdict_text([1, 1, 0, 1, 1]) == \
+        "query: correct\nproduct: correct\ntype: incorrect\nattr: correct\njudge: correct"
+    with pytest.raises(ValueError):
+        verdict_text([1, 1, -1, 1, 1])
+    assert verdict_token_ids(tokenizer) == [2887, 11798]  # " correct", " incorrect": single, distinct
+    with pytest.raises(ValueError, match="single token"):
+        verdict_token_ids(tokenizer, ("correct", "zzqx"))
+    with pytest.raises(ValueError, match="share"):
+        verdict_token_ids(tokenizer, ("yes", "yes"))
+    msgs = genrm_messages({"query": "mug", "title": "Blue Mug", "brand": "", "colour": "", "category": "",
+                           "bullets": "", "description": ""}, "<grade>Exact</grade>")
+    assert msgs == [{"role": "system", "content": GENRM_SYSTEM},
+                    {"role": "user", "content": "Query: mug\nProduct: Blue Mug\nRationale:\n<grade>Exact</grade>"}]
+
+
+# ------------------------------------------------------------------------------------------ corruptions
+def test_corruptions_are_seeded_single_step_and_verifier_incorrect(splits):
+    a, b = corrupt_frame(splits["train"], 20, seed=3), corrupt_frame(splits["train"], 20, seed=3)
+    assert a.equals(b) and not a["rationale"].equals(corrupt_frame(splits["train"], 20, seed=4)["rationale"])
+    assert a["origin"].value_counts().to_dict() == {f"corrupt:{k}": 20 for k in KINDS}
+    for r in a.to_dict("records"):
+        assert sorted(r["labels"]) == [0, 1, 1, 1, 1]
+        bad = STEPS[r["labels"].index(0)]
+        v = verify(r, r["rationale"])
+        assert v.steps[bad].truth == INCORRECT, (r["origin"], bad, v.steps[bad])
+        assert all(v.steps[s].truth != INCORRECT for s in STEPS if s != bad)
+        assert parse(r["rationale"], ESCI).parsed
+        kind = r["origin"].split(":")[1]
+        assert bad in {"type": {"type"}, "attribute": {"type", "product"}, "grade": {"judge"},
+                       "contradiction": {"attr", "judge"}}[kind]
+
+
+def test_corruption_fallbacks_by_hand():
+    ex = {"query": "red mug", "title": "Blue Cup", "brand": "Acme", "colour": "Blue", "category": "Kitchen > Cups",
+          "bullets": "", "label": "Exact", "query_terms": ["red", "mug"], "negated_terms": [], "product_type": "Cups",
+          "matched_terms": [], "missing_terms": [], "negation_hits": []}
+    c = corrupt(ex, "attribute", random.Random(0))
+    assert c.step == "product" and c.labels() == [1, 0, 1, 1, 1]
+    assert c.steps["product"].startswith("Cups by Acme, Blue, ")
+    c = corrupt(ex, "contradiction", random.Random(0))  # no match listed: the judgement contradicts <grade>
+    assert c.step == "judge" and c.grade == "Exact" and not c.steps["judge"].startswith("Exact")
+    c = corrupt({**ex, "matched_terms": ["mug"], "missing_terms": ["red"]}, "attribute", random.Random(0))
+    assert c.steps["type"] == "same type; matches: mug, red" and c.step == "type"
+    c = corrupt({**ex, "matched_terms": ["mug"]}, "contradiction", random.Random(0))
+    assert (c.step, c.steps["attr"]) == ("attr", "some specs fail; fails: mug")
+    g = corrupt(ex, "grade", random.Random(0))
+    assert g.grade != "Exact" and g.steps["judge"].startswith(g.grade) and g.step == "judge"
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corrupt(ex, "typo", random.Random(0))
+
+
+def test_sources_and_labels(splits):
+    rows = labelled_rows(splits["train"], 6, 2, seed=0)
+    assert rows["origin"].value_counts()["teacher"] == 6 and len(rows) == 6 + 2 * len(KINDS)
+    assert all(v == [1] * 5 for v in rows[rows["origin"] == "teacher"]["labels"])
+    df = splits["train"][splits["train"]["label"] == "Exact"].head(3)
+    pol = policy_rows(df, ["Exact, I think.", "<grade>Exact</grade>", teacher_rationale(df.iloc[2])])
+    assert pol["labels"].tolist() == [[-1] * 5, [-1] * 5, [1] * 5] and pol["origin"].eq("policy").all()
+    assert complete(pol)["rationale"].tolist() == [teacher_rationale(df.iloc[2])]
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def test_teacher_forced_positions_are_the_training_positions(smoke, splits, tmp_path, tiny_policy):
+    from she_lib.sft import sft_trainer
+
+    rows = labelled_rows(splits["train"], 2, 1, seed=0)
+    ds = build_genrm_dataset(rows)
+    trainer = sft_trainer(smoke, fast(smoke).sft_config(smoke.order), ds, tmp_path)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ds))])
+    genrm = GenRM(tiny_policy.model, tiny_policy.tokenizer)
+    for i, r in enumerate(rows.to_dict("records")):
+        seq = genrm.input_ids(r, r["rationale"])
+        prompt = len(seq) - len(genrm.suffix)
+        want = [genrm.ids[0] if v else genrm.ids[1] for v in r["labels"]]
+        assert batch["input_ids"][i, :prompt].tolist() == seq[:prompt]
+        assert [batch["labels"][i, prompt + j].item() for j in genrm.at] == want  # trained exactly there
+        assert (batch["labels"][i, :prompt] == -100).all()
+
+
+def test_scores_are_probabilities_batch_invariant_and_match_a_full_forward(splits, tiny_policy):
+    rows = labelled_rows(splits["validation"], 3, 1, seed=1)
+    genrm = GenRM(tiny_policy.model, tiny_policy.tokenizer, batch_size=8)
+    s = genrm.score(rows, rows["rationale"].tolist())
+    assert s.shape == (len(rows), len(STEPS)) and ((s > 0) & (s < 1)).all()
+    one = np.vstack([GenRM(tiny_policy.model, tiny_policy.tokenizer, batch_size=1).score([r], [r["rationale"]])
+                     for r in rows.to_dict("records")])
+    np.testing.assert_allclose(s, one, atol=1e-5)  # left padding changes nothing
+    r = rows.iloc[0]
+    ids = torch.tensor([genrm.input_ids(r, r["rationale"])])
+    with torch.no_grad():
+        logits = tiny_policy.model(input_ids=ids).logits[0]
+    start = ids.shape[1] - len(genrm.suffix)
+    manual = [torch.softmax(logits[start + j - 1, genrm.ids], -1)[0].item() for j in genrm.at]
+    np.testing.assert_allclose(s[0], manual, atol=1e-5)
+    assert genrm.score([], []).shape == (0, len(STEPS))
+
+
+# ------------------------------------------------------------------------------------------ training
+def test_train_resume_reuse_and_load(smoke, splits):
+    rows = complete(labelled_rows(splits["train"], 8, 2, seed=0))
+    cfg = fast(smoke, max_steps=4, save_steps=2, per_device_batch_size=4)
+    run = train_genrm(smoke, cfg, rows, name="genrm_part", callbacks=[StopAt(2)])
+    info = json.loads((run / "run.json").read_text())
+    assert info["global_step"] == 2 and not info["finished"] and info["kind"] == "genrm"
+    run = train_genrm(smoke, cfg, rows, name="genrm_part")
+    info = json.loads((run / "run.json").read_text())
+    assert info["resumed_from"] == "checkpoint-2" and info["global_step"] == 4 and info["finished"]
+    assert info["train_rows"] == len(rows) == 16 and info["rows_by_origin"]["teacher"] == 8
+    stamp = (run / "run.json").stat().st_mtime_ns
+    assert train_genrm(smoke, cfg, rows, name="genrm_part") == run and (run / "run.json").stat().st_mtime_ns == stamp
+    genrm = GenRM.load(run, smoke, cfg)
+    held = labelled_rows(splits["validation"], 2, 1, seed=1)
+    s = genrm.score(held, held["rationale"].tolist())
+    assert s.shape == (len(held), 5) and ((s >= 0) & (s <= 1)).all()
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def test_step_metrics_by_hand():
+    m = step_metrics([[1, 0, 1, -1, 1]], [[.9, .2, .4, .5, .7]], threshold=0.5, bins=10)
+    # labelled steps y = 1 0 1 1, p = .9 .2 .4 .7, predicted 1 0 0 1: accuracy 3/4; incorrect class: TP 1, FP 1, FN 0
+    assert m["n_steps"] == 4 and m["step_accuracy"] == .75 and m["step_f1"] == pytest.approx(2 / 3)
+    assert m["ece"] == pytest.approx((.1 + .2 + .6 + .3) / 4)  # one step per bin: mean |y - p|
+    assert m["brier"] == pytest.approx((.01 + .04 + .36 + .09) / 4)
+    assert m["per_step_accuracy"] == {"query": 1.0, "product": 1.0, "type": 0.0, "judge": 1.0}
+    assert m["calibration"]["prob_pred"] == pytest.approx([.2, .4, .7, .9])
+    assert m["calibration"]["prob_true"] == [0, 1, 1, 1]
+    assert step_metrics([[-1] * 5], [[.5] * 5]) == {"n_steps": 0}
+
+
+def test_results_merge_into_metrics_json(smoke, tmp_path):
+    from pathlib import Path
+
+    results = Path(smoke.results_dir)
+    results.mkdir(parents=True)
+    (results / "metrics.json").write_text(json.dumps({"sft": {"macro_f1": 0.5}}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"train_rows": 16, "seconds": 1.0}))
+    metrics = {"step_accuracy": .8, "step_f1": .5, "ece": .1,
+               "calibration": {"prob_pred": [.2, .8], "prob_true": [.1, .9]}}
+    exam = {"verifier_coverage": .9, "agreement": .7, "verifier_seconds_per_1000": .5}
+    save_genrm_results(smoke, metrics, exam, run, "base")
+    data = json.loads((results / "metrics.json").read_text())
+    assert data["sft"] == {"macro_f1": 0.5}
+    assert {k: data["genrm"][k] for k in ("step_accuracy", "step_f1", "verifier_coverage", "agreement")} == \
+        {"step_accuracy": .8, "step_f1": .5, "verifier_coverage": .9, "agreement": .7}
+    assert (results / "figures" / "03_genrm_calibration.png").stat().st_size > 1000
+    assert json.loads((results / "genrm_report.json").read_text())["examiner"]["agreement"] == .7
+
+
+def test_cli_end_to_end_on_smoke(tmp_path, monkeypatch, capsys):
+    from she_lib.config import PROFILES
+    from she_lib.genrm import main
+
+    monkeypatch.setattr("she_lib.config.PROFILES", {**PROFILES, "smoke": PROFILES["smoke"].replace(
+        runs_dir=str(tmp_path / "runs"), processed_dir=str(tmp_path / "processed"),
+        results_dir=str(tmp_path / "results"))})
+    assert main(["--profile", "smoke"]) == 0
+    assert '"step_accuracy"' in capsys.readouterr().out
+    data = json.loads((tmp_path / "results" / "metrics.json").read_text())["genrm"]
+    assert 0 <= data["step_accuracy"] <= 1 and 0 <= data["step_f1"] <= 1 and data["split"] == "validation"
+    assert 0 < data["verifier_coverage"] <= 1 and data["policy_source"] == "base"
+    held_ids = set(pd.read_json(tmp_path / "runs" / "genrm" / "policy_validation_base.jsonl", lines=True)["example_id"])
+    test_ids = set(pd.read_parquet(tmp_path / "processed" / "test.parquet")["example_id"])
+    assert held_ids and not held_ids & test_ids
+    assert json.loads((tmp_path / "runs" / "genrm" / "run.json").read_text())["finished"]
+
+
+@pytest.mark.slow
+def test_notebook_03_runs_on_smoke(tmp_path):
+    """The notebook-03 case of test_notebooks (which runs all six), alone."""
+    from pathlib import Path
+
+    from she_lib.notebooks import run_notebooks
+
+    assert list(run_notebooks("smoke", only=["03"], out_dir=tmp_path)) == ["03_reward_model.ipynb"]
+    results = Path(get_profile("smoke").results_dir)
+    genrm = json.loads((results / "metrics.json").read_text())["genrm"]
+    assert {"step_accuracy", "step_f1", "verifier_coverage", "agreement"} <= set(genrm)
+    assert (results / "figures" / "03_genrm_calibration.png").stat().st_size > 1000
