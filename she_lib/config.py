@@ -102,8 +102,9 @@ PROFILES: dict[str, Profile] = {
         eval_limit=24, eval_batch_size=8, eval_max_new_tokens=24, zero_shot_max_new_tokens=16, bootstrap_samples=200,
         results_dir=str(REPO_ROOT / "results" / "smoke"), runs_dir=str(REPO_ROOT / "runs" / "smoke"),
         processed_dir=str(REPO_ROOT / "data_processed" / "smoke")),
+    # the README's main job writes results/cpu/; the headline results/ is cpu-full's
     "cpu": Profile(name="cpu", runs_dir=str(REPO_ROOT / "runs" / "cpu"), eval_trained_modes=("first_token",),
-                   sft_orders=("grade_first",)),
+                   sft_orders=("grade_first",), results_dir=str(REPO_ROOT / "results" / "cpu")),
     # decoded read-outs on 8 pairs of each of the 18 test queries (144 pairs): an AVX2-only 2-core CPU decodes
     # an SFT rationale in ~7-12 s, so all 795 would take ~2 h per run
     "cpu-full": Profile(name="cpu-full", runs_dir=str(REPO_ROOT / "runs" / "cpu-full"), eval_generate_per_query=8),

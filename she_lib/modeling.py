@@ -141,7 +141,10 @@ def lora_config(profile: Profile):
 
 
 def unsloth_available(profile: Profile) -> bool:
-    return (profile.use_unsloth and profile.model_source != "tiny" and torch.cuda.is_available()
+    """Unsloth for one CUDA process (multi-process launches use transformers + peft, the tested path)."""
+    from .distributed import world_size
+
+    return (world_size() == 1 and profile.use_unsloth and profile.model_source != "tiny" and torch.cuda.is_available()
             and importlib.util.find_spec("unsloth") is not None)
 
 

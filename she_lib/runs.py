@@ -75,10 +75,8 @@ def fit(trainer, run: Path, last: str | None, meter: Meter, profile, config, **i
             trainer.evaluate()
             evals = [e for e in trainer.state.log_history if "eval_loss" in e]
         eval_loss = evals[-1]["eval_loss"]
+    trainer.save_model(str(run))  # every rank: gathers FSDP / ZeRO-3 shards; rank 0 writes adapter + tokenizer
     if is_main_process():
-        run.mkdir(parents=True, exist_ok=True)
-        trainer.model.save_pretrained(run)  # the LoRA adapter only
-        trainer.processing_class.save_pretrained(run)
         (run / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     out = {**info, "profile": profile.name, "config": _jsonable(config),
            "global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps,

@@ -74,10 +74,12 @@ class CoTSFTConfig:
                           train_limit=16, eval_limit=8),
             # the 30-minute job: 480 pairs, one epoch = 60 steps of 8 chats (611 s measured, README)
             "cpu": dict(train_limit=480, epochs=1, logging_steps=5, save_steps=20, eval_limit=48),
-            # the results table: 320 pairs, one epoch of effective batch 16 = 20 optimizer steps, checkpoint
-            # every 5. Sized for one working session on an AVX2-only 2-core CPU (fp32, one thread per run so
-            # both reasoning orders train side by side): measured ~30 tokens/s per run x ~310 tokens per chat
-            "cpu-full": dict(train_limit=320, epochs=1, grad_accum=2, logging_steps=1, save_steps=5, eval_steps=10,
+            # the results table: 480 pairs, one epoch of batch 8 = 60 optimizer steps (the cpu job's SFT, which
+            # learned the format: loss 0.43), checkpoint every 10. A first cpu-full budget of 320 pairs in 20 steps
+            # of 16 stopped at loss 1.46 and wrote unparsable rationales (README). On an AVX2-only 2-core CPU, one
+            # thread per run so both orders train side by side, a run takes ~75 min (~33 tokens/s, ~310 tokens a
+            # chat); on the AVX512-BF16 machine of the cpu job, ~11 min.
+            "cpu-full": dict(train_limit=480, epochs=1, logging_steps=1, save_steps=10, eval_steps=30,
                              eval_limit=32),
             "gpu": dict(epochs=2, per_device_batch_size=16, logging_steps=10, save_steps=200, eval_limit=512,
                         gradient_checkpointing=True),

@@ -21,10 +21,14 @@ def test_inference_benchmark_runs_on_tiny(tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setattr(sys, "argv", ["bench", "--tiny", "--batch-sizes", "2", "--new-tokens", "4", "--matmul", "64",
+                "--dtypes", "float32", "bfloat16", "--sample-n", "2", "--sample-prompts", "2",
                 "--out", str(tmp_path / "b.json")])
     runpy.run_path("benchmarks/bench_inference.py", run_name="__main__")
     res = json.loads((tmp_path / "b.json").read_text())
     assert set(res["results"]) == {"float32", "bfloat16"} and res["results"]["float32"]["generate_tok_s_bs2"] > 0
+    assert set(res["bf16_speedup"]) == set(res["results"]["float32"])
+    s = res["sampling"]
+    assert (s["n"], s["prompts"]) == (2, 2) and s["plain_s"] > 0 and s["shared_prefix_s"] > 0
 
 
 def test_data_scale_benchmark_runs_small(tmp_path):
