@@ -49,8 +49,11 @@ def machine() -> str:
         pass
     import torch
 
+    from .modeling import cpu_has_fast_bf16
+
+    isa = "AVX512-BF16/AMX" if cpu_has_fast_bf16() else "no fast bf16"
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
+    return f"{cpu} ({isa}), {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
 
 
 def _cached(cache: Path | None) -> dict:
