@@ -189,6 +189,10 @@ def main(argv=None) -> int:
     sft_info = json.loads((Path(args.sft) / "run.json").read_text())
     profile = get_profile(args.profile, order=sft_info.get("order", "grade_first"))
     run = train_dpo(profile, args.sft, name=args.name)
+    from .distributed import is_main_process
+
+    if not is_main_process():  # under accelerate launch: rank 0 reports and evaluates, in one process
+        return 0
     info = json.loads((run / "run.json").read_text())
     print(json.dumps({k: info[k] for k in ("pass_at", "pairs", "global_step", "train_loss", "seconds")}, indent=1))
     if args.evaluate:

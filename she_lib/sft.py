@@ -200,6 +200,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     profile = get_profile(args.profile, **({"order": args.order} if args.order else {}))
     run = train_sft(profile, CoTSFTConfig.for_profile(profile), name=args.name)
+    from .distributed import is_main_process
+
+    if not is_main_process():  # under accelerate launch: rank 0 reports and evaluates, in one process
+        return 0
     print(json.dumps({k: v for k, v in json.loads((run / "run.json").read_text()).items() if k != "config"}))
     if args.evaluate:
         from .evaluate import report_run
