@@ -24,16 +24,13 @@ correct, 0 incorrect, -1 undecided) and ``origin``:
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from .corruptions import corrupt_frame
 from .labels import GradeScale, get_scale
 from .rationales import teacher_rationale
-from .schema import STEPS, render_prompt, user_prompt
+from .schema import STEPS, user_prompt
 from .verifier import verify
 
 GENRM_SYSTEM = ("Check each step of a search-relevance rationale against the query and the product. "
@@ -112,33 +109,3 @@ def labelled_rows(df: pd.DataFrame, n_teacher: int | None, n_corrupt_per_kind: i
     scale = get_scale(scale) if isinstance(scale, str) else scale
     return pd.concat([teacher_rows(df, n_teacher, seed, order),
                       corrupt_frame(df, n_corrupt_per_kind, seed, order, scale)], ignore_index=True)
-
-
-def sample_policy(model, tokenizer, df: pd.DataFrame, scale: GradeScale, order: str, n_samples: int,
-                  max_new_tokens: int, temperature: float, batch_size: int, seed: int,
-                  cache: str | Path | None = None) -> pd.DataFrame:
-    """``n_samples`` sampled rationales per row of ``df`` (seeded), verifier-labelled; cached as JSON lines
-    (example_id, rationale) so a resumed run reuses the same samples."""
-    import torch
-
-    from .inference import generate
-
-    cache = Path(cache) if cache else None
-    if cache and cache.exists():
-        rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
-        texts = {}
-        for r in rows:
-            texts.setdefault(r["example_id"], []).append(r["rationale"])
-        if set(texts) == set(df["example_id"]) and all(len(v) == n_samples for v in texts.values()):
-            rep = df.loc[df.index.repeat(n_samples)]
-            return policy_rows(rep, [t for i in df["example_id"] for t in texts[i]], scale)
-    torch.manual_seed(seed)
-    prompts = [render_prompt(tokenizer, r, scale, order) for r in df.to_dict("records")]
-    out = generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=True,
-                   temperature=temperature, num_return_sequences=n_samples, progress=False, desc="policy")
-    texts = [t for group in out for t in (group if n_samples > 1 else [group])]
-    if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        ids = [i for i in df["example_id"] for _ in range(n_samples)]
-        cache.write_text("".join(json.dumps({"example_id": i, "rationale": t}) + "\n" for i, t in zip(ids, texts)))
-    return policy_rows(df.loc[df.index.repeat(n_samples)], texts, scale)

@@ -26,25 +26,26 @@ import pandas as pd
 from .config import Profile
 from .examiner import Examiner, HybridConfig, TableScorer
 from .genrm import GenRM, GenRMConfig, train_genrm
-from .genrm_data import complete, labelled_rows, sample_policy
+from .genrm_data import complete, labelled_rows, policy_rows
+from .sampling import sample_rationales
 from .labels import get_scale
 from .schema import STEPS
 
 
 def load_policy_model(profile: Profile, run_name: str):
-    """(model, tokenizer, source): the base model with ``runs_dir/run_name``'s adapter merged if it exists."""
-    from .modeling import load_policy
+    """(model, tokenizer, source): the run ``runs_dir/run_name`` (``modeling.load_run``) if it exists, else the base."""
+    from .modeling import load_policy, load_run
 
-    policy, run = load_policy(profile), Path(profile.runs_dir) / run_name
+    run = Path(profile.runs_dir) / run_name
     if not (run / "adapter_config.json").exists():
+        policy = load_policy(profile)
         return policy.model, policy.tokenizer, "base"
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(policy.model, str(run)).merge_and_unload(), policy.tokenizer, run_name
+    policy = load_run(run, profile)
+    return policy.model, policy.tokenizer, run_name
 
 
 def build_data(profile: Profile, config: GenRMConfig, splits: dict, name: str = "genrm"):
-    """(train rows, held-out rows, policy source). Policy samples are cached in ``runs_dir/name/policy_<split>_<source>
+    """(train rows, held-out rows, policy source). Policy samples are cached in ``runs_dir/name/samples_<split>_<source>
     .jsonl`` (a resumed run reuses them); delete those files to resample after retraining the policy."""
     scale = get_scale(profile.grade_scale)
     train = labelled_rows(splits["train"], config.teacher_pairs, config.corruptions_per_kind, config.seed,
@@ -58,10 +59,12 @@ def build_data(profile: Profile, config: GenRMConfig, splits: dict, name: str = 
         parts = {}
         for split, n in (("train", config.policy_prompts), ("validation", config.eval_policy_prompts)):
             df = splits[split].sample(n=min(n, len(splits[split])), random_state=config.seed)
-            parts[split] = sample_policy(
-                model, tok, df, scale, profile.order, config.policy_samples, config.policy_max_new_tokens,
-                config.policy_temperature, profile.eval_batch_size, config.seed,
-                Path(profile.runs_dir) / name / f"policy_{split}_{source}.jsonl")
+            samples = sample_rationales(
+                model, tok, df, profile, config.policy_samples, config.policy_max_new_tokens,
+                config.policy_temperature, batch_size=profile.eval_batch_size, seed=config.seed,
+                cache=Path(profile.runs_dir) / name / f"samples_{split}_{source}.jsonl", progress=False)
+            parts[split] = policy_rows(df.loc[df.index.repeat(config.policy_samples)],
+                                       samples["completion"].tolist(), scale)
         train = pd.concat([train, complete(parts["train"])], ignore_index=True)
         held = pd.concat([held, parts["validation"]], ignore_index=True)
     return train, held, source
