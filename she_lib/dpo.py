@@ -153,7 +153,7 @@ def train_dpo(profile: Profile, sft_run: str | Path, config: DPOBaselineConfig |
     policy = load_run(sft_run, profile)  # the SFT model, inference dtype
     samples = sample_rationales(policy.model, policy.tokenizer, df, profile, config.n_samples, config.max_new_tokens,
                                 config.temperature, config.top_p, config.sample_batch_size, config.seed,
-                                cache=run / "samples.jsonl", progress=progress)
+                                cache=run / f"samples_{runs.stamp(sft_run)}.jsonl", progress=progress)
     pass_at = pass_at_report(samples)
     pairs, report = build_pairs(df, samples, profile, config.teacher_fallback)
     run.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ def train_dpo(profile: Profile, sft_run: str | Path, config: DPOBaselineConfig |
     if pairs.empty:
         raise ValueError(f"{run}: no DPO pairs from {report['examples']} prompts ({report}); sample more prompts")
 
-    last = runs.start(run)
+    last = runs.start(run, profile, key)
     last = last if resume else None
     model = load_run(sft_run, profile if torch.cuda.is_available() else profile.replace(dtype="float32")).model
     ensure_trl_cpu_support()

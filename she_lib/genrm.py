@@ -165,7 +165,7 @@ def train_genrm(profile: Profile, config: GenRMConfig, train_rows: pd.DataFrame,
     if resume and runs.finished(run, profile, key):
         return run
     ds = build_genrm_dataset(train_rows, config.verdict_words)
-    last = runs.start(run)
+    last = runs.start(run, profile, key)
     last = last if resume else None
     meter = runs.Meter()
     trainer = sft_trainer(profile, config.sft_config(profile.order), ds, run / "checkpoints", None,

@@ -45,18 +45,39 @@ def finished(run: Path, profile, config) -> bool:
     return bool(info.get("finished")) and info.get("profile") == profile.name and info.get("config") == _jsonable(config)
 
 
-def start(run: Path) -> str | None:
-    """Mark ``run`` unfinished, drop evaluation caches of an earlier model, return the checkpoint to resume."""
+def stamp(run: Path) -> str:
+    """A short fingerprint of the model in ``run`` (hash of its ``run.json``; "base" without one): caches of
+    samples drawn from a run carry it in their file name, so retraining the run never serves stale samples."""
+    import hashlib
+
+    path = Path(run) / "run.json"
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:10] if path.exists() else "base"
+
+
+def start(run: Path, profile=None, config=None) -> str | None:
+    """Mark ``run`` unfinished, drop evaluation caches of an earlier model, return the checkpoint to resume.
+
+    ``start.json`` records the profile and config the checkpoints belong to; checkpoints of another profile or
+    config are deleted (with a message), never resumed: a changed budget starts afresh."""
+    import shutil
+
     from transformers.trainer_utils import get_last_checkpoint
 
-    from .distributed import is_main_process
+    from .distributed import is_main_process, wait_for_everyone
 
-    run = Path(run)
+    run, ckpt = Path(run), Path(run) / "checkpoints"
+    key = {"profile": getattr(profile, "name", profile), "config": _jsonable(config) if config is not None else None}
     if is_main_process():
+        run.mkdir(parents=True, exist_ok=True)
         (run / "run.json").unlink(missing_ok=True)
         for stale in run.glob("predictions_*.jsonl"):
             stale.unlink()
-    ckpt = run / "checkpoints"
+        marker = run / "start.json"
+        if ckpt.is_dir() and (not marker.exists() or json.loads(marker.read_text()) != key):
+            print(f"{run}: checkpoints of another profile/config dropped, training starts afresh")
+            shutil.rmtree(ckpt)
+        marker.write_text(json.dumps(key, indent=1))
+    wait_for_everyone()
     return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
 
 

@@ -176,7 +176,7 @@ def train_sft(profile: Profile, config: CoTSFTConfig | None = None, splits: dict
     eval_ds = None
     if config.eval_limit and len(splits.get("validation", ())):
         eval_ds = build_sft_dataset(_sample(splits["validation"], config.eval_limit, config.seed), scale, config.order)
-    last = runs.start(run)
+    last = runs.start(run, profile, config)
     last = last if resume else None
     meter = runs.Meter()
     trainer = sft_trainer(profile, config, train_ds, run / "checkpoints", eval_ds, [meter, *(callbacks or [])])

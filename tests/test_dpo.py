@@ -120,7 +120,8 @@ def test_dpo_from_sft_end_to_end(smoke, splits):
     assert info["kind"] == "dpo" and (run / info["init_adapter"]).resolve() == sft.resolve() and info["global_step"] == cfg.max_steps
     assert info["pass_at"]["n"] == cfg.n_samples and info["pass_at"]["examples"] == cfg.sample_limit
     assert info["pairs"]["pairs"] + info["pairs"]["skipped_all_good"] == cfg.sample_limit
-    assert len((run / "samples.jsonl").read_text().splitlines()) == cfg.sample_limit
+    (cache,) = run.glob("samples_*.jsonl")  # named for the SFT run it samples
+    assert len(cache.read_text().splitlines()) == cfg.sample_limit
     assert json.loads((run / "pairs_report.json").read_text())["pairs"] == info["pairs"]
 
     # the DPO model = base + SFT adapter + DPO adapter, merged; it differs from the SFT model

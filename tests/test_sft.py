@@ -165,6 +165,10 @@ def test_resume_matches_an_uninterrupted_run(smoke, splits):
     # transformers train one step past max_steps); another config trains again.
     stamp = (part / "run.json").stat().st_mtime_ns
     assert train_sft(smoke, cfg, splits, name="part") == part and (part / "run.json").stat().st_mtime_ns == stamp
+    # ... and the checkpoints of another config are dropped, never resumed: a changed budget starts afresh
+    other = fast_config(smoke, max_steps=2 * n, save_steps=n, learning_rate=5e-4, lr_scheduler="linear")
+    info = json.loads((train_sft(smoke, other, splits, name="part") / "run.json").read_text())
+    assert info["resumed_from"] is None and info["finished"] and info["config"]["learning_rate"] == 5e-4
 
 
 def test_bf16_autocast_step_keeps_fp32_adapter(smoke, splits):
