@@ -15,6 +15,10 @@ Command line (users bring their own labelled data in the ESCI layout)::
 
     python -m she_lib.evaluate --baseline zero_shot --profile cpu                 # test split
     python -m she_lib.evaluate --run runs/cpu/lexical --data path/to/esci_folder   # any ESCI folder
+    python -m she_lib.evaluate --report --profile cpu-full   # CumPT rows, summary.md, significance.md, figures
+
+``--report`` re-runs no method: it reads the saved predictions (CumPT's validation read-outs are computed once
+and cached) and regenerates every table and figure of notebook 05 (:func:`report`).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import pandas as pd
 
 from .config import Profile, get_profile
 from .labels import get_scale
-from .metrics import bootstrap_ci, classification_metrics
+from .metrics import UNPARSED, bootstrap_ci, classification_metrics, default_pairs, significance_table
 from .data import SPLITS, curate, load_dataset, load_splits
 from .schema import parse, render_prompt
 
@@ -167,7 +171,8 @@ def plot_confusion(metrics: dict, title: str, path: str | Path | None = None, ax
 
 
 def summary_table(results: dict[str, dict], words) -> pd.DataFrame:
-    """One row per method: accuracy, macro-F1 with its CI, per-class F1, parse failures, sizes."""
+    """One row per method: accuracy, macro-F1 with its CI, per-class F1, parse failures, sizes, wall seconds of
+    the prediction and ``ms / pair`` = 1000 seconds / pairs (batched throughput: amortised latency per pair)."""
     rows = []
     for name, m in results.items():
         lo, hi = m["macro_f1_ci"]
@@ -175,7 +180,8 @@ def summary_table(results: dict[str, dict], words) -> pd.DataFrame:
                      "macro-F1 95% CI": f"[{lo:.3f}, {hi:.3f}]",
                      **{f"F1 {w}": round(m["per_class_f1"][w], 3) for w in words},
                      "parse failures": round(m["parse_failure_rate"], 3), "pairs": m["n_examples"],
-                     "queries": m["n_queries"], "seconds": m.get("seconds")})
+                     "queries": m["n_queries"], "seconds": m.get("seconds"),
+                     "ms / pair": round(1000 * m["seconds"] / m["n_examples"], 1) if m.get("seconds") else None})
     return pd.DataFrame(rows).set_index("method")
 
 
@@ -198,6 +204,75 @@ def write_summary(results_dir: str | Path, words) -> pd.DataFrame:
     fig.savefig(results_dir / "figures" / "05_confusion.png", dpi=110)
     plt.close(fig)
     return table
+
+
+# -------------------------------------------------------------------------- saved predictions
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A prediction cache, indexed by example_id (the last line of a repeated id wins)."""
+    p = pd.read_json(path, lines=True, dtype={"example_id": str})
+    return p.drop_duplicates("example_id", keep="last").set_index("example_id")
+
+
+def prediction_files(profile: Profile) -> dict[str, Path]:
+    """method -> its existing prediction cache on the eval split: lexical, zero-shot and every policy run, each
+    read-out (a run in its own reasoning order), and CumPT (``<base>_cumpt``) where notebook 05 wrote one."""
+    runs, zs = Path(profile.runs_dir), profile.replace(eval_max_new_tokens=profile.zero_shot_max_new_tokens)
+    files = {"lexical": runs / "lexical" / f"predictions_{profile.eval_split}.jsonl"}
+    for folder in [runs / "zero_shot", *policy_runs(profile)]:
+        info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+        prof = (zs if folder.name == "zero_shot" else profile).replace(order=info.get("order", profile.order))
+        files.update({method_name(folder.name, m): prediction_cache(folder, prof, m) for m in MODES})
+        files[f"{folder.name}_cumpt"] = prediction_cache(folder, prof, "cumpt")
+    return {k: v for k, v in files.items() if v is not None and v.exists()}
+
+
+def load_predictions(profile: Profile, df: pd.DataFrame, column: str = "pred") -> pd.DataFrame:
+    """``df`` (example_id, query, label, ...) plus one column per method of :func:`prediction_files` holding its
+    ``column`` (the grade: UNPARSED where the answer had none; NaN where the method has no prediction, e.g. a
+    decoded read-out of k pairs per query)."""
+    out = df.copy()
+    for name, path in prediction_files(profile).items():
+        p = read_predictions(path)
+        if column in p.columns:
+            have = out["example_id"].isin(p.index)
+            value = out["example_id"].map(p[column])
+            out[name] = value.where(~have | value.notna(), UNPARSED) if column == "pred" else value
+    return out
+
+
+def report(profile: Profile, save: bool = True) -> dict:
+    """Notebook 05's tables and figures from saved predictions, nothing re-run: CumPT on every first-token
+    read-out (she_lib.cumpt; rows ``<base>_cumpt`` merged into metrics.json, ``figures/05_cumpt.png``),
+    ``summary.md`` + ``figures/05_confusion.png`` (:func:`write_summary`) and ``significance.md`` (paired bootstrap
+    over queries, :func:`default_pairs`)."""
+    import matplotlib.pyplot as plt
+
+    from .cumpt import evaluate_cumpt, plot_cumpt
+
+    words, results = get_scale(profile.grade_scale).words, Path(profile.results_dir)
+    splits = load_splits(profile)
+    test = eval_frame(profile, splits)
+    saved = json.loads((results / "metrics.json").read_text()) if (results / "metrics.json").exists() else {}
+    curves = {}
+    for method, path in prediction_files(profile).items():
+        if method.endswith("_first_token"):
+            c = evaluate_cumpt(profile, path.parent, test, splits["validation"],
+                               seconds=saved.get(method, {}).get("seconds"))
+            curves[f"{path.parent.name}_cumpt"] = c
+            if save:
+                save_metrics(results, f"{path.parent.name}_cumpt", c["metrics"])
+    if curves:
+        (results / "figures").mkdir(parents=True, exist_ok=True)
+        plt.close(plot_cumpt(curves, words, results / "figures" / "05_cumpt.png"))
+    summary = write_summary(results, words) if (results / "metrics.json").exists() else None
+    preds = load_predictions(profile, test)
+    methods = [c for c in preds.columns if c not in test.columns]
+    sig = significance_table(preds, default_pairs(methods), words, profile.bootstrap_samples, profile.seed)
+    (results / "significance.md").write_text(
+        "Paired bootstrap over test queries (same resample for both methods), A - B; p two-sided "
+        f"(she_lib.metrics.paired_bootstrap, {profile.bootstrap_samples} resamples).\n\n"
+        + (sig.to_markdown(index=False) if len(sig) else "(no pairs)") + "\n")
+    return {"cumpt": curves, "summary": summary, "significance": sig, "predictions": preds}
 
 
 # ------------------------------------------------------------------------------------ methods
@@ -262,6 +337,7 @@ def main(argv=None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="a saved run folder (runs/<profile>/<name>)")
     src.add_argument("--baseline", choices=["zero_shot", "lexical"])
+    src.add_argument("--report", action="store_true", help="regenerate tables and figures from saved predictions")
     ap.add_argument("--data", help="a folder in the ESCI layout; default: the profile's split")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--split", default=None, help="train / validation / test (default: the profile's)")
@@ -269,10 +345,15 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--save", action="store_true", help="merge the result into the profile's metrics.json")
     args = ap.parse_args(argv)
-    if args.data and args.save:
-        ap.error("--save records the profile's split only; results on --data are printed")
+    if args.data and (args.save or args.report):
+        ap.error("--save and --report record the profile's split only; results on --data are printed")
     profile = get_profile(args.profile, **{k: v for k, v in {"eval_split": args.split,
                                                              "eval_limit": args.limit}.items() if v})
+    if args.report:
+        out = report(profile)
+        print(out["summary"].to_string() if out["summary"] is not None else "no metrics.json yet")
+        print(out["significance"].to_string())
+        return 0
     modes = MODES if args.mode == "both" else (args.mode,)
     splits = load_splits(profile)
     if args.data:  # a whole external folder is the evaluation set

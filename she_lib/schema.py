@@ -175,6 +175,27 @@ def parse(text, scale: GradeScale) -> ParsedRationale:
     return out
 
 
+def completion_text(completion) -> str | None:
+    """The text of a completion: a string, or TRL's conversational form [{"role": "assistant", "content": ...}]
+    (content a string or a list of {"type": "text", "text": ...} parts). Anything else -> None (unparsable)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    if isinstance(completion, (list, tuple)) and all(isinstance(m, dict) for m in completion):
+        parts = []
+        for m in completion:
+            if m.get("role", "assistant") != "assistant":
+                continue
+            c = m.get("content")
+            if isinstance(c, list):
+                c = "".join(p.get("text", "") for p in c if isinstance(p, dict))
+            if isinstance(c, str):
+                parts.append(c)
+        return "".join(parts) if parts else None
+    return None
+
+
 def char_to_token_spans(spans: dict[str, tuple[int, int]], offsets) -> dict[str, tuple[int, int]]:
     """Token index ranges [i, j) of the tokens overlapping each character span.
 

@@ -76,3 +76,106 @@ def test_bootstrap_is_seeded():
 def test_empty_input_raises():
     with pytest.raises(ValueError, match="no examples"):
         classification_metrics([], [], ["A"])
+
+
+# ------------------------------------------------------------------------------- paired bootstrap
+def _two_queries():
+    # q1: one Exact pair, q2: one Substitute pair; A is right on both, B says Exact on both
+    return ["Exact", "Substitute"], ["Exact", "Substitute"], ["Exact", "Exact"], ["q1", "q2"]
+
+
+def test_paired_bootstrap_exact_enumeration_by_hand():
+    from she_lib.metrics import paired_bootstrap
+
+    y, a, b, g = _two_queries()
+    r = paired_bootstrap(y, a, b, g, ["Exact", "Substitute"], n_samples=None)
+    # resamples {q1,q1} p=1/4, {q1,q2} p=1/2, {q2,q2} p=1/4
+    # accuracy: A 1, 1, 1; B 1, 1/2, 0 -> d* = 0, 1/2, 1; observed d = 1/2
+    assert r["accuracy_diff"] == pytest.approx(0.5) and r["accuracy_diff_ci"] == [0.0, 1.0]
+    assert r["accuracy_p"] == pytest.approx(0.5)  # |d* - 1/2| >= 1/2 for d* = 0 and 1: 1/4 + 1/4
+    # macro-F1: {q1,q1}: A = B = (1 + 0)/2 (no Substitute at all); {q2,q2}: A (0 + 1)/2, B 0;
+    # {q1,q2}: A 1, B (2/3 + 0)/2 -> d* = 0, 1/2, 2/3 with probabilities 1/4, 1/4, 1/2; d = 2/3
+    assert r["macro_f1_diff"] == pytest.approx(2 / 3)
+    assert r["macro_f1_diff_ci"] == pytest.approx([0.0, 2 / 3])
+    assert r["macro_f1_p"] == pytest.approx(0.25)  # only d* = 0 is as far from 2/3 as 2/3 is from 0
+    assert r["n_queries"] == 2 and r["exact"] and r["n_samples"] == 3
+
+
+def test_paired_bootstrap_identical_methods_give_zero_and_p_one():
+    from she_lib.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(list(ESCI.words), 60).tolist()
+    p = rng.choice(list(ESCI.words), 60).tolist()
+    for n in (None, 300):
+        r = paired_bootstrap(y, p, list(p), [i % 5 for i in range(60)], ESCI.words, n_samples=n, seed=2)
+        assert r["accuracy_diff"] == 0 and r["macro_f1_diff"] == 0
+        assert r["accuracy_diff_ci"] == [0.0, 0.0] and r["macro_f1_diff_ci"] == [0.0, 0.0]
+        assert r["accuracy_p"] == 1.0 and r["macro_f1_p"] == 1.0
+
+
+def test_paired_bootstrap_exact_matches_brute_force_over_ordered_resamples():
+    """Enumerate all Q^Q ordered draws of queries, score each with scikit-learn on the concatenated pairs."""
+    import itertools
+
+    from she_lib.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(4)
+    labels = ["A", "B", "C"]
+    q = 4
+    groups = [i % q for i in range(14)]
+    y = rng.choice(labels, 14).tolist()
+    a = [None if rng.random() < 0.2 else rng.choice(labels) for _ in y]
+    b = rng.choice(labels, 14).tolist()
+    ua, ub = [x or UNPARSED for x in a], b
+
+    def f1(t, p):
+        return f1_score(t, p, labels=labels, average="macro", zero_division=0)
+
+    d_obs = f1(y, ua) - f1(y, ub)
+    diffs = []
+    for draw in itertools.product(range(q), repeat=q):
+        idx = [i for g in draw for i in range(14) if groups[i] == g]
+        t = [y[i] for i in idx]
+        diffs.append(f1(t, [ua[i] for i in idx]) - f1(t, [ub[i] for i in idx]))
+    diffs = np.array(diffs)
+    r = paired_bootstrap(y, a, b, groups, labels, n_samples=None)
+    assert r["macro_f1_diff"] == pytest.approx(d_obs)
+    assert r["macro_f1_p"] == pytest.approx(np.mean(np.abs(diffs - d_obs) >= abs(d_obs) - 1e-12))
+    assert r["macro_f1_diff_ci"] == pytest.approx(np.quantile(diffs, [0.025, 0.975], method="inverted_cdf").tolist())
+    # Monte Carlo draws approach the exact answer
+    mc = paired_bootstrap(y, a, b, groups, labels, n_samples=20000, seed=0)
+    assert mc["macro_f1_p"] == pytest.approx(r["macro_f1_p"], abs=0.02)
+    assert mc["macro_f1_diff"] == r["macro_f1_diff"]
+
+
+def test_query_resamples_weights_and_limits():
+    from she_lib.metrics import query_resamples
+
+    counts, w = query_resamples(3, None)
+    assert len(counts) == 10 and (counts.sum(1) == 3).all() and w.sum() == pytest.approx(1)
+    # (3,0,0) has probability 1/27, (1,1,1) 6/27
+    assert w[(counts == [3, 0, 0]).all(1)][0] == pytest.approx(1 / 27)
+    assert w[(counts == [1, 1, 1]).all(1)][0] == pytest.approx(6 / 27)
+    counts, w = query_resamples(5, 7, seed=1)
+    assert counts.shape == (7, 5) and (counts.sum(1) == 5).all() and np.allclose(w, 1 / 7)
+    with pytest.raises(ValueError, match="too large"):
+        query_resamples(11, None)
+
+
+def test_significance_table_uses_pairs_both_methods_predicted():
+    import pandas as pd
+
+    from she_lib.metrics import default_pairs, paired_bootstrap, significance_table
+
+    y, a, b, g = _two_queries()
+    preds = pd.DataFrame({"label": y + ["Exact"], "query": ["Q1", "q2", "q3"], "x": a + ["Exact"],
+                          "lexical": b + [np.nan]})
+    t = significance_table(preds, [("x", "lexical")], ["Exact", "Substitute"], n_samples=None)
+    r = paired_bootstrap(y, a, b, ["q1", "q2"], ["Exact", "Substitute"], n_samples=None)
+    assert t.loc[0, "pairs"] == 2 and t.loc[0, "queries"] == 2  # q3 dropped: lexical has no prediction there
+    assert t.loc[0, "accuracy A-B"] == 0.5 and t.loc[0, "accuracy p"] == 0.5 and t.loc[0, "macro_f1 p"] == 0.25
+    assert t.loc[0, "macro_f1 95% CI"] == "[0.000, 0.667]" and r["macro_f1_diff"] == pytest.approx(2 / 3)
+    assert default_pairs(["lexical", "sft_first_token", "sft_cumpt", "dpo_cumpt"]) == [
+        ("sft_first_token", "lexical"), ("sft_cumpt", "lexical"), ("dpo_cumpt", "lexical"),
+        ("sft_cumpt", "sft_first_token")]

@@ -1,0 +1,173 @@
+"""The RL prompt set: difficulty filtering, diversity sampling and an easy-to-hard curriculum (SRPO's
+"diversified data filtering" and multi-stage curriculum; TaoSR1 found class-balanced RL data best).
+
+1. **Difficulty.** Each pool prompt's pass rate p = c / K: the share of K rationales sampled from the SFT model
+   that are well formed with the human grade (she_lib.sampling, cached). Prompts with p < ``min_pass`` or
+   p > ``max_pass`` are dropped: a group whose G rollouts are all right or all wrong has zero outcome advantage
+   under GRPO and teaches nothing. With K <= 10 samples the defaults [0.01, 0.9] (PAPERS §6.6) drop exactly the
+   always-wrong (p = 0) and always-right (p = 1) prompts.
+2. **Diversity.** Round-robin over strata (``balance`` columns; default grade x top-level category): each round
+   takes one not-yet-taken prompt (seeded order) from every stratum that has one left, skipping prompts of a query
+   that already has ``per_query_cap`` prompts, until ``select`` prompts are taken. Grades are as balanced as the
+   filtered pool allows. The report gives the Shannon entropy (bits) of grade and category, and the grade CV
+   (std / mean of the grade counts, population std; 0 = balanced), of the pool and of the selection.
+3. **Curriculum.** Stages by pass rate, easy to hard: with boundaries b_1 > b_2 > ..., stage 0 holds p > b_1,
+   stage s holds b_{s+1} < p <= b_s, the last stage p <= b_last (PAPERS §6.7: > 0.6, 0.3-0.6, < 0.3). Stage s lasts
+   ``stage_steps[s]`` optimizer steps of ``prompts_per_step`` prompts (its prompts cycled in a seeded order), or one
+   pass over its prompts when ``stage_steps`` is None; empty stages are skipped. The trainer reads the prompts in
+   this order (``shuffle_dataset=False``), so one run walks the stages and resumes mid-stage from a checkpoint.
+
+Every step is a switch (``difficulty``, ``diversity``, ``curriculum``) so each can be ablated; without the
+curriculum the selection is one stage in seeded random order.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class CurriculumConfig:
+    pool_limit: int | None = 96  # train prompts whose pass rate is estimated (seeded sample); None = all
+    k_samples: int = 4  # samples per prompt for the pass rate
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    sample_batch_size: int = 8
+    difficulty: bool = True
+    min_pass: float = 0.01
+    max_pass: float = 0.9
+    diversity: bool = True
+    balance: tuple[str, ...] = ("label", "top_category")
+    per_query_cap: int | None = 4
+    select: int | None = None  # prompts kept by diversity sampling; None = every filtered prompt (balanced order)
+    curriculum: bool = True
+    boundaries: tuple[float, ...] = (0.6, 0.3)  # pass-rate stage boundaries, descending
+    stage_steps: tuple[int, ...] | None = None  # optimizer steps per stage; None = one pass over each stage
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def entropy_bits(values) -> float:
+    """Shannon entropy H = -sum_v p_v log2 p_v of the empirical distribution of ``values``."""
+    p = pd.Series(list(values)).value_counts(normalize=True).to_numpy()
+    return float(-(p * np.log2(p)).sum()) if len(p) else 0.0
+
+
+def label_cv(labels, words) -> float:
+    """std / mean of the counts of every grade in ``words`` (population std; absent grades count 0)."""
+    counts = pd.Series(list(labels)).value_counts().reindex(list(words), fill_value=0).to_numpy(float)
+    return float(counts.std() / counts.mean()) if counts.mean() > 0 else float("nan")
+
+
+def top_category(category: pd.Series) -> pd.Series:
+    return category.fillna("").str.split(" > ").str[0].replace("", "(none)")
+
+
+def pass_rates(samples: pd.DataFrame) -> pd.Series:
+    """example_id -> share of good samples (sampling.sample_rationales output)."""
+    return samples.groupby("example_id")["good"].mean()
+
+
+def difficulty_filter(df: pd.DataFrame, rates: pd.Series, config: CurriculumConfig) -> tuple[pd.DataFrame, dict]:
+    """``df`` with a ``pass_rate`` column, keeping min_pass <= p <= max_pass (all rows when switched off)."""
+    df = df.assign(pass_rate=df["example_id"].map(rates).astype(float))
+    if df["pass_rate"].isna().any():
+        raise ValueError(f"no pass rate for {int(df['pass_rate'].isna().sum())} prompt(s), e.g. "
+                         f"{df.loc[df['pass_rate'].isna(), 'example_id'].iloc[0]!r}")
+    p = df["pass_rate"]
+    report = {"pool": len(df), "always_right": int((p == 1).sum()), "always_wrong": int((p == 0).sum()),
+              "below_min": int((p < config.min_pass).sum()), "above_max": int((p > config.max_pass).sum()),
+              "mean_pass_rate": float(p.mean()) if len(p) else None}
+    if config.difficulty:
+        df = df[(p >= config.min_pass) & (p <= config.max_pass)]
+    report["kept"] = len(df)
+    return df.reset_index(drop=True), report
+
+
+def diversity_sample(df: pd.DataFrame, config: CurriculumConfig, words) -> tuple[pd.DataFrame, dict]:
+    """Round-robin over the strata of ``config.balance`` (see module doc); returns the selection in pick order."""
+    df = df.assign(top_category=top_category(df["category"])) if "top_category" not in df else df
+    pool_report = {"grade_entropy": entropy_bits(df["label"]), "category_entropy": entropy_bits(df["top_category"]),
+                   "grade_cv": label_cv(df["label"], words), "n": len(df)}
+    if not config.diversity:
+        out = df.sample(frac=1, random_state=config.seed).reset_index(drop=True)
+        out = out.head(config.select) if config.select else out
+    else:
+        order = df.sample(frac=1, random_state=config.seed)
+        queues = [list(g.index) for _, g in order.groupby(list(config.balance), sort=True)]
+        want = min(config.select or len(df), len(df))
+        taken, per_query = [], {}
+        while len(taken) < want and any(queues):
+            for q in queues:
+                while q:
+                    i = q.pop(0)
+                    query = df.at[i, "query"]
+                    if config.per_query_cap is None or per_query.get(query, 0) < config.per_query_cap:
+                        per_query[query] = per_query.get(query, 0) + 1
+                        taken.append(i)
+                        break
+                if len(taken) == want:
+                    break
+        out = df.loc[taken].reset_index(drop=True)
+    report = {"pool": pool_report,
+              "selected": {"grade_entropy": entropy_bits(out["label"]),
+                           "category_entropy": entropy_bits(out["top_category"]),
+                           "grade_cv": label_cv(out["label"], words), "n": len(out)}}
+    return out, report
+
+
+def stage_of(p: float, boundaries) -> int:
+    """0 for the easiest stage (p > b_1), len(boundaries) for the hardest (p <= b_last)."""
+    return sum(p <= b for b in boundaries)
+
+
+def curriculum_order(df: pd.DataFrame, config: CurriculumConfig, prompts_per_step: int) -> tuple[pd.DataFrame, dict]:
+    """Prompts in training order with a ``stage`` column; length = total steps x ``prompts_per_step``."""
+    if df.empty:
+        raise ValueError("no RL prompts left after filtering; sample a larger pool or widen min_pass/max_pass")
+    rng = np.random.default_rng(config.seed)
+    stages = df["pass_rate"].map(lambda p: stage_of(p, config.boundaries)) if config.curriculum else \
+        pd.Series(0, index=df.index)
+    n_stages = len(config.boundaries) + 1 if config.curriculum else 1
+    if config.stage_steps is not None and len(config.stage_steps) != n_stages:
+        raise ValueError(f"stage_steps has {len(config.stage_steps)} entries for {n_stages} stages")
+    parts, report = [], []
+    for s in range(n_stages):
+        rows = df[stages == s]
+        steps = config.stage_steps[s] if config.stage_steps is not None else math.ceil(len(rows) / prompts_per_step)
+        report.append({"stage": s, "prompts": len(rows), "steps": int(steps) if len(rows) else 0,
+                       "mean_pass_rate": float(rows["pass_rate"].mean()) if len(rows) else None})
+        if rows.empty or steps == 0:
+            continue
+        need = steps * prompts_per_step
+        idx = np.concatenate([rng.permutation(len(rows)) for _ in range(math.ceil(need / len(rows)))])[:need]
+        parts.append(rows.iloc[idx].assign(stage=s))
+    return pd.concat(parts, ignore_index=True), {"stages": report, "steps": sum(r["steps"] for r in report)}
+
+
+def build_rl_prompts(train: pd.DataFrame, samples: pd.DataFrame | None, config: CurriculumConfig, words,
+                     prompts_per_step: int) -> tuple[pd.DataFrame, dict]:
+    """Pool -> difficulty filter -> diversity selection -> curriculum order, with one report of every count.
+    ``samples`` (pass-rate samples of the pool) may be None only when difficulty and curriculum are both off."""
+    if samples is None:
+        if config.difficulty or config.curriculum:
+            raise ValueError("difficulty filtering and the curriculum need pass-rate samples")
+        rates = pd.Series(np.nan, index=train["example_id"]).fillna(0.5)
+    else:
+        rates = pass_rates(samples)
+    kept, diff = difficulty_filter(train, rates, config)
+    chosen, div = diversity_sample(kept, config, words)
+    ordered, cur = curriculum_order(chosen, config, prompts_per_step)
+    return ordered, {"difficulty": diff, "diversity": div, "curriculum": cur, "config": config.to_dict()}
+
+
+def save_report(report: dict, path: str | Path) -> None:
+    import json
+
+    Path(path).write_text(json.dumps(report, indent=2, default=float))

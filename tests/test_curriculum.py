@@ -1,0 +1,95 @@
+"""RL prompt set (she_lib.curriculum): difficulty filter, diversity round-robin, entropies, curriculum order."""
+import math
+
+import pandas as pd
+import pytest
+
+from she_lib.curriculum import (CurriculumConfig, build_rl_prompts, curriculum_order, difficulty_filter,
+                                diversity_sample, entropy_bits, label_cv, pass_rates, stage_of)
+
+WORDS = ("Exact", "Substitute", "Complement", "Irrelevant")
+
+
+def frame():
+    """8 prompts of 4 queries; grades and categories chosen by hand."""
+    return pd.DataFrame({
+        "example_id": [f"e{i}" for i in range(8)],
+        "query": ["q0", "q0", "q0", "q1", "q1", "q2", "q3", "q3"],
+        "label": ["Exact", "Exact", "Exact", "Exact", "Substitute", "Irrelevant", "Exact", "Complement"],
+        "category": ["A > x", "A > y", "A", "B > z", "B", "", "A", "B"],
+    })
+
+
+def samples(rates: dict[str, list[bool]]) -> pd.DataFrame:
+    return pd.DataFrame([{"example_id": e, "sample": j, "good": g} for e, gs in rates.items() for j, g in enumerate(gs)])
+
+
+def test_entropy_and_cv_hand_computed():
+    assert entropy_bits(["a", "a", "b", "b"]) == pytest.approx(1.0)
+    assert entropy_bits(["a", "a", "a", "b"]) == pytest.approx(-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)))
+    assert entropy_bits([]) == 0.0
+    # counts (2, 1, 1, 0): mean 1, population std sqrt(0.5)
+    assert label_cv(["Exact", "Exact", "Substitute", "Complement"], WORDS) == pytest.approx(math.sqrt(0.5))
+    assert label_cv(list(WORDS), WORDS) == 0.0
+
+
+def test_difficulty_filter_counts():
+    df = frame()
+    rates = pass_rates(samples({"e0": [1, 1, 1, 1], "e1": [0, 0, 0, 0], "e2": [1, 0, 0, 0], "e3": [1, 1, 1, 0],
+                                "e4": [1, 1, 0, 0], "e5": [0, 0, 0, 0], "e6": [1, 1, 1, 1], "e7": [0, 1, 0, 0]}))
+    kept, rep = difficulty_filter(df, rates, CurriculumConfig())
+    assert kept["example_id"].tolist() == ["e2", "e3", "e4", "e7"]
+    assert rep == {"pool": 8, "always_right": 2, "always_wrong": 2, "below_min": 2, "above_max": 2,
+                   "mean_pass_rate": pytest.approx((4 + 1 + 3 + 2 + 4 + 1) / 32), "kept": 4}
+    off, rep_off = difficulty_filter(df, rates, CurriculumConfig(difficulty=False))
+    assert len(off) == 8 and rep_off["kept"] == 8 and off["pass_rate"].tolist()[:3] == [1.0, 0.0, 0.25]
+    with pytest.raises(ValueError, match="no pass rate for 1 prompt"):
+        difficulty_filter(df, rates.drop("e7"), CurriculumConfig())
+
+
+def test_diversity_round_robin_balances_grades_and_caps_queries():
+    df = frame()
+    cfg = CurriculumConfig(balance=("label",), per_query_cap=2, select=4, seed=0)
+    out, rep = diversity_sample(df, cfg, WORDS)
+    # one prompt of each grade first (strata in sorted order: Complement, Exact, Irrelevant, Substitute)
+    assert sorted(out["label"]) == sorted(WORDS) and len(out) == 4
+    assert rep["selected"]["grade_cv"] == 0.0 and rep["selected"]["grade_entropy"] == pytest.approx(2.0)
+    assert rep["pool"]["n"] == 8 and rep["pool"]["grade_entropy"] < 2.0
+    # no cap on the selection size: every prompt but the third of q0 (cap 2 per query)
+    full, _ = diversity_sample(df, CurriculumConfig(balance=("label",), per_query_cap=2), WORDS)
+    assert len(full) == 7 and full["query"].value_counts().max() == 2
+    assert full["top_category"].tolist().count("(none)") == 1
+    plain, _ = diversity_sample(df, CurriculumConfig(diversity=False, select=3), WORDS)
+    assert len(plain) == 3
+
+
+def test_stages_and_curriculum_order():
+    assert [stage_of(p, (0.6, 0.3)) for p in (1.0, 0.61, 0.6, 0.31, 0.3, 0.0)] == [0, 0, 1, 1, 2, 2]
+    df = frame().assign(pass_rate=[0.9, 0.8, 0.5, 0.4, 0.35, 0.1, 0.2, 0.7])
+    out, rep = curriculum_order(df, CurriculumConfig(stage_steps=(1, 2, 1)), prompts_per_step=2)
+    assert out["stage"].tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
+    assert set(out["example_id"][:2]) <= {"e0", "e1", "e7"} and set(out["example_id"][2:6]) == {"e2", "e3", "e4"}
+    assert set(out["example_id"][6:]) == {"e5", "e6"}
+    assert [s["prompts"] for s in rep["stages"]] == [3, 3, 2] and rep["steps"] == 4
+    # one pass per stage when stage_steps is None: ceil(3/2) + ceil(3/2) + ceil(2/2) steps
+    _, rep1 = curriculum_order(df, CurriculumConfig(), prompts_per_step=2)
+    assert rep1["steps"] == 5
+    flat, rep2 = curriculum_order(df, CurriculumConfig(curriculum=False, stage_steps=(3,)), prompts_per_step=2)
+    assert set(flat["stage"]) == {0} and len(flat) == 6 and rep2["steps"] == 3
+    with pytest.raises(ValueError, match="stage_steps has 2 entries for 3 stages"):
+        curriculum_order(df, CurriculumConfig(stage_steps=(1, 1)), 2)
+    with pytest.raises(ValueError, match="no RL prompts left"):
+        curriculum_order(df.iloc[:0], CurriculumConfig(), 2)
+
+
+def test_build_rl_prompts_report():
+    df = frame()
+    s = samples({f"e{i}": [i % 2 == 0, True, False, False] for i in range(8)})  # pass rate 0.5 or 0.25
+    out, rep = build_rl_prompts(df, s, CurriculumConfig(balance=("label",), per_query_cap=None), WORDS, 2)
+    assert rep["difficulty"]["kept"] == 8 and rep["diversity"]["selected"]["n"] == 8
+    assert [st["prompts"] for st in rep["curriculum"]["stages"]] == [0, 4, 4] and len(out) == 8
+    assert out["stage"].tolist() == [1] * 4 + [2] * 4
+    with pytest.raises(ValueError, match="need pass-rate samples"):
+        build_rl_prompts(df, None, CurriculumConfig(), WORDS, 2)
+    plain, _ = build_rl_prompts(df, None, CurriculumConfig(difficulty=False, curriculum=False), WORDS, 2)
+    assert len(plain) == 8
