@@ -63,6 +63,9 @@ class Profile:
     # --- reasoning format ------------------------------------------------------------------------
     order: str = "grade_first"  # "grade_first" (respond-then-think) | "steps_first"
     sft_orders: tuple[str, ...] = ("grade_first", "steps_first")  # orders notebook 02 trains (and 05 scores)
+    # --- RL (notebook 04; budgets in she_lib.srpo.rl_config / curriculum_for) ------------------------
+    rl_methods: tuple[str, ...] = ("grpo", "srpo", "agrl")
+    rl_seeds: tuple[int, ...] = (0,)  # RL seeds (LoRA init, sampling); every seed shares one prompt set
     # --- evaluation ------------------------------------------------------------------------------
     eval_split: str = "test"
     eval_limit: int | None = None  # None = the whole split
@@ -107,7 +110,8 @@ PROFILES: dict[str, Profile] = {
                    sft_orders=("grade_first",), results_dir=str(REPO_ROOT / "results" / "cpu")),
     # decoded read-outs on 8 pairs of each of the 18 test queries (144 pairs): an AVX2-only 2-core CPU decodes
     # an SFT rationale in ~7-12 s, so all 795 would take ~2 h per run
-    "cpu-full": Profile(name="cpu-full", runs_dir=str(REPO_ROOT / "runs" / "cpu-full"), eval_generate_per_query=8),
+    "cpu-full": Profile(name="cpu-full", runs_dir=str(REPO_ROOT / "runs" / "cpu-full"), eval_generate_per_query=8,
+                        rl_seeds=(0, 1)),
     "gpu": Profile(
         name="gpu", model_source="hub", model_name="Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16",
         max_seq_length=1024, eval_batch_size=128, lora_r=32, lora_alpha=64, runs_dir=str(REPO_ROOT / "runs" / "gpu")),

@@ -127,6 +127,14 @@ def score(df: pd.DataFrame, preds: pd.DataFrame, profile: Profile, **info) -> di
     out.update(n_queries=len(set(groups)), profile=profile.name, machine=machine(), **info)
     if "well_formed" in m.columns:
         out["well_formed_rate"] = float(m["well_formed"].fillna(False).mean())
+    if "completion" in m.columns:  # decoded rationales: step accuracy (verifier) and rule adherence (AGRL's rules)
+        from .rules import rule_violation_rate
+        from .verifier import step_accuracy
+
+        full = df.merge(preds[["example_id", "completion"]], on="example_id", how="left", validate="1:1")
+        out.update(step_accuracy(full, full["completion"], scale))
+        rules = rule_violation_rate(full, full["completion"], scale)
+        out.update({k: v for k, v in rules.items() if k.startswith(("rule_violation", "violation_rate/"))})
     return out
 
 

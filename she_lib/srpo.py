@@ -325,11 +325,8 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
        she_lib.agrl's adaptive guided replay (process_weight as configured; 0 = AGRL on GRPO's advantages).
        ``max_steps`` is the curriculum's step count; the rollout log goes to ``rollouts.jsonl``."""
     from . import runs
-    from .curriculum import build_rl_prompts, save_report
-    from .data import load_splits
+    from .curriculum import save_report
     from .modeling import load_run
-    from .sampling import sample_rationales
-    from .sft import _sample
     from .trl_compat import ensure_trl_cpu_support
 
     name = name or method
@@ -341,28 +338,16 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
     key = {"method": method, "args": _args_key(args), "curriculum": curriculum.to_dict(), "init_adapter": init}
     if resume and runs.finished(run, profile, key):
         return run
-    splits = splits if splits is not None else load_splits(profile)
     scale = get_scale(profile.grade_scale)
-    pool = _sample(splits["train"], curriculum.pool_limit, curriculum.seed)
-    policy = load_run(sft_run, profile)  # inference dtype, for the pass-rate samples
-    samples = None
-    if curriculum.difficulty or curriculum.curriculum:
-        samples = sample_rationales(policy.model, policy.tokenizer, pool, profile, curriculum.k_samples,
-                                    curriculum.max_new_tokens, curriculum.temperature, 1.0,
-                                    curriculum.sample_batch_size, curriculum.seed,
-                                    cache=Path(profile.runs_dir) / "rl_pool" / (
-                                        f"samples_{runs.stamp(sft_run)}_k{curriculum.k_samples}_t"
-                                        f"{curriculum.max_new_tokens}_T{curriculum.temperature}_s{curriculum.seed}.jsonl"),
-                                    progress=progress)
-    prompts, report = build_rl_prompts(pool, samples, curriculum, scale.words, prompts_per_step(args))
+    prompts, report = rl_prompts(profile, sft_run, curriculum, prompts_per_step(args), splits, progress)
     args.max_steps = report["curriculum"]["steps"]
     last = runs.start(run, profile, key)
     last = last if resume else None
     save_report(report, run / "data_report.json")
-    model = load_run(sft_run, profile if torch.cuda.is_available() else profile.replace(dtype="float32")).model
+    policy = load_run(sft_run, profile if torch.cuda.is_available() else profile.replace(dtype="float32"))
     ensure_trl_cpu_support()
     meter = runs.Meter()
-    common = dict(model=model, args=args, train_dataset=rl_dataset(prompts, profile), processing_class=policy.tokenizer,
+    common = dict(model=policy.model, args=args, train_dataset=rl_dataset(prompts, profile), processing_class=policy.tokenizer,
                   peft_config=policy.lora_config, callbacks=[meter, StageLogger(prompts["stage"].tolist(),
                                                                                 prompts_per_step(args)),
                                                              *(callbacks or [])])
@@ -388,6 +373,34 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
         info = json.loads((run / "run.json").read_text())
         (run / "run.json").write_text(json.dumps({**info, "replay": trainer.replay.report()}, indent=2))
     return run
+
+
+def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step: int = 4, splits: dict | None = None,
+               progress: bool = False) -> tuple[pd.DataFrame, dict]:
+    """The RL prompt set in training order and its report (she_lib.curriculum): the pool's pass rates come from
+    ``k_samples`` rationales per prompt sampled from the SFT run, cached in ``runs_dir/rl_pool/`` under the SFT run's
+    stamp and the sampling settings, so every RL method and seed shares them."""
+    from . import runs
+    from .curriculum import build_rl_prompts
+    from .data import load_splits
+    from .modeling import load_run
+    from .sampling import sample_rationales
+    from .sft import _sample
+
+    curriculum = curriculum or curriculum_for(profile)
+    splits = splits if splits is not None else load_splits(profile)
+    pool = _sample(splits["train"], curriculum.pool_limit, curriculum.seed)
+    samples = None
+    if curriculum.difficulty or curriculum.curriculum:
+        sft_run = Path(sft_run)
+        policy = load_run(sft_run, profile)
+        cache = Path(profile.runs_dir) / "rl_pool" / (f"samples_{runs.stamp(sft_run)}_k{curriculum.k_samples}_t"
+                                                     f"{curriculum.max_new_tokens}_T{curriculum.temperature}"
+                                                     f"_s{curriculum.seed}.jsonl")
+        samples = sample_rationales(policy.model, policy.tokenizer, pool, profile, curriculum.k_samples,
+                                    curriculum.max_new_tokens, curriculum.temperature, 1.0,
+                                    curriculum.sample_batch_size, curriculum.seed, cache=cache, progress=progress)
+    return build_rl_prompts(pool, samples, curriculum, get_scale(profile.grade_scale).words, per_step)
 
 
 def _args_key(args: SRPOConfig) -> dict:

@@ -220,3 +220,28 @@ def verify(ex, rationale: str | ParsedRationale, scale: GradeScale | str = "esci
     steps = {s: rules[s](parsed.steps[s]) if s in parsed.steps else StepTruth(UNKNOWN, "missing")
              for s in STEPS}
     return Verification(steps, check_grade(parsed, label), status, parsed)
+
+
+def step_accuracy(examples, completions, scale: GradeScale | str = "esci", config: VerifierConfig | None = None) -> dict:
+    """Step accuracy of decoded rationales against the verifier: over the steps of STEPS it decides (correct or
+    incorrect) in parsable rationales, the share that is correct; also per step and the verifier's coverage
+    (decided / present steps). Unparsable rationales count in ``unparsable`` only. Rates over nothing are None."""
+    scale = get_scale(scale) if isinstance(scale, str) else scale
+    rows = examples.to_dict("records") if hasattr(examples, "to_dict") else list(examples)
+    decided = {s: [] for s in STEPS}
+    present, unparsable = 0, 0
+    for ex, text in zip(rows, completions):
+        v = verify(ex, text, scale, config)
+        if v.unparsable:
+            unparsable += 1
+            continue
+        for s in STEPS:
+            if v.status[s] != "missing":
+                present += 1
+                if v.steps[s].truth != UNKNOWN:
+                    decided[s].append(v.steps[s].truth == CORRECT)
+    flat = [x for xs in decided.values() for x in xs]
+    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+    return {"step_accuracy": mean(flat), "step_coverage": len(flat) / present if present else None,
+            "steps_decided": len(flat), "unparsable": unparsable,
+            **{f"step_accuracy/{s}": mean(xs) for s, xs in decided.items()}}

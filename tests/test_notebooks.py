@@ -25,9 +25,12 @@ def test_all_notebooks_run_on_smoke(tmp_path):
     prof = get_profile("smoke")
     metrics = json.loads((Path(prof.results_dir) / "metrics.json").read_text())
     assert {"lexical", "zero_shot", "zero_shot_first_token", "sft", "sft_first_token", "sft_steps_first", "dpo",
-            "dpo_first_token", "genrm"} <= set(metrics)
+            "dpo_first_token", "genrm", "grpo", "grpo_first_token", "srpo", "srpo_first_token", "agrl",
+            "agrl_first_token"} <= set(metrics)
+    assert {"step_accuracy", "rule_violation_rate"} <= set(metrics["srpo"])  # decoded read-outs carry both
     assert "sft_steps_first_first_token" not in metrics  # steps_first runs are read by decoding only
-    for name in ("01_label_distribution.png", "02_pass_at_k.png", "02_dpo_training.png", "05_confusion.png",
+    for name in ("01_label_distribution.png", "02_pass_at_k.png", "02_dpo_training.png", "04_rl_prompts.png",
+                 "04_rl_training.png", "05_confusion.png",
                  "06_negation.png"):
         assert (Path(prof.results_dir) / "figures" / name).stat().st_size > 1000
     for split in ("train", "validation", "test"):

@@ -8,7 +8,7 @@ from she_lib.facts import example_facts
 from she_lib.labels import ESCI, WANDS
 from she_lib.schema import STEPS, render_rationale
 from she_lib.verifier import (ATTR_TRUTH, CORRECT, INCORRECT, TYPE_TRUTH, UNKNOWN, StepTruth, VerifierConfig,
-                              step_status, verify)
+                              step_accuracy, step_status, verify)
 
 RECORD = {"example_id": "q1:p1", "query": "leather belt without buckle", "title": "Levi's Men's Leather Belt, Brown",
           "brand": "Levi's", "colour": "Brown", "category": "Clothing > Men > Belts",
@@ -197,3 +197,16 @@ def test_teacher_rationales_are_never_incorrect_on_real_data(smoke):
     assert all(INCORRECT not in v.truths() and v.grade.truth == CORRECT for v in truths)
     coverage = np.mean([t != UNKNOWN for v in truths for t in v.truths()])
     assert 0.9 < coverage < 1  # undecided: Complement / Irrelevant attributes, some Irrelevant types
+
+
+def test_step_accuracy_of_decoded_rationales():
+    """Three rationales of an Exact pair: right (5 of 5 correct), a wrong type verdict and judgement (3 of 5), junk."""
+    wrong = rat(type="unrelated type; matches: belt", judge="Irrelevant: unrelated")
+    out = step_accuracy([ex(), ex(), ex()], [rat(), wrong, "no tags here"])
+    assert out["steps_decided"] == 10 and out["step_accuracy"] == pytest.approx(8 / 10)
+    assert out["step_coverage"] == 1.0 and out["unparsable"] == 1
+    assert out["step_accuracy/type"] == 0.5 and out["step_accuracy/judge"] == 0.5 and out["step_accuracy/query"] == 1.0
+    # a missing step is not decided; nothing parsable gives None
+    missing = render_rationale({**STEPS_OK}, "Exact").replace("<attr>all specs met</attr>\n", "")
+    assert step_accuracy([ex()], [missing])["steps_decided"] == 4
+    assert step_accuracy([ex()], [None])["step_accuracy"] is None

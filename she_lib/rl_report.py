@@ -1,0 +1,100 @@
+"""RL results: training curves of GRPO / SRPO / AGRL runs and the method x seed comparison table.
+
+Runs are named ``<method>`` for seed 0 and ``<method>_s<seed>`` otherwise (:func:`run_name`); their metrics in
+``metrics.json`` are ``<run>`` (decoded) and ``<run>_first_token``. The table gives, per method and read-out, the
+mean and the standard deviation over seeds of accuracy and macro-F1, seed 0's query-bootstrap CI, step accuracy and
+rule-violation rate of decoded rationales (she_lib.verifier, she_lib.rules), and training stability: the standard
+deviation over seeds of the mean reward of the last ``tail`` logged steps.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats)"),
+          ("srpo/step_reward", "mean step reward"), ("completions/mean_length", "completion tokens"))
+_NAME = re.compile(r"^(?P<method>[a-z]+)(?:_s(?P<seed>\d+))?(?P<read>_first_token)?$")
+
+
+def run_name(method: str, seed: int) -> str:
+    return method if seed == 0 else f"{method}_s{seed}"
+
+
+def training_log(run: str | Path) -> pd.DataFrame:
+    """One row per logged optimizer step of a run's ``train_log.json``."""
+    log = json.loads((Path(run) / "train_log.json").read_text())
+    return pd.DataFrame([e for e in log if "loss" in e and "step" in e])
+
+
+def plot_training(runs: dict[str, str | Path], path: str | Path | None = None):
+    """Reward, entropy, step reward and completion length against the step, one line per run; curriculum stage
+    changes of the first run are dotted vertical lines. Entropy collapse shows as the entropy panel falling."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.2))
+    logs = {name: training_log(run) for name, run in runs.items()}
+    for ax, (col, title) in zip(axes, CURVES):
+        for name, log in logs.items():
+            if col in log:
+                ax.plot(log["step"], log[col], marker=".", label=name)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+    first = next(iter(logs.values()), pd.DataFrame())
+    if "stage" in first:
+        for step in first.loc[first["stage"].diff().fillna(0) != 0, "step"]:
+            for ax in axes:
+                ax.axvline(step - 0.5, ls=":", c="grey")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def reward_tail(run: str | Path, tail: int = 5) -> float:
+    log = training_log(run)
+    return float(log["reward"].tail(tail).mean()) if "reward" in log and len(log) else float("nan")
+
+
+def rl_table(metrics: dict, runs_dir: str | Path, methods=("sft", "dpo", "grpo", "srpo", "agrl"),
+             tail: int = 5) -> pd.DataFrame:
+    """Methods x read-outs from ``metrics.json`` entries (see module doc)."""
+    groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for key in metrics:
+        m = _NAME.match(key)
+        if m and m["method"] in methods:
+            groups.setdefault((m["method"], "first token" if m["read"] else "decoded"), []).append(
+                (int(m["seed"] or 0), key))
+    rows = []
+    for (method, read), entries in sorted(groups.items(), key=lambda kv: (methods.index(kv[0][0]), kv[0][1])):
+        entries.sort()
+        ms = [metrics[k] for _, k in entries]
+        acc, f1 = np.array([m["accuracy"] for m in ms]), np.array([m["macro_f1"] for m in ms])
+        first = ms[0]
+        rewards = [reward_tail(Path(runs_dir) / key.replace("_first_token", ""), tail) for _, key in entries
+                   if (Path(runs_dir) / key.replace("_first_token", "") / "train_log.json").exists()]
+        rewards = [r for r in rewards if not np.isnan(r)]
+        ci = first.get("macro_f1_ci")
+        rows.append({
+            "method": method, "read-out": read, "seeds": len(ms), "pairs": first.get("n_examples"),
+            "accuracy": f"{acc.mean():.3f}" + (f" ± {acc.std(ddof=1):.3f}" if len(ms) > 1 else ""),
+            "macro-F1": f"{f1.mean():.3f}" + (f" ± {f1.std(ddof=1):.3f}" if len(ms) > 1 else ""),
+            "macro-F1 CI (seed 0)": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "",
+            "step accuracy": _fmt(np.mean([m["step_accuracy"] for m in ms if m.get("step_accuracy") is not None])
+                                  if any(m.get("step_accuracy") is not None for m in ms) else None),
+            "rule violations": _fmt(np.mean([m["rule_violation_rate"] for m in ms
+                                             if m.get("rule_violation_rate") is not None])
+                                    if any(m.get("rule_violation_rate") is not None for m in ms) else None),
+            "final reward (seed std)": (f"{np.mean(rewards):.3f}" + (f" ({np.std(rewards, ddof=1):.3f})"
+                                                                     if len(rewards) > 1 else ""))
+            if rewards else "",
+        })
+    return pd.DataFrame(rows)
+
+
+def _fmt(x) -> str:
+    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
