@@ -156,8 +156,11 @@ def train_dpo(profile: Profile, sft_run: str | Path, config: DPOBaselineConfig |
                                 cache=run / f"samples_{runs.stamp(sft_run)}.jsonl", progress=progress)
     pass_at = pass_at_report(samples)
     pairs, report = build_pairs(df, samples, profile, config.teacher_fallback)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "pairs_report.json").write_text(json.dumps({"pass_at": pass_at, "pairs": report}, indent=2))
+    from .distributed import is_main_process
+
+    if is_main_process():
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "pairs_report.json").write_text(json.dumps({"pass_at": pass_at, "pairs": report}, indent=2))
     if pairs.empty:
         raise ValueError(f"{run}: no DPO pairs from {report['examples']} prompts ({report}); sample more prompts")
 

@@ -189,7 +189,7 @@ def summary_table(results: dict[str, dict], words) -> pd.DataFrame:
                      **{f"F1 {w}": round(m["per_class_f1"][w], 3) for w in words},
                      "parse failures": round(m["parse_failure_rate"], 3), "pairs": m["n_examples"],
                      "queries": m["n_queries"], "seconds": m.get("seconds"),
-                     "ms / pair": round(1000 * m["seconds"] / m["n_examples"], 1) if m.get("seconds") else None})
+                     "ms / pair": None if m.get("seconds") is None else round(1000 * m["seconds"] / m["n_examples"], 1)})
     return pd.DataFrame(rows).set_index("method")
 
 

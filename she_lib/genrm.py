@@ -188,7 +188,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     profile = get_profile(args.profile)
     out = run_genrm(profile, GenRMConfig.for_profile(profile), name=args.name)
-    print(json.dumps(out["metrics"], indent=1))
+    if out["metrics"] is not None:  # rank 0 of a launch, or a single process
+        print(json.dumps(out["metrics"], indent=1))
     return 0
 
 

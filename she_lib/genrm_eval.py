@@ -182,6 +182,10 @@ def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict 
     splits = splits if splits is not None else load_splits(profile)
     train, held, source = build_data(profile, config, splits, name)
     run = train_genrm(profile, config, complete(train), name)
+    from .distributed import is_main_process
+
+    if not is_main_process():  # under accelerate launch: rank 0 evaluates and writes the results
+        return {"run": run, "metrics": None}
     genrm = GenRM.load(run, profile, config)
     metrics, scores = evaluate_genrm(genrm, held, config)
     exam = examiner_report(held, scores, genrm, profile)

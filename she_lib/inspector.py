@@ -19,7 +19,8 @@ token advantage a is RdBu((1 + a / s) / 2) with s = max |a| over the group (red:
 Layers: :func:`render_rollout` / :func:`render_group` / :func:`page` build HTML strings (pure functions);
 :class:`InspectorState` holds the selection (run, query, group, rollout, reward reader) with callbacks;
 :class:`Inspector` puts ipywidgets on top of a state (JupyterLab), and its display carries the group as static
-HTML for front ends without widgets; :meth:`InspectorState.export_html` writes a self-contained page.
+HTML for front ends without widgets; :meth:`InspectorState.export_html` writes a self-contained page (no scripts),
+e.g. for a screenshot: ``chromium --headless --screenshot=inspector.png --window-size=1300,1500 inspector.html``.
 :func:`demo_group` builds a group in the same schema from teacher and corrupted rationales of one example, examined
 by the hybrid examiner and credited with SRPO's advantages, for notebooks with no RL run yet.
 """
@@ -130,7 +131,7 @@ def render_rollout(rec: dict, reader: str = "combined", scale: float | None = No
     scale = scale or advantage_scale([rec])
     parsed = parse(rec["completion"], ESCI)  # for the step texts only (the grade is the record's)
     ok = rec["correct"]
-    head = (f'<div style="margin:4px 0"><b>rollout {rec["rollout"]}</b> &middot; grade <b>{html.escape(str(rec["grade"]))}'
+    head = (f'<div style="margin:4px 0"><b>rollout {rec["rollout"]}</b> &middot; grade <b>{html.escape(rec["grade"] or "(none)")}'
             f'</b> vs human label <b>{html.escape(str(rec["label"]))}</b> '
             f'<span style="color:{"#1a7f37" if ok else "#cf222e"};font-weight:bold">{"&#10003; right" if ok else "&#10007; wrong"}'
             f'</span> &middot; outcome reward {_fmt(rec["outcome_reward"])} &middot; outcome advantage '
@@ -190,7 +191,7 @@ def render_group(records: list[dict], reader: str = "combined") -> str:
             f'{html.escape(str(r0["title"]))} &middot; <b>human label</b> {html.escape(str(r0["label"]))} &middot; '
             f'step {r0["step"]}, group {r0["group"]}, {len(records)} rollouts, colours: {reader} reward</div>')
     rows = "".join(
-        f'<tr><td style="padding:2px 6px">{r["rollout"]}</td><td style="padding:2px 6px">{html.escape(str(r["grade"]))}'
+        f'<tr><td style="padding:2px 6px">{r["rollout"]}</td><td style="padding:2px 6px">{html.escape(r["grade"] or "(none)")}'
         f'</td><td style="padding:2px 6px">{"&#10003;" if r["correct"] else "&#10007;"}</td>'
         f'<td style="padding:2px 6px">{_fmt(r["outcome_advantage"], True)}</td>'
         + "".join(_cell(_fmt(_reward(r, reader, k)), reward_colour(_reward(r, reader, k))) for k in range(len(r["steps"])))

@@ -64,7 +64,19 @@ def label_samples(df: pd.DataFrame, texts: list[list[str]], scale: GradeScale) -
 def sample_rationales(model, tokenizer, df: pd.DataFrame, profile, n: int, max_new_tokens: int = 128,
                       temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 8, seed: int = 0,
                       cache: str | Path | None = None, chunk: int = 16, progress: bool = True) -> pd.DataFrame:
-    """``n`` sampled rationales for every row of ``df`` (``profile.order`` prompts), labelled; resumable."""
+    """``n`` sampled rationales for every row of ``df`` (``profile.order`` prompts), labelled; resumable.
+
+    Under ``accelerate launch`` rank 0 samples and writes the cache first; the other ranks then read it (they
+    write nothing; without a cache they sample the same chunks with the same seeds)."""
+    from .distributed import main_process_first
+
+    with main_process_first():
+        return _sample_rationales(model, tokenizer, df, profile, n, max_new_tokens, temperature, top_p, batch_size,
+                                  seed, cache, chunk, progress)
+
+
+def _sample_rationales(model, tokenizer, df, profile, n, max_new_tokens, temperature, top_p, batch_size, seed, cache,
+                       chunk, progress) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     from .inference import generate

@@ -261,7 +261,7 @@ RECORD_COLUMNS = ("example_id", "query", "title", "brand", "colour", "category",
 
 def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Path = "rl", **overrides) -> SRPOConfig:
     """The SRPOConfig of a method and profile. One optimizer step = ``prompts_per_step`` prompts x G rollouts
-    (``per_device_train_batch_size`` = their product, one process). ``grpo`` sets process_weight 0 (and trains with
+    (``per_device_train_batch_size`` = their product / the number of processes of the launch). ``grpo`` sets process_weight 0 (and trains with
     TRL's plain GRPOTrainer); CPU runs train fp32 without gradient checkpointing and without a reference model
     (beta = 0 saves a forward pass per step; set beta for the KL term)."""
     if method not in METHODS:
@@ -279,12 +279,17 @@ def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Pa
     }.get(profile.name, {})
     merged = {**per, **overrides}
     g, pps = merged.pop("num_generations", 4), merged.pop("prompts_per_step", 4)
+    from .distributed import world_size
+
+    world = world_size()
+    if (g * pps) % world:
+        raise ValueError(f"{pps} prompts x {g} rollouts per step do not split over {world} processes")
     cpu = not torch.cuda.is_available()
     from .sft import _precision
 
     bf16, fp16 = _precision("auto")
     base = dict(output_dir=str(output_dir), report_to="none", use_cpu=cpu, bf16=bf16, fp16=fp16,
-                gradient_checkpointing=not cpu, num_generations=g, per_device_train_batch_size=g * pps,
+                gradient_checkpointing=not cpu, num_generations=g, per_device_train_batch_size=g * pps // world,
                 gradient_accumulation_steps=1, learning_rate=2e-5, lr_scheduler_type="constant", warmup_steps=0,
                 temperature=1.0, beta=0.0, shuffle_dataset=False, seed=profile.seed, data_seed=profile.seed,
                 save_total_limit=2, log_completions=False, max_steps=1,
@@ -293,7 +298,10 @@ def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Pa
 
 
 def prompts_per_step(args: SRPOConfig) -> int:
-    return args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_generations
+    """Prompts per optimizer step over all processes."""
+    from .distributed import world_size
+
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size() // args.num_generations
 
 
 def rl_dataset(df: pd.DataFrame, profile: Profile):
@@ -343,7 +351,10 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
     args.max_steps = report["curriculum"]["steps"]
     last = runs.start(run, profile, key)
     last = last if resume else None
-    save_report(report, run / "data_report.json")
+    from .distributed import is_main_process, world_size
+
+    if is_main_process():
+        save_report(report, run / "data_report.json")
     policy = load_run(sft_run, profile if torch.cuda.is_available() else profile.replace(dtype="float32"))
     ensure_trl_cpu_support()
     meter = runs.Meter()
@@ -363,12 +374,10 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
         trainer = SRPOTrainer(reward_funcs=[RuleReward(RuleRewardConfig(), scale)], examiner=examiner, scale=scale,
                               replay=AdaptiveReplay(AGRLConfig(), scale, profile.order),
                               rollout_log=run / "rollouts.jsonl", **common)
-    if last is None and (run / "rollouts.jsonl").exists():
+    if last is None and is_main_process() and (run / "rollouts.jsonl").exists():
         (run / "rollouts.jsonl").unlink()  # a fresh start: the log of an earlier attempt is stale
     runs.fit(trainer, run, last, meter, profile, key, kind=method, order=profile.order, init_adapter=init,
-             data=report)
-    from .distributed import is_main_process
-
+             data=report, processes=world_size())
     if method == "agrl" and is_main_process():  # how often replay fired and whether those prompts recovered
         info = json.loads((run / "run.json").read_text())
         (run / "run.json").write_text(json.dumps({**info, "replay": trainer.replay.report()}, indent=2))

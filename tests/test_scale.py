@@ -134,20 +134,48 @@ def sft_reference(profile, name: str, world: int):
                      name=name)
 
 
-# One entry per training stage: (module run under the launcher, its arguments, the single-process reference).
-STAGES = [pytest.param("she_lib.sft", ["--profile", "smoke", "--name", "launched"], sft_reference, id="sft")]
+def launched_profile(out):
+    """The smoke profile as tests/launched_module.py sets it up under ``out``."""
+    from she_lib.config import get_profile
+
+    return get_profile("smoke", runs_dir=str(out / "runs"), processed_dir=str(out / "processed"),
+                       results_dir=str(out / "results"))
 
 
-@pytest.mark.slow  # ~80 s on 2 busy cores: two processes each import the stack and train 4 steps + 2 evaluations
+def with_sft(out):
+    """Prerequisite of DPO, GenRM and RL: a finished smoke SFT run in ``out/runs/sft`` (trained in this process)."""
+    from she_lib.sft import CoTSFTConfig, train_sft
+
+    prof = launched_profile(out)
+    train_sft(prof, CoTSFTConfig.for_profile(prof, eval_limit=0))
+
+
+# One entry per training stage: module run under the launcher, its arguments, a setup run first in this process, and
+# the single-process reference whose losses and weights the launched run must match (None: the stage samples, so
+# the two runs see different rollouts or pairs; it must run, finish its steps and write on rank 0 only).
+STAGES = [
+    pytest.param("she_lib.sft", ["--profile", "smoke", "--name", "launched"], None, sft_reference, id="sft"),
+    pytest.param("she_lib.dpo", ["--profile", "smoke", "--sft", "{out}/runs/sft", "--name", "launched"], with_sft,
+                 None, id="dpo"),
+    pytest.param("she_lib.genrm", ["--profile", "smoke", "--name", "launched"], with_sft, None, id="genrm"),
+    *[pytest.param("she_lib.srpo", ["--method", m, "--profile", "smoke", "--sft", "{out}/runs/sft", "--name",
+                                    "launched"], with_sft, None, id=m) for m in ("grpo", "srpo", "agrl")],
+]
+
+
+@pytest.mark.slow  # ~80 s each on 2 busy cores: two processes each import the stack and train a few steps
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU test: the single-process reference would run on the GPU")
-@pytest.mark.parametrize("module, args, reference", STAGES)
-def test_two_process_launch_matches_one_process_and_only_rank0_writes(module, args, reference, smoke, tmp_path):
+@pytest.mark.parametrize("module, args, setup, reference", STAGES)
+def test_two_process_launch_and_only_rank0_writes(module, args, setup, reference, smoke, tmp_path):
     from safetensors.torch import load_file
 
     out, world = tmp_path / "launched", 2
+    if setup:
+        setup(out)
+    args = [a.format(out=out) for a in args]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG_DIR / "cpu_2proc.yaml"),
            str(REPO_ROOT / "tests" / "launched_module.py"), module, *args]
-    env = {**os.environ, "SHE_TEST_OUT": str(out), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "SHE_TEST_OUT": str(out), "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     launched = out / "runs" / args[args.index("--name") + 1]
@@ -159,10 +187,12 @@ def test_two_process_launch_matches_one_process_and_only_rank0_writes(module, ar
     assert {f"runs/{launched.name}/{f}" for f in ("run.json", "adapter_config.json")} <= written
 
     info = json.loads((launched / "run.json").read_text())
+    assert info["finished"] and info["global_step"] == info["max_steps"] > 0
+    if reference is None:
+        return
     single = reference(smoke, "single", world)
     ref = json.loads((single / "run.json").read_text())
-    assert info["finished"] and info["global_step"] == ref["global_step"] == info["max_steps"]
-    assert info["train_examples"] == ref["train_examples"]
+    assert info["global_step"] == ref["global_step"] and info["train_examples"] == ref["train_examples"]
 
     # Same global batches, and DDP averages gradients of a loss normalised by the tokens of all ranks
     # (average_tokens_across_devices), so the runs differ only by float32 summation order: different padding
