@@ -375,7 +375,7 @@ class Inspector:
 def demo_group(ex, tokenizer, scale="esci", genrm=None, seed: int = 0, order: str = "grade_first") -> list[dict]:
     """A rollout group in the log's schema, with no RL run: the teacher rationale of ``ex`` (a row with the facts
     columns), one corruption of each kind (she_lib.corruptions) and the teacher rationale written for another grade,
-    scored by the hybrid examiner (``genrm`` optional) and credited like SRPO (she_lib.srpo: outcome reward,
+    scored by the hybrid examiner (``genrm`` optional; when given it reads every step) and credited like SRPO (she_lib.srpo: outcome reward,
     group-normalised outcome advantage, step advantages with critical steps, token advantages; the functions'
     default weights)."""
     import random
@@ -395,7 +395,8 @@ def demo_group(ex, tokenizer, scale="esci", genrm=None, seed: int = 0, order: st
     texts = [("teacher", teacher_rationale(ex, order))]
     texts += [(f"corrupt:{k}", corrupt(ex, k, rng, scale).rationale(order)) for k in KINDS]
     texts.append((f"teacher rationale for {other}", teacher_rationale({**ex, "label": other}, order)))
-    exam = Examiner(genrm, HybridConfig(), scale).examine([{**ex, "rationale": t} for _, t in texts])
+    # score_all: the GenRM reads every step (its column is shown), the combined reward stays verifier_first's
+    exam = Examiner(genrm, HybridConfig(score_all=True), scale).examine([{**ex, "rationale": t} for _, t in texts])
     reward = torch.tensor(OutcomeReward(scale)(None, [t for _, t in texts], [ex["label"]] * len(texts)))
     outcome = (reward - reward.mean()) / (reward.std() + 1e-4)  # TRL's group-normalised GRPO advantage
     steps, code = step_advantages(torch.tensor(exam.rewards), torch.tensor(exam.correct), len(texts))

@@ -278,23 +278,46 @@ def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Pa
                       save_steps=50, beta=0.02),
     }.get(profile.name, {})
     merged = {**per, **overrides}
+    vllm = merged.pop("vllm", "auto" if profile.name in ("gpu", "colab") else "off")
+    merged.update(vllm_settings(vllm))
     g, pps = merged.pop("num_generations", 4), merged.pop("prompts_per_step", 4)
     from .distributed import world_size
 
-    world = world_size()
-    if (g * pps) % world:
-        raise ValueError(f"{pps} prompts x {g} rollouts per step do not split over {world} processes")
+    per_device = per_device_rollouts(g, pps, world_size())
     cpu = not torch.cuda.is_available()
     from .sft import _precision
 
     bf16, fp16 = _precision("auto")
     base = dict(output_dir=str(output_dir), report_to="none", use_cpu=cpu, bf16=bf16, fp16=fp16,
-                gradient_checkpointing=not cpu, num_generations=g, per_device_train_batch_size=g * pps // world,
+                gradient_checkpointing=not cpu, num_generations=g, per_device_train_batch_size=per_device,
                 gradient_accumulation_steps=1, learning_rate=2e-5, lr_scheduler_type="constant", warmup_steps=0,
                 temperature=1.0, beta=0.0, shuffle_dataset=False, seed=profile.seed, data_seed=profile.seed,
                 save_total_limit=2, log_completions=False, max_steps=1,
                 process_weight=1.0 if method == "srpo" else 0.0)  # AGRL: rule rewards + replay on GRPO advantages
     return SRPOConfig(**{**base, **merged})
+
+
+def per_device_rollouts(num_generations: int, prompts: int, processes: int) -> int:
+    """Rollouts per process and step: prompts x G rollouts split evenly over the processes of a launch."""
+    if (num_generations * prompts) % processes:
+        raise ValueError(f"{prompts} prompts x {num_generations} rollouts per step do not split over {processes} processes")
+    return num_generations * prompts // processes
+
+
+def vllm_settings(vllm: str) -> dict:
+    """GRPOConfig fields for rollouts with vLLM (TRL's ``use_vllm``): ``off``; ``colocate`` (vLLM shares the training
+    GPU); ``server`` (a separate ``trl vllm-serve --model <merged SFT checkpoint>`` process); ``auto`` = colocate
+    when vllm is installed and CUDA is present, else off. The step spans are read from the completion token ids
+    whatever produced them (:func:`token_char_offsets`), so SRPO's step rewards need nothing vLLM-specific."""
+    import importlib.util
+
+    if vllm == "auto":
+        vllm = "colocate" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "off"
+    if vllm == "off":
+        return {"use_vllm": False}
+    if vllm not in ("colocate", "server"):
+        raise ValueError(f"vllm must be auto, off, colocate or server, got {vllm!r}")
+    return {"use_vllm": True, "vllm_mode": vllm, "vllm_gpu_memory_utilization": 0.3}
 
 
 def prompts_per_step(args: SRPOConfig) -> int:
@@ -461,6 +484,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="the RL seed (LoRA init, sampling); the prompt set is shared")
     ap.add_argument("--name", default=None, help="run folder name (default: <method>, or <method>_s<seed>)")
     ap.add_argument("--genrm", default=None, help="a GenRM run folder for the examiner (default: verifier only)")
+    ap.add_argument("--vllm", choices=["auto", "off", "colocate", "server"], default=None,
+                    help="rollouts with vLLM (default: auto on the gpu/colab profiles, off elsewhere)")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
     ap.add_argument("--save", action="store_true")
     a = ap.parse_args(argv)
@@ -472,7 +497,7 @@ def main(argv=None) -> int:
 
         examiner = Examiner(GenRM.load(a.genrm, profile), HybridConfig(), profile.grade_scale)
     name = a.name or (a.method if a.seed == 0 else f"{a.method}_s{a.seed}")
-    args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed)
+    args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}))
     run = train_rl(profile, a.method, a.sft, args, name=name, examiner=examiner, progress=True)
     from .distributed import is_main_process
 

@@ -42,3 +42,15 @@ def test_data_scale_benchmark_runs_small(tmp_path):
     assert res["load_s"] > 0 and res["curate_s"] > 0 and res["make_files_s"] > 0
     assert set(res["files_mib"]) == {"shopping_queries_dataset_examples.parquet",
                                      "shopping_queries_dataset_products.parquet", "esci_s_products.jsonl.gz"}
+
+
+def test_rl_benchmark_runs_on_tiny(tmp_path):
+    out = tmp_path / "b.json"
+    subprocess.run([sys.executable, "benchmarks/bench_rl.py", "--tiny", "--steps", "2", "--tokens", "8",
+                    "--out", str(out)], check=True, capture_output=True, text=True)
+    res = json.loads(out.read_text())
+    v = res["variants"]
+    assert set(v) == {"trl_defaults", "optimised"} and res["speedup_s_per_step"] > 0
+    assert v["trl_defaults"]["gradient_checkpointing"] and not v["optimised"]["gradient_checkpointing"]
+    for x in v.values():
+        assert x["s_per_step"] > 0 and 0 < x["generate_s_per_step"] <= x["s_per_step"] and x["completion_tok_s"] > 0

@@ -117,7 +117,7 @@ def test_evaluate_cumpt_tunes_on_validation_and_applies_to_test(smoke, monkeypat
     assert saved["pred"].tolist() == ["Substitute", "Exact"] and (saved["beta"] == 0.55).all()
 
 
-def test_report_regenerates_tables_and_figures(smoke):
+def test_report_regenerates_tables_and_figures(smoke, monkeypatch, capsys):
     """``python -m she_lib.evaluate --report``'s function on caches written here (no model runs)."""
     from she_lib.data import load_splits
     from she_lib.evaluate import eval_frame, report, save_metrics, score
@@ -145,3 +145,12 @@ def test_report_regenerates_tables_and_figures(smoke):
     assert "zero_shot_cumpt" in (Path(smoke.results_dir) / "significance.md").read_text()
     for fig in ("05_cumpt.png", "05_confusion.png"):
         assert (Path(smoke.results_dir) / "figures" / fig).stat().st_size > 1000
+    from she_lib.config import PROFILES
+    from she_lib.evaluate import main
+
+    (Path(smoke.results_dir) / "summary.md").unlink()
+    monkeypatch.setattr("she_lib.config.PROFILES", {**PROFILES, "smoke": smoke})
+    assert main(["--report", "--profile", "smoke"]) == 0  # the command line does the same
+    assert "zero_shot_cumpt" in capsys.readouterr().out and (Path(smoke.results_dir) / "summary.md").exists()
+    with pytest.raises(SystemExit):
+        main(["--report", "--data", "data_samples/esci_us"])

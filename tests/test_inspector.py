@@ -1,6 +1,7 @@
 """Stepwise-reward inspector: log loading, colours, HTML, selection state and widget callbacks (headless), demo group."""
 import json
 
+import numpy as np
 import pytest
 
 from she_lib.inspector import (NO_READING, Inspector, InspectorState, advantage_colour, demo_group, load_rollouts,
@@ -158,3 +159,11 @@ def test_demo_group_examines_teacher_and_corruptions(tokenizer):
         assert sum(r["outcome_advantage"] for r in group) == pytest.approx(0, abs=1e-3)
     state = InspectorState({"demo": group})
     assert len(state.group) == 6 and state.current["origin"] == "teacher"
+
+    class Quarter:  # a GenRM stand-in: P(correct) 0.25 for every step
+        def score(self, examples, rationales):
+            return np.full((len(rationales), len(STEPS)), 0.25)
+
+    with_genrm = demo_group({**row, **example_facts(row)}, tokenizer, genrm=Quarter())
+    assert all(r["step_rewards"]["genrm"] == [0.25] * 5 for r in with_genrm)  # it reads every step
+    assert [r["step_rewards"]["combined"] for r in with_genrm] == [r["step_rewards"]["combined"] for r in group]

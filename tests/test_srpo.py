@@ -189,3 +189,21 @@ def test_rl_end_to_end_on_smoke(smoke, splits, method):
     assert train_rl(smoke, method, sft, args(), splits=splits) == run and (run / "run.json").stat().st_mtime_ns == stamp
     (m,) = evaluate_run(run, smoke, splits["test"].head(4), modes=("first_token",)).values()
     assert m["n_examples"] == 4 and m["run"]["kind"] == method
+
+
+def test_vllm_settings_and_batch_split(smoke):
+    from she_lib.srpo import per_device_rollouts, prompts_per_step, vllm_settings
+
+    assert vllm_settings("off") == {"use_vllm": False}
+    assert vllm_settings("server")["vllm_mode"] == "server" and vllm_settings("colocate")["use_vllm"]
+    assert vllm_settings("auto") == {"use_vllm": False}  # no CUDA here
+    with pytest.raises(ValueError, match="vllm must be"):
+        vllm_settings("remote")
+    args = rl_config(smoke, "srpo", num_generations=4, prompts_per_step=3)
+    assert args.per_device_train_batch_size == 12 and prompts_per_step(args) == 3 and not args.use_vllm
+    assert rl_config(smoke, "grpo").process_weight == 0 and rl_config(smoke, "agrl").process_weight == 0
+    assert per_device_rollouts(4, 3, 2) == 6  # under a 2-process launch each process takes half of the rollouts
+    with pytest.raises(ValueError, match="do not split over 2 processes"):
+        per_device_rollouts(3, 1, 2)
+    with pytest.raises(ValueError, match="unknown RL method"):
+        rl_config(smoke, "ppo")
