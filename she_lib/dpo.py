@@ -137,7 +137,7 @@ def train_dpo(profile: Profile, sft_run: str | Path, config: DPOBaselineConfig |
     from . import runs
     from .data import load_splits
     from .modeling import load_run
-    from .sampling import pass_at_report, sample_rationales
+    from .sampling import pass_at_report, sample_cache, sample_rationales
     from .sft import _sample
     from .trl_compat import ensure_trl_cpu_support
 
@@ -153,7 +153,9 @@ def train_dpo(profile: Profile, sft_run: str | Path, config: DPOBaselineConfig |
     policy = load_run(sft_run, profile)  # the SFT model, inference dtype
     samples = sample_rationales(policy.model, policy.tokenizer, df, profile, config.n_samples, config.max_new_tokens,
                                 config.temperature, config.top_p, config.sample_batch_size, config.seed,
-                                cache=run / f"samples_{runs.stamp(sft_run)}.jsonl", progress=progress)
+                                cache=sample_cache(profile, sft_run, config.n_samples, config.max_new_tokens,
+                                                   config.temperature, config.top_p, config.sample_batch_size,
+                                                   config.seed), progress=progress)
     pass_at = pass_at_report(samples)
     pairs, report = build_pairs(df, samples, profile, config.teacher_fallback)
     from .distributed import is_main_process

@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import runs
 from .config import Profile
 from .examiner import Examiner, HybridConfig, TableScorer
 from .genrm import GenRM, GenRMConfig, train_genrm
 from .genrm_data import complete, labelled_rows, policy_rows
-from .sampling import sample_rationales
+from .sampling import sample_cache, sample_rationales
 from .labels import get_scale
 from .schema import STEPS
 
@@ -46,9 +45,8 @@ def load_policy_model(profile: Profile, run_name: str):
 
 
 def build_data(profile: Profile, config: GenRMConfig, splits: dict, name: str = "genrm"):
-    """(train rows, held-out rows, policy source). Policy samples are cached in ``runs_dir/name/samples_<split>_<source>
-    _<stamp>.jsonl`` (a resumed run reuses them; ``stamp`` fingerprints the policy run, so a retrained policy is
-    sampled afresh)."""
+    """(train rows, held-out rows, policy source). Policy samples go to the shared cache (sampling.sample_cache,
+    tagged ``genrm_<split>_``): a resumed run reuses them, a retrained policy is sampled afresh."""
     scale = get_scale(profile.grade_scale)
     train = labelled_rows(splits["train"], config.teacher_pairs, config.corruptions_per_kind, config.seed,
                           profile.order, scale)
@@ -64,7 +62,9 @@ def build_data(profile: Profile, config: GenRMConfig, splits: dict, name: str = 
             samples = sample_rationales(
                 model, tok, df, profile, config.policy_samples, config.policy_max_new_tokens,
                 config.policy_temperature, batch_size=profile.eval_batch_size, seed=config.seed,
-                cache=Path(profile.runs_dir) / name / f"samples_{split}_{source}_{runs.stamp(Path(profile.runs_dir) / config.policy_run)}.jsonl", progress=False)
+                cache=sample_cache(profile, None if source == "base" else Path(profile.runs_dir) / config.policy_run,
+                                   config.policy_samples, config.policy_max_new_tokens, config.policy_temperature,
+                                   1.0, profile.eval_batch_size, config.seed, tag=f"genrm_{split}_"), progress=False)
             parts[split] = policy_rows(df.loc[df.index.repeat(config.policy_samples)],
                                        samples["completion"].tolist(), scale)
         train = pd.concat([train, complete(parts["train"])], ignore_index=True)

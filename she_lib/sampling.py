@@ -61,6 +61,21 @@ def label_samples(df: pd.DataFrame, texts: list[list[str]], scale: GradeScale) -
     return pd.DataFrame(rows)
 
 
+def sample_cache(profile, policy_run: str | Path | None, n: int, max_new_tokens: int, temperature: float,
+                 top_p: float, batch_size: int, seed: int, tag: str = "") -> Path:
+    """The one cache of samples drawn from ``policy_run`` (None: the base model) with these settings:
+    ``runs_dir/samples/<run>_<stamp>/<tag>n<n>_t<tokens>_T<temperature>_p<top_p>_b<batch>_s<seed>.jsonl``.
+    Every stage sampling the same policy the same way (DPO's pairs, the RL pool's pass rates, the GenRM's policy
+    rationales) reads and extends the same file; the stamp changes when the run is retrained. Rows are keyed by
+    example id and chunk c of a call is seeded seed + c, so a row first drawn by a call over other prompts was drawn
+    at another position: still a sample of the same policy, not bit-identical to a fresh call's."""
+    from .runs import stamp
+
+    folder = f"{Path(policy_run).name}_{stamp(policy_run)}" if policy_run else "base"
+    return Path(profile.runs_dir) / "samples" / folder / (
+        f"{tag}n{n}_t{max_new_tokens}_T{temperature}_p{top_p}_b{batch_size}_s{seed}.jsonl")
+
+
 def sample_rationales(model, tokenizer, df: pd.DataFrame, profile, n: int, max_new_tokens: int = 128,
                       temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 8, seed: int = 0,
                       cache: str | Path | None = None, chunk: int = 16, progress: bool = True) -> pd.DataFrame:

@@ -7,7 +7,8 @@ rewards r_{i,k} in [0, 1] for the K = 5 steps of STEPS (she_lib.examiner) and ou
     A_out_i   = (R_i - mean_g R) / (std_g R + 1e-4)                          TRL's GRPO advantage, unchanged
     z_{i,k}   = (r_{i,k} - mean(S)) / (std(S) + 1e-4)     S = all G x K step rewards of the group (unbiased std;
                                                           DeepSeekMath process supervision, PAPERS §6.2)
-    wrong     = r_{i,k} < step_threshold
+    wrong     = r_{i,k} < step_threshold, right = r_{i,k} >= step_threshold, for *judged* steps only (a missing step
+                or an unparsable / over-length rollout gets a default reward, not a verdict: it is never critical)
     first_{i,k} = 1 if not c_i and k is the first wrong step of rollout i (where its error starts)
     disc_{i,k}  = 1 if step k is *discriminative* in the group (some right rollout has it right and some wrong
                   rollout has it wrong) and rollout i's verdict on it agrees with its outcome (right-right or
@@ -88,18 +89,23 @@ class OutcomeReward:
 
 # ---------------------------------------------------------------------------------------- advantages
 def step_advantages(step_rewards: torch.Tensor, correct: torch.Tensor, group_size: int, kappa_first_error: float = 1.0,
-                    kappa_discriminative: float = 1.0, step_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+                    kappa_discriminative: float = 1.0, step_threshold: float = 0.5,
+                    judged: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """a_{i,k} = w_{i,k} z_{i,k} for [N, K] step rewards of N = B x G rollouts in groups of ``group_size`` (module doc);
-    also returns the critical code per step (0 none, 1 first error, 2 discriminative; first error wins)."""
+    also returns the critical code per step (0 none, 1 first error, 2 discriminative; first error wins).
+    ``judged`` [N, K] marks steps whose reward is a verdict (not a missing / unparsable / over-length default): only
+    judged steps can be critical; every step enters the group's normalisation."""
     n, k = step_rewards.shape
     r = step_rewards.double().view(-1, group_size, k)
     flat = r.reshape(r.shape[0], -1)
     z = (r - flat.mean(1).view(-1, 1, 1)) / (flat.std(1).view(-1, 1, 1) + 1e-4)
-    wrong = r < step_threshold
+    judged = torch.ones_like(r, dtype=torch.bool) if judged is None else judged.bool().view(-1, group_size, k)
+    wrong = (r < step_threshold) & judged
     ok = correct.bool().view(-1, group_size, 1)
+    right = (r >= step_threshold) & judged
     first = wrong & (wrong.cumsum(2) == 1) & ~ok
-    disc_step = (~wrong & ok).any(1, keepdim=True) & (wrong & ~ok).any(1, keepdim=True)
-    disc = disc_step & (wrong != ok)
+    disc_step = (right & ok).any(1, keepdim=True) & (wrong & ~ok).any(1, keepdim=True)
+    disc = disc_step & ((right & ok) | (wrong & ~ok))
     w = 1 + kappa_first_error * first + kappa_discriminative * disc
     code = torch.where(first, 1, torch.where(disc, 2, 0))
     return (w * z).view(n, k).to(step_rewards.dtype), code.view(n, k)
@@ -182,8 +188,11 @@ class SRPOTrainer(GRPOTrainer):
         dev = ids.device
         rewards_all = gather(torch.tensor(exam.rewards, dtype=torch.float32, device=dev))
         correct_all = gather(torch.tensor(exam.correct, dtype=torch.bool, device=dev))
+        from .examiner import SCORED
+
+        judged_all = gather(torch.tensor(np.isin(exam.sources, SCORED), dtype=torch.bool, device=dev))
         steps_all, code_all = step_advantages(rewards_all, correct_all, g, self.args.kappa_first_error,
-                                              self.args.kappa_discriminative, self.args.step_threshold)
+                                              self.args.kappa_discriminative, self.args.step_threshold, judged_all)
         lo = self.accelerator.process_index * len(inputs)
         steps, code = steps_all[lo:lo + len(inputs)], code_all[lo:lo + len(inputs)]
         outcome = out["advantages"]
@@ -410,13 +419,12 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
 def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step: int = 4, splits: dict | None = None,
                progress: bool = False) -> tuple[pd.DataFrame, dict]:
     """The RL prompt set in training order and its report (she_lib.curriculum): the pool's pass rates come from
-    ``k_samples`` rationales per prompt sampled from the SFT run, cached in ``runs_dir/rl_pool/`` under the SFT run's
-    stamp and the sampling settings, so every RL method and seed shares them."""
-    from . import runs
+    ``k_samples`` rationales per prompt sampled from the SFT run, in the shared sample cache (sampling.sample_cache):
+    every RL method and seed shares them, and so does DPO when it samples the same prompts the same way."""
     from .curriculum import build_rl_prompts
     from .data import load_splits
     from .modeling import load_run
-    from .sampling import sample_rationales
+    from .sampling import sample_cache, sample_rationales
     from .sft import _sample
 
     curriculum = curriculum or curriculum_for(profile)
@@ -426,9 +434,8 @@ def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step:
     if curriculum.difficulty or curriculum.curriculum:
         sft_run = Path(sft_run)
         policy = load_run(sft_run, profile)
-        cache = Path(profile.runs_dir) / "rl_pool" / (f"samples_{runs.stamp(sft_run)}_k{curriculum.k_samples}_t"
-                                                     f"{curriculum.max_new_tokens}_T{curriculum.temperature}"
-                                                     f"_s{curriculum.seed}.jsonl")
+        cache = sample_cache(profile, sft_run, curriculum.k_samples, curriculum.max_new_tokens, curriculum.temperature,
+                             1.0, curriculum.sample_batch_size, curriculum.seed)
         samples = sample_rationales(policy.model, policy.tokenizer, pool, profile, curriculum.k_samples,
                                     curriculum.max_new_tokens, curriculum.temperature, 1.0,
                                     curriculum.sample_batch_size, curriculum.seed, cache=cache, progress=progress)

@@ -1,6 +1,7 @@
 """pass@k (exact), sample labelling, pair building (hand-made cases), shared-prefix sampling, resumable
 sampling, and the DPO baseline end to end on the smoke profile (SFT run -> samples -> pairs -> DPO adapter)."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -120,7 +121,7 @@ def test_dpo_from_sft_end_to_end(smoke, splits):
     assert info["kind"] == "dpo" and (run / info["init_adapter"]).resolve() == sft.resolve() and info["global_step"] == cfg.max_steps
     assert info["pass_at"]["n"] == cfg.n_samples and info["pass_at"]["examples"] == cfg.sample_limit
     assert info["pairs"]["pairs"] + info["pairs"]["skipped_all_good"] == cfg.sample_limit
-    (cache,) = run.glob("samples_*.jsonl")  # named for the SFT run it samples
+    (cache,) = (Path(smoke.runs_dir) / "samples").glob(f"sft_*/n{cfg.n_samples}_*.jsonl")  # the shared cache of SFT samples
     assert len(cache.read_text().splitlines()) == cfg.sample_limit
     assert json.loads((run / "pairs_report.json").read_text())["pairs"] == info["pairs"]
 

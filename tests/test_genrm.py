@@ -218,7 +218,7 @@ def test_cli_end_to_end_on_smoke(tmp_path, monkeypatch, capsys):
     data = json.loads((tmp_path / "results" / "metrics.json").read_text())["genrm"]
     assert 0 <= data["step_accuracy"] <= 1 and 0 <= data["step_f1"] <= 1 and data["split"] == "validation"
     assert 0 < data["verifier_coverage"] <= 1 and data["policy_source"] == "base"
-    held_ids = set(pd.read_json(next((tmp_path / "runs" / "genrm").glob("samples_validation_base_*.jsonl")), lines=True)["example_id"])
+    held_ids = set(pd.read_json(next((tmp_path / "runs" / "samples" / "base").glob("genrm_validation_*.jsonl")), lines=True)["example_id"])
     test_ids = set(pd.read_parquet(tmp_path / "processed" / "test.parquet")["example_id"])
     assert held_ids and not held_ids & test_ids
     assert json.loads((tmp_path / "runs" / "genrm" / "run.json").read_text())["finished"]

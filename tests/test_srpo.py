@@ -3,6 +3,7 @@ SRPO with process weight 0 == TRL's GRPO (loss and gradients), and GRPO / SRPO e
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -44,6 +45,15 @@ def test_step_advantages_hand_computed_group():
     adv0, _ = step_advantages(torch.cat([r, torch.full((4, 3), 0.7)]), torch.cat([correct, correct]), 4, 0.0, 0.0)
     torch.testing.assert_close(adv0[:4], z, rtol=0, atol=1e-6)
     assert torch.equal(adv0[4:], torch.zeros(4, 3))  # a group with equal step rewards has no process signal
+
+    # rollout 3 unparsable (default rewards, not verdicts): same z-scores, but it is never critical; the only other
+    # wrong rollout (1) has step 0 right, so step 0 is no longer discriminative
+    judged = torch.ones(4, 3, dtype=torch.bool)
+    judged[3] = False
+    adv_j, code_j = step_advantages(r, correct, 4, judged=judged)
+    assert code_j.tolist() == [[0, 2, 2], [0, 1, 2], [0, 2, 0], [0, 0, 0]]
+    w_j = torch.tensor([[1., 2, 2], [1, 3, 2], [1, 2, 1], [1, 1, 1]])
+    torch.testing.assert_close(adv_j, w_j * z, rtol=0, atol=1e-6)
 
 
 def test_token_advantages_hand_computed():
@@ -139,7 +149,9 @@ def test_srpo_with_zero_process_weight_equals_grpo(smoke, tmp_path, splits):
         texts.append(text), spans.append(sp)
     exam = srpo1.examiner.examine([{**ds[i], "rationale": t} for i, t in zip((0, 0, 0, 0, 1, 1, 1, 1), texts)])
     rewards = torch.tensor(exam.rewards, dtype=torch.float32)
-    steps, _ = step_advantages(rewards, torch.tensor(exam.correct), 4)
+    from she_lib.examiner import SCORED
+
+    steps, _ = step_advantages(rewards, torch.tensor(exam.correct), 4, judged=torch.tensor(np.isin(exam.sources, SCORED)))
     want = token_advantages(out_g["advantages"], steps.to(torch.float32), spans, adv.shape[1], 1.0)
     torch.testing.assert_close(adv, want)
     assert not torch.allclose(adv, out_g["advantages"].view(-1, 1).expand_as(adv))
