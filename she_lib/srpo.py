@@ -278,9 +278,12 @@ def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Pa
     profile = get_profile(profile)
     per = {
         "smoke": dict(num_generations=2, prompts_per_step=2, max_completion_length=16, logging_steps=1, save_steps=2),
-        "cpu": dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1, save_steps=2),
-        "cpu-full": dict(num_generations=4, prompts_per_step=4, max_completion_length=128, logging_steps=1,
-                         save_steps=2),
+        # CPU: 2 prompts x 4 rollouts of <= 128 tokens (a rationale is ~110) per step, lr 5e-5 so that ~12 LoRA steps
+        # can move the policy; on a 2-core AVX2 CPU one step takes ~1.5-2 min (training the 8 chats dominates)
+        "cpu": dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1, save_steps=2,
+                    learning_rate=5e-5),
+        "cpu-full": dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1,
+                         save_steps=1, learning_rate=5e-5),
         "gpu": dict(num_generations=8, prompts_per_step=16, max_completion_length=256, logging_steps=5, save_steps=50,
                     beta=0.02),
         "colab": dict(num_generations=8, prompts_per_step=8, max_completion_length=256, logging_steps=5,
@@ -459,7 +462,8 @@ def curriculum_for(profile: Profile | str, **overrides):
         "smoke": dict(pool_limit=6, k_samples=2, max_new_tokens=16, sample_batch_size=3, min_pass=0.0,
                       boundaries=(), stage_steps=(2,), per_query_cap=None),
         "cpu": dict(pool_limit=16, k_samples=4, stage_steps=(2, 2, 2)),
-        "cpu-full": dict(pool_limit=96, k_samples=4, stage_steps=(6, 6, 6)),
+        # the pool is DPO's 96 sampled prompts (same settings: the shared sample cache serves both)
+        "cpu-full": dict(pool_limit=96, k_samples=4, stage_steps=(4, 4, 4)),
         "gpu": dict(pool_limit=4096, k_samples=8, sample_batch_size=64, stage_steps=(100, 100, 100)),
         "colab": dict(pool_limit=1024, k_samples=8, sample_batch_size=32, stage_steps=(40, 40, 40)),
     }.get(profile.name, {})
