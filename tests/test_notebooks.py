@@ -18,6 +18,33 @@ def test_the_six_notebooks_exist_without_outputs():
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), b
 
 
+def test_every_notebook_opens_with_the_colab_setup_cell(tmp_path, monkeypatch):
+    """The first code cell installs the workbench where she_lib is missing (Colab) and does nothing here."""
+    import importlib.util
+    import subprocess
+
+    cells = [next(c for c in json.loads((NOTEBOOKS / b).read_text())["cells"] if c["cell_type"] == "code")
+             for b in BOOKS]
+    assert {c.get("id") for c in cells} == {"colab-setup"} and len({"".join(c["source"]) for c in cells}) == 1
+    src = "".join(cells[0]["source"])
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.chdir(tmp_path)
+    exec(src, {})  # she_lib importable: nothing runs
+    assert calls == []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.delenv("SHE_REPO_URL", raising=False)
+    with pytest.raises(RuntimeError, match="SHE_REPO_URL"):
+        exec(src, {})
+    monkeypatch.setenv("SHE_REPO_URL", "https://example.org/she.git")
+    (tmp_path / "she" / "notebooks").mkdir(parents=True)  # what the clone would create
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    exec(src, {})
+    assert calls[0] == ["git", "clone", "--depth", "1", "https://example.org/she.git", "she"]
+    assert calls[1][1:] == ["-m", "pip", "install", "-q", "-r", "she/requirements-gpu.txt", "-e", "she"]
+    assert Path.cwd() == tmp_path / "she" / "notebooks"
+
+
 @pytest.mark.slow
 def test_all_notebooks_run_on_smoke(tmp_path):
     timings = run_notebooks("smoke", out_dir=tmp_path)
@@ -30,7 +57,7 @@ def test_all_notebooks_run_on_smoke(tmp_path):
     assert {"step_accuracy", "rule_violation_rate"} <= set(metrics["srpo"])  # decoded read-outs carry both
     assert "sft_steps_first_first_token" not in metrics  # steps_first runs are read by decoding only
     for name in ("01_label_distribution.png", "02_pass_at_k.png", "02_dpo_training.png", "04_rl_prompts.png",
-                 "04_rl_training.png", "05_confusion.png",
+                 "04_rl_training.png", "05_confusion.png", "05_cumpt.png", "05_latency.png", "06_first_wrong_step.png",
                  "06_negation.png"):
         assert (Path(prof.results_dir) / "figures" / name).stat().st_size > 1000
     for split in ("train", "validation", "test"):
