@@ -106,8 +106,9 @@ PROFILES: dict[str, Profile] = {
         results_dir=str(REPO_ROOT / "results" / "smoke"), runs_dir=str(REPO_ROOT / "runs" / "smoke"),
         processed_dir=str(REPO_ROOT / "data_processed" / "smoke")),
     # the README's main job writes results/cpu/; the headline results/ is cpu-full's
+    # the 30-minute job runs one RL method (SRPO, 3 steps); the GRPO / SRPO / AGRL comparison is cpu-full's
     "cpu": Profile(name="cpu", runs_dir=str(REPO_ROOT / "runs" / "cpu"), eval_trained_modes=("first_token",),
-                   sft_orders=("grade_first",), results_dir=str(REPO_ROOT / "results" / "cpu")),
+                   sft_orders=("grade_first",), results_dir=str(REPO_ROOT / "results" / "cpu"), rl_methods=("srpo",)),
     # decoded read-outs on 8 pairs of each of the 18 test queries (144 pairs): an AVX2-only 2-core CPU decodes
     # an SFT rationale in ~7-12 s, so all 795 would take ~2 h per run
     "cpu-full": Profile(name="cpu-full", runs_dir=str(REPO_ROOT / "runs" / "cpu-full"), eval_generate_per_query=8,
