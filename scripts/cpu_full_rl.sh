@@ -9,9 +9,11 @@ export OMP_NUM_THREADS=1 TRL_EXPERIMENTAL_SILENCE=1
 PY=.venv/bin/python
 mkdir -p logs
 until [ -f runs/cpu-full/sft/run.json ]; do sleep 60; done  # the SFT run of scripts/cpu_full.sh
+# the examiner: the verifier, plus the GenRM where runs/cpu-full/genrm holds a finished one (python -m she_lib.genrm)
+GENRM=(); [ -f runs/cpu-full/genrm/run.json ] && GENRM=(--genrm runs/cpu-full/genrm)
 for seed in 0 1; do
   for method in grpo srpo agrl; do
-    $PY -m she_lib.srpo --method $method --profile cpu-full --sft runs/cpu-full/sft --seed $seed \
+    $PY -m she_lib.srpo --method $method --profile cpu-full --sft runs/cpu-full/sft --seed $seed "${GENRM[@]}" \
         --evaluate first_token generate --save
   done
 done >> logs/cpu-full_rl.log 2>&1

@@ -124,7 +124,11 @@ class GenRM:
         config = config or GenRMConfig.for_profile(profile)
         policy = load_policy(profile)
         model = PeftModel.from_pretrained(policy.model, str(run)).merge_and_unload()
-        return cls(model, policy.tokenizer, config.verdict_words, config.score_batch_size)
+        genrm = cls(model, policy.tokenizer, config.verdict_words, config.score_batch_size)
+        from .runs import stamp
+
+        genrm.source = f"{Path(run).name}_{stamp(run)}"  # names the scorer in the run keys of RL runs using it
+        return genrm
 
     def input_ids(self, ex, rationale) -> list[int]:
         """Prompt tokens (chat template up to the assistant turn) + the all-``correct`` verdict lines."""

@@ -36,6 +36,7 @@ into the same method through ``prepare_inputs`` / ``adjust_outputs`` callbacks. 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -378,7 +379,10 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
     args.output_dir = str(run / "checkpoints")
     curriculum = curriculum or curriculum_for(profile)
     init = os.path.relpath(sft_run.resolve(), run.resolve())
-    key = {"method": method, "args": _args_key(args), "curriculum": curriculum.to_dict(), "init_adapter": init}
+    scorer = getattr(getattr(examiner, "genrm", None), "source", None) or (
+        "verifier" if getattr(examiner, "genrm", None) is None else type(examiner.genrm).__name__)
+    key = {"method": method, "args": _args_key(args), "curriculum": curriculum.to_dict(), "init_adapter": init,
+           "examiner": {"scorer": scorer, **dataclasses.asdict(examiner.config)} if examiner else "verifier"}
     if resume and runs.finished(run, profile, key):
         return run
     scale = get_scale(profile.grade_scale)
