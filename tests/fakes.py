@@ -1,6 +1,7 @@
 """A fake generation backend for the RL trainers: TRL's ``rollout_func`` hook (the path vLLM's server mode and custom
 backends take) returning fixed completions, tokenized one character at a time, so token boundaries differ from what
 the HF tokenizer would produce for the same text (as a vLLM engine's may)."""
+import os
 import random
 
 import pandas as pd
@@ -12,6 +13,7 @@ from she_lib.schema import user_prompt
 from she_lib.srpo import OutcomeReward, SRPOTrainer, rl_config, rl_dataset
 
 SCALE = get_scale("esci")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.15
 
 
 def fixed_rollouts(rows, order="grade_first"):
