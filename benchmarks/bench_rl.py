@@ -6,7 +6,7 @@
 Variants (each in its own process, so peak memory is its own; TRL's ``GRPOTrainer`` with the outcome reward):
 * ``trl_defaults``: what TRL 1.15's GRPOConfig gives on this stack when only the batch is set: bf16 autocast
                     (emulated, and slow, on a CPU without AVX512-BF16/AMX) and gradient checkpointing on;
-* ``optimised``:    ``she_lib.srpo.rl_config``: bf16 only where the CPU has it (else fp32), no gradient
+* ``optimised``:    ``she_lib.rl.rl_config``: bf16 only where the CPU has it (else fp32), no gradient
                     checkpointing, no reference model (beta 0; TRL's default too).
 Same prompts, rollouts (G), completion budget, seed. Reported per variant, over the steps after the first (warm-up):
 seconds per step, generation seconds per step (TRL's ``_generate``), completion tokens/s (completion tokens
@@ -36,7 +36,8 @@ def run_variant(name: str, tiny: bool, steps: int, prompts: int, g: int, tokens:
     from she_lib.data import load_splits
     from she_lib.labels import get_scale
     from she_lib.modeling import load_policy
-    from she_lib.srpo import OutcomeReward, rl_config, rl_dataset
+    from she_lib.rl import rl_config, rl_dataset
+    from she_lib.srpo import OutcomeReward
     from she_lib.trl_compat import ensure_trl_cpu_support
 
     prof = get_profile("smoke" if tiny else "cpu")

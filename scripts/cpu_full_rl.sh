@@ -13,7 +13,7 @@ until [ -f runs/cpu-full/sft/run.json ]; do sleep 60; done  # the SFT run of scr
 GENRM=(); [ -f runs/cpu-full/genrm/run.json ] && GENRM=(--genrm runs/cpu-full/genrm)
 for seed in 0 1; do
   for method in grpo srpo agrl; do
-    $PY -m she_lib.srpo --method $method --profile cpu-full --sft runs/cpu-full/sft --seed $seed "${GENRM[@]}" \
+    $PY -m she_lib.rl --method $method --profile cpu-full --sft runs/cpu-full/sft --seed $seed "${GENRM[@]}" \
         --evaluate first_token generate --save
   done
 done >> logs/cpu-full_rl.log 2>&1

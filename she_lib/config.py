@@ -63,7 +63,7 @@ class Profile:
     # --- reasoning format ------------------------------------------------------------------------
     order: str = "grade_first"  # "grade_first" (respond-then-think) | "steps_first"
     sft_orders: tuple[str, ...] = ("grade_first", "steps_first")  # orders notebook 02 trains (and 05 scores)
-    # --- RL (notebook 04; budgets in she_lib.srpo.rl_config / curriculum_for) ------------------------
+    # --- RL (notebook 04; budgets in she_lib.rl.rl_config / curriculum_for) ------------------------
     rl_methods: tuple[str, ...] = ("grpo", "srpo", "agrl")
     rl_seeds: tuple[int, ...] = (0,)  # RL seeds (LoRA init, sampling); every seed shares one prompt set
     # --- evaluation ------------------------------------------------------------------------------

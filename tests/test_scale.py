@@ -158,7 +158,7 @@ STAGES = [
     pytest.param("she_lib.dpo", ["--profile", "smoke", "--sft", "{out}/runs/sft", "--name", "launched"], with_sft,
                  None, id="dpo"),
     pytest.param("she_lib.genrm", ["--profile", "smoke", "--name", "launched"], with_sft, None, id="genrm"),
-    *[pytest.param("she_lib.srpo", ["--method", m, "--profile", "smoke", "--sft", "{out}/runs/sft", "--name",
+    *[pytest.param("she_lib.rl", ["--method", m, "--profile", "smoke", "--sft", "{out}/runs/sft", "--name",
                                     "launched"], with_sft, None, id=m) for m in ("grpo", "srpo", "agrl")],
 ]
 

@@ -12,8 +12,9 @@ from she_lib.config import get_profile
 from she_lib.labels import get_scale
 from she_lib.rationales import teacher_rationale
 from she_lib.schema import STEPS, parse
-from she_lib.srpo import (SRPOTrainer, OutcomeReward, completion_step_spans, rl_config, step_advantages, token_advantages,
-                          token_char_offsets, train_rl)
+from she_lib.rl import rl_config, train_rl
+from she_lib.srpo import (OutcomeReward, SRPOTrainer, completion_step_spans, step_advantages, token_advantages,
+                          token_char_offsets)
 from fakes import fake_trainer as _trainer
 
 SCALE = get_scale("esci")
@@ -204,7 +205,7 @@ def test_rl_end_to_end_on_smoke(smoke, splits, method):
 
 
 def test_vllm_settings_and_batch_split(smoke):
-    from she_lib.srpo import per_device_rollouts, prompts_per_step, vllm_settings
+    from she_lib.rl import per_device_rollouts, prompts_per_step, vllm_settings
 
     assert vllm_settings("off") == {"use_vllm": False}
     assert vllm_settings("server")["vllm_mode"] == "server" and vllm_settings("colocate")["use_vllm"]

@@ -1,0 +1,296 @@
+"""RL runs of the three methods on one machinery: ``train_rl(profile, "grpo" | "srpo" | "agrl", sft_run)``.
+
+* budgets: :func:`rl_config` (an :class:`she_lib.srpo.SRPOConfig` per method and profile) and :func:`curriculum_for`
+  (the prompt set's pool, sampling and stages, she_lib.curriculum);
+* the prompt set: :func:`rl_prompts` (pass rates from the shared sample cache of the SFT run);
+* the trainer: ``grpo`` -> TRL's ``GRPOTrainer`` with she_lib.srpo's ``OutcomeReward``; ``srpo`` -> ``SRPOTrainer``
+  with the hybrid examiner's step rewards; ``agrl`` -> ``SRPOTrainer`` with she_lib.rules' rule reward, she_lib.agrl's
+  replay and process weight 0;
+* the run folder: she_lib.runs (resume from the last checkpoint, reuse a finished run); ``data_report.json``,
+  ``rollouts.jsonl`` (SRPO / AGRL, for the inspector), ``run.json`` (with AGRL's replay report);
+* the CLI: ``python -m she_lib.rl --method srpo --profile cpu-full --sft runs/cpu-full/sft [--seed 1] [--genrm ...]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+
+from .config import Profile, get_profile
+from .examiner import Examiner, HybridConfig
+from .labels import get_scale
+from .srpo import OutcomeReward, SRPOConfig, SRPOTrainer
+
+METHODS = ("grpo", "srpo", "agrl")
+
+RECORD_COLUMNS = ("example_id", "query", "title", "brand", "colour", "category", "bullets", "description", "label",
+                  "query_terms", "negated_terms", "product_type", "matched_terms", "missing_terms", "negation_hits")
+
+
+def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Path = "rl", **overrides) -> SRPOConfig:
+    """The SRPOConfig of a method and profile. One optimizer step = ``prompts_per_step`` prompts x G rollouts
+    (``per_device_train_batch_size`` = their product / the number of processes of the launch). ``grpo`` sets process_weight 0 (and trains with
+    TRL's plain GRPOTrainer); CPU runs train fp32 without gradient checkpointing and without a reference model
+    (beta = 0 saves a forward pass per step; set beta for the KL term)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown RL method {method!r}; choose one of {METHODS}")
+    profile = get_profile(profile)
+    per = {
+        "smoke": dict(num_generations=2, prompts_per_step=2, max_completion_length=16, logging_steps=1, save_steps=2),
+        # CPU: 2 prompts x 4 rollouts of <= 128 tokens (a rationale is ~110) per step, lr 5e-5 so that ~12 LoRA steps
+        # can move the policy; on a 2-core AVX2 CPU one step takes ~1.5-2 min (training the 8 chats dominates)
+        "cpu": dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1, save_steps=2,
+                    learning_rate=5e-5),
+        "cpu-full": dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1,
+                         save_steps=1, learning_rate=5e-5),
+        "gpu": dict(num_generations=8, prompts_per_step=16, max_completion_length=256, logging_steps=5, save_steps=50,
+                    beta=0.02),
+        "colab": dict(num_generations=8, prompts_per_step=8, max_completion_length=256, logging_steps=5,
+                      save_steps=50, beta=0.02),
+    }.get(profile.name, {})
+    merged = {**per, **overrides}
+    vllm = merged.pop("vllm", "auto" if profile.name in ("gpu", "colab") else "off")
+    merged.update(vllm_settings(vllm))
+    g, pps = merged.pop("num_generations", 4), merged.pop("prompts_per_step", 4)
+    from .distributed import world_size
+
+    per_device = per_device_rollouts(g, pps, world_size())
+    cpu = not torch.cuda.is_available()
+    from .sft import _precision
+
+    bf16, fp16 = _precision("auto")
+    base = dict(output_dir=str(output_dir), report_to="none", use_cpu=cpu, bf16=bf16, fp16=fp16,
+                gradient_checkpointing=not cpu, num_generations=g, per_device_train_batch_size=per_device,
+                gradient_accumulation_steps=1, learning_rate=2e-5, lr_scheduler_type="constant", warmup_steps=0,
+                temperature=1.0, beta=0.0, shuffle_dataset=False, seed=profile.seed, data_seed=profile.seed,
+                save_total_limit=2, log_completions=False, max_steps=1,
+                process_weight=1.0 if method == "srpo" else 0.0)  # AGRL: rule rewards + replay on GRPO advantages
+    return SRPOConfig(**{**base, **merged})
+
+
+def per_device_rollouts(num_generations: int, prompts: int, processes: int) -> int:
+    """Rollouts per process and step: prompts x G rollouts split evenly over the processes of a launch."""
+    if (num_generations * prompts) % processes:
+        raise ValueError(f"{prompts} prompts x {num_generations} rollouts per step do not split over {processes} processes")
+    return num_generations * prompts // processes
+
+
+def vllm_settings(vllm: str) -> dict:
+    """GRPOConfig fields for rollouts with vLLM (TRL's ``use_vllm``): ``off``; ``colocate`` (vLLM shares the training
+    GPU); ``server`` (a separate ``trl vllm-serve --model <merged SFT checkpoint>`` process); ``auto`` = colocate
+    when vllm is installed and CUDA is present, else off. The step spans are read from the completion token ids
+    whatever produced them (:func:`token_char_offsets`), so SRPO's step rewards need nothing vLLM-specific."""
+    import importlib.util
+
+    if vllm == "auto":
+        vllm = "colocate" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "off"
+    if vllm == "off":
+        return {"use_vllm": False}
+    if vllm not in ("colocate", "server"):
+        raise ValueError(f"vllm must be auto, off, colocate or server, got {vllm!r}")
+    return {"use_vllm": True, "vllm_mode": vllm, "vllm_gpu_memory_utilization": 0.3}
+
+
+def prompts_per_step(args: SRPOConfig) -> int:
+    """Prompts per optimizer step over all processes."""
+    from .distributed import world_size
+
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size() // args.num_generations
+
+
+def rl_dataset(df: pd.DataFrame, profile: Profile):
+    """``datasets.Dataset`` of {"prompt": [system, user], record columns..., "stage"} in the given order."""
+    from datasets import Dataset
+
+    from .schema import build_messages
+
+    scale = get_scale(profile.grade_scale)
+    cols = [c for c in (*RECORD_COLUMNS, "stage", "pass_rate") if c in df.columns]
+    rows = []
+    for r in df[cols].to_dict("records"):
+        rows.append({"prompt": build_messages(r, scale, profile.order),
+                     **{c: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for c, v in r.items()}})
+    return Dataset.from_list(rows)
+
+
+def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfig | None = None,
+             curriculum=None, splits: dict | None = None, name: str | None = None, examiner: Examiner | None = None,
+             resume: bool = True, callbacks: list | None = None, progress: bool = False) -> Path:
+    """RL from an SFT run; returns ``runs_dir/name`` (she_lib.runs protocol: resumes, reuses a finished run).
+
+    1. Prompt set: pass-rate samples of the pool from the SFT model (cached, keyed by the SFT run's stamp), then
+       difficulty filter, diversity selection and curriculum order (she_lib.curriculum); ``data_report.json``.
+    2. Model: the SFT adapter merged into the base and a fresh LoRA on top (as DPO), so the adapter-disabled
+       model is the SFT policy (TRL's reference when ``beta`` > 0).
+    3. Trainer: ``grpo`` -> TRL's ``GRPOTrainer`` with :class:`OutcomeReward`; ``srpo`` -> :class:`SRPOTrainer`
+       with the examiner's step rewards; ``agrl`` -> :class:`SRPOTrainer` with she_lib.rules' rule reward and
+       she_lib.agrl's adaptive guided replay (process_weight as configured; 0 = AGRL on GRPO's advantages).
+       ``max_steps`` is the curriculum's step count; the rollout log goes to ``rollouts.jsonl``."""
+    from . import runs
+    from .curriculum import save_report
+    from .modeling import load_run
+    from .trl_compat import ensure_trl_cpu_support
+
+    name = name or method
+    run, sft_run = Path(profile.runs_dir) / name, Path(sft_run)
+    args = args or rl_config(profile, method, run / "checkpoints")
+    args.output_dir = str(run / "checkpoints")
+    curriculum = curriculum or curriculum_for(profile)
+    init = os.path.relpath(sft_run.resolve(), run.resolve())
+    scorer = getattr(getattr(examiner, "genrm", None), "source", None) or (
+        "verifier" if getattr(examiner, "genrm", None) is None else type(examiner.genrm).__name__)
+    key = {"method": method, "args": _args_key(args), "curriculum": curriculum.to_dict(), "init_adapter": init,
+           "examiner": {"scorer": scorer, **dataclasses.asdict(examiner.config)} if examiner else "verifier"}
+    if resume and runs.finished(run, profile, key):
+        return run
+    scale = get_scale(profile.grade_scale)
+    prompts, report = rl_prompts(profile, sft_run, curriculum, prompts_per_step(args), splits, progress)
+    args.max_steps = report["curriculum"]["steps"]
+    last = runs.start(run, profile, key)
+    last = last if resume else None
+    from .distributed import is_main_process, world_size
+
+    if is_main_process():
+        save_report(report, run / "data_report.json")
+    policy = load_run(sft_run, profile if torch.cuda.is_available() else profile.replace(dtype="float32"))
+    ensure_trl_cpu_support()
+    meter = runs.Meter()
+    common = dict(model=policy.model, args=args, train_dataset=rl_dataset(prompts, profile), processing_class=policy.tokenizer,
+                  peft_config=policy.lora_config, callbacks=[meter, StageLogger(prompts["stage"].tolist(),
+                                                                                prompts_per_step(args)),
+                                                             *(callbacks or [])])
+    if method == "grpo":
+        trainer = GRPOTrainer(reward_funcs=[OutcomeReward(scale)], **common)
+    elif method == "srpo":
+        trainer = SRPOTrainer(reward_funcs=[OutcomeReward(scale)], examiner=examiner, scale=scale,
+                              rollout_log=run / "rollouts.jsonl", **common)
+    else:
+        from .agrl import AdaptiveReplay, AGRLConfig
+        from .rules import RuleReward, RuleRewardConfig
+
+        trainer = SRPOTrainer(reward_funcs=[RuleReward(RuleRewardConfig(), scale)], examiner=examiner, scale=scale,
+                              replay=AdaptiveReplay(AGRLConfig(), scale, profile.order),
+                              rollout_log=run / "rollouts.jsonl", **common)
+    if last is None and is_main_process() and (run / "rollouts.jsonl").exists():
+        (run / "rollouts.jsonl").unlink()  # a fresh start: the log of an earlier attempt is stale
+    runs.fit(trainer, run, last, meter, profile, key, kind=method, order=profile.order, init_adapter=init,
+             data=report, processes=world_size())
+    if method == "agrl" and is_main_process():  # how often replay fired and whether those prompts recovered
+        info = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**info, "replay": trainer.replay.report()}, indent=2))
+    return run
+
+
+def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step: int = 4, splits: dict | None = None,
+               progress: bool = False) -> tuple[pd.DataFrame, dict]:
+    """The RL prompt set in training order and its report (she_lib.curriculum): the pool's pass rates come from
+    ``k_samples`` rationales per prompt sampled from the SFT run, in the shared sample cache (sampling.sample_cache):
+    every RL method and seed shares them, and so does DPO when it samples the same prompts the same way."""
+    from .curriculum import build_rl_prompts
+    from .data import load_splits
+    from .modeling import load_run
+    from .sampling import sample_cache, sample_rationales
+    from .sft import _sample
+
+    curriculum = curriculum or curriculum_for(profile)
+    splits = splits if splits is not None else load_splits(profile)
+    pool = _sample(splits["train"], curriculum.pool_limit, curriculum.seed)
+    samples = None
+    if curriculum.difficulty or curriculum.curriculum:
+        sft_run = Path(sft_run)
+        policy = load_run(sft_run, profile)
+        cache = sample_cache(profile, sft_run, curriculum.k_samples, curriculum.max_new_tokens, curriculum.temperature,
+                             1.0, curriculum.sample_batch_size, curriculum.seed)
+        samples = sample_rationales(policy.model, policy.tokenizer, pool, profile, curriculum.k_samples,
+                                    curriculum.max_new_tokens, curriculum.temperature, 1.0,
+                                    curriculum.sample_batch_size, curriculum.seed, cache=cache, progress=progress)
+    return build_rl_prompts(pool, samples, curriculum, get_scale(profile.grade_scale).words, per_step)
+
+
+def _args_key(args: SRPOConfig) -> dict:
+    """The fields of an SRPOConfig that define a run (paths, logging and max_steps, set by the curriculum, excluded)."""
+    skip = {"output_dir", "logging_dir", "max_steps", "logging_steps", "save_steps", "report_to"}
+    d = {k: v for k, v in args.to_dict().items() if k not in skip}
+    return json.loads(json.dumps(d, default=str))
+
+
+def curriculum_for(profile: Profile | str, **overrides):
+    """Pool, sampling and stage budgets per profile (she_lib.curriculum.CurriculumConfig)."""
+    from .curriculum import CurriculumConfig
+
+    profile = get_profile(profile)
+    per = {
+        # the tiny random model never writes a grade: keep every prompt (min_pass 0), one stage of 2 steps
+        "smoke": dict(pool_limit=6, k_samples=2, max_new_tokens=16, sample_batch_size=3, min_pass=0.0,
+                      boundaries=(), stage_steps=(2,), per_query_cap=None),
+        "cpu": dict(pool_limit=16, k_samples=4, stage_steps=(1, 1, 1)),
+        # the pool is DPO's 96 sampled prompts (same settings: the shared sample cache serves both)
+        "cpu-full": dict(pool_limit=96, k_samples=4, stage_steps=(4, 4, 4)),
+        "gpu": dict(pool_limit=4096, k_samples=8, sample_batch_size=64, stage_steps=(100, 100, 100)),
+        "colab": dict(pool_limit=1024, k_samples=8, sample_batch_size=32, stage_steps=(40, 40, 40)),
+    }.get(profile.name, {})
+    return CurriculumConfig(**{**per, **overrides})  # seed 0: RL seeds share one prompt set
+
+
+class StageLogger(TrainerCallback):
+    """Logs the curriculum stage of each optimizer step (``stage`` in the trainer's log history)."""
+
+    def __init__(self, stages: list[int], per_step: int):
+        self.stages, self.per_step = stages, per_step
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs is not None and "loss" in logs and state.global_step > 0:
+            stage = int(self.stages[min((state.global_step - 1) * self.per_step, len(self.stages) - 1)])
+            logs["stage"] = stage
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1]["stage"] = stage  # the trainer logged a copy of ``logs``
+
+
+def main(argv=None) -> int:
+    """``python -m she_lib.rl --method srpo --profile cpu-full --sft runs/cpu-full/sft [--seed 1] [--evaluate ...]``"""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m she_lib.rl", description="GRPO / SRPO / AGRL from an SFT run")
+    ap.add_argument("--method", choices=METHODS, default="srpo")
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--sft", required=True)
+    ap.add_argument("--seed", type=int, default=0, help="the RL seed (LoRA init, sampling); the prompt set is shared")
+    ap.add_argument("--name", default=None, help="run folder name (default: <method>, or <method>_s<seed>)")
+    ap.add_argument("--genrm", default=None, help="a GenRM run folder for the examiner (default: verifier only)")
+    ap.add_argument("--vllm", choices=["auto", "off", "colocate", "server"], default=None,
+                    help="rollouts with vLLM (default: auto on the gpu/colab profiles, off elsewhere)")
+    ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
+    ap.add_argument("--save", action="store_true")
+    a = ap.parse_args(argv)
+    sft_info = json.loads((Path(a.sft) / "run.json").read_text())
+    profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
+    examiner = None
+    if a.genrm:
+        from .genrm import GenRM
+
+        examiner = Examiner(GenRM.load(a.genrm, profile), HybridConfig(), profile.grade_scale)
+    name = a.name or (a.method if a.seed == 0 else f"{a.method}_s{a.seed}")
+    args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}))
+    run = train_rl(profile, a.method, a.sft, args, name=name, examiner=examiner, progress=True)
+    from .distributed import is_main_process
+
+    if not is_main_process():
+        return 0
+    info = json.loads((run / "run.json").read_text())
+    print(json.dumps({k: info.get(k) for k in ("kind", "global_step", "train_loss", "seconds")}, indent=1))
+    if a.evaluate:
+        from .evaluate import report_run
+
+        report_run(run, profile, a.evaluate, a.save)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
