@@ -30,8 +30,10 @@ advantage goes to TRL's ``_compute_loss``, which keeps GRPO's clipping, KL term 
 Under ``accelerate launch`` a group's rollouts may sit on several processes: step rewards and correctness are
 gathered, group statistics computed on the whole batch, then each process keeps its slice (as TRL does for R).
 
-:class:`SRPOTrainer` overrides one hook, ``_generate_and_score_completions``; AGRL's replay (she_lib.agrl) hooks
-into the same method through ``prepare_inputs`` / ``adjust_outputs`` callbacks. Every knob is a field of
+:class:`SRPOTrainer` changes the algorithm in one hook, ``_generate_and_score_completions``; AGRL's replay
+(she_lib.agrl) plugs into the same method through ``prepare_inputs`` / ``adjust_outputs`` callbacks. Three small
+overrides only record: ``_calculate_rewards`` keeps the summed rewards for the rollout log, ``_save_checkpoint`` /
+``_load_optimizer_and_scheduler`` keep the replay state in checkpoints (TRL does the same for its entropy state). Every knob is a field of
 :class:`SRPOConfig` (a ``trl.GRPOConfig``). Budgets, data, training and resuming of all three methods: she_lib.rl.
 """
 from __future__ import annotations
