@@ -178,16 +178,23 @@ def plot_confusion(metrics: dict, title: str, path: str | Path | None = None, ax
     return ax
 
 
+def _round(x, n: int = 3):
+    return None if x is None else round(x, n)
+
+
 def summary_table(results: dict[str, dict], words) -> pd.DataFrame:
-    """One row per method: accuracy, macro-F1 with its CI, per-class F1, parse failures, sizes, wall seconds of
-    the prediction and ``ms / pair`` = 1000 seconds / pairs (batched throughput: amortised latency per pair)."""
+    """One row per method: accuracy, macro-F1 with its CI, per-class F1, parse failures, step accuracy (verifier)
+    and rule-violation rate of decoded rationales, sizes, wall seconds of the prediction and ``ms / pair`` =
+    1000 seconds / pairs (batched throughput: amortised latency per pair)."""
     rows = []
     for name, m in results.items():
         lo, hi = m["macro_f1_ci"]
         rows.append({"method": name, "accuracy": round(m["accuracy"], 3), "macro-F1": round(m["macro_f1"], 3),
                      "macro-F1 95% CI": f"[{lo:.3f}, {hi:.3f}]",
                      **{f"F1 {w}": round(m["per_class_f1"][w], 3) for w in words},
-                     "parse failures": round(m["parse_failure_rate"], 3), "pairs": m["n_examples"],
+                     "parse failures": round(m["parse_failure_rate"], 3),
+                     "step accuracy": _round(m.get("step_accuracy")), "rule violations": _round(m.get("rule_violation_rate")),
+                     "pairs": m["n_examples"],
                      "queries": m["n_queries"], "seconds": m.get("seconds"),
                      "ms / pair": None if m.get("seconds") is None else round(1000 * m["seconds"] / m["n_examples"], 1)})
     return pd.DataFrame(rows).set_index("method")
