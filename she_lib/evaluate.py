@@ -69,7 +69,8 @@ def _cached(cache: Path | None) -> dict:
 
 def predict_llm(model, tokenizer, df: pd.DataFrame, profile: Profile, mode: str = "generate",
                 cache: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
-    """Predictions of an LLM on ``df``: columns example_id, pred, completion / p_<grade>."""
+    """Predictions of an LLM on ``df``: columns example_id, pred, completion / p_<grade>, seconds (each row's share
+    of its chunk's wall time, cached with it, so a resumed or re-read evaluation still reports what it cost)."""
     from .inference import generate, grade_probabilities
 
     if mode not in MODES:
@@ -79,7 +80,7 @@ def predict_llm(model, tokenizer, df: pd.DataFrame, profile: Profile, mode: str 
     todo = df[~df["example_id"].isin(done)].to_dict("records")
     chunk = profile.eval_batch_size * 4
     for start in range(0, len(todo), chunk):
-        rows = todo[start:start + chunk]
+        rows, t0 = todo[start:start + chunk], time.time()
         prompts = [render_prompt(tokenizer, r, scale, profile.order) for r in rows]
         if mode == "generate":
             texts = generate(model, tokenizer, prompts, profile.eval_batch_size, profile.eval_max_new_tokens,
@@ -92,12 +93,21 @@ def predict_llm(model, tokenizer, df: pd.DataFrame, profile: Profile, mode: str 
                                         batch_size=profile.eval_batch_size, progress=progress)
             out = [{"example_id": r["example_id"], "pred": scale.words[int(np.argmax(p))],
                     **{f"p_{w}": float(x) for w, x in zip(scale.words, p)}} for r, p in zip(rows, probs)]
-        done.update({o["example_id"]: o for o in out})
+        per_row = round((time.time() - t0) / len(rows), 4)  # the chunk's wall time, kept with the cached rows
+        done.update({o["example_id"]: {**o, "seconds": per_row} for o in out})
+        out = [done[o["example_id"]] for o in out]
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
             with cache.open("a") as f:
                 f.writelines(json.dumps(o) + "\n" for o in out)
     return pd.DataFrame([done[e] for e in df["example_id"]])
+
+
+def prediction_seconds(preds: pd.DataFrame) -> float | None:
+    """Wall seconds the predictions took, summed over their chunks (None when a cache predates the timing)."""
+    if "seconds" not in preds or preds["seconds"].isna().any():
+        return None
+    return round(float(preds["seconds"].sum()), 1)
 
 
 def prediction_file(profile: Profile, mode: str) -> str:
@@ -301,12 +311,10 @@ def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress
     results = {}
     for mode in modes:
         name, cache = method_name("zero_shot", mode), prediction_cache(Path(profile.runs_dir) / "zero_shot", profile, mode)
-        t0 = time.time()
         preds = predict_llm(policy.model, policy.tokenizer, df, profile, mode, cache, progress)
-        secs = time.time() - t0
         results[name] = score(df, preds, profile, split=profile.eval_split, model=profile.model_name
                               if not profile.is_tiny else "tiny-llama (random)", scoring=mode,
-                              seconds=round(secs, 1), dtype=str(policy.dtype).replace("torch.", ""),
+                              seconds=prediction_seconds(preds), dtype=str(policy.dtype).replace("torch.", ""),
                               max_new_tokens=profile.eval_max_new_tokens if mode == "generate" else 0)
         if save:
             save_metrics(profile.results_dir, name, results[name])
@@ -412,12 +420,11 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> 
     model = policy.model
     out = {}
     for mode in modes:
-        t0 = time.time()
         frame = per_query(df, profile.eval_generate_per_query) if mode == "generate" else df
         preds = predict_llm(model, policy.tokenizer, frame, profile, mode, prediction_cache(run, profile, mode))
         out[method_name(run.name, mode)] = score(
             frame, preds, profile, split=profile.eval_split, model=str(run), scoring=mode, run=info,
-            seconds=round(time.time() - t0, 1), pairs_per_query=profile.eval_generate_per_query if mode == "generate" else None)
+            seconds=prediction_seconds(preds), pairs_per_query=profile.eval_generate_per_query if mode == "generate" else None)
     return out
 
 

@@ -49,7 +49,8 @@ def test_predict_llm_resumes_from_cache(tiny_policy, smoke, tmp_path, monkeypatc
         m, t, prompts, *a, **k))
     again = predict_llm(tiny_policy.model, tiny_policy.tokenizer, df, prof, mode, cache, progress=False)
     assert calls == [2]  # only the two missing examples were recomputed
-    pd.testing.assert_frame_equal(first, again)
+    pd.testing.assert_frame_equal(first.drop(columns="seconds"), again.drop(columns="seconds"))  # timings differ
+    assert again["seconds"].head(4).tolist() == first["seconds"].head(4).tolist()  # read back from the cache
 
 
 def test_cli_lexical_and_zero_shot_on_smoke(tmp_path, monkeypatch, capsys):
@@ -123,3 +124,21 @@ def test_steps_first_runs_are_read_by_decoding_only(tmp_path, smoke, monkeypatch
     df = pd.DataFrame({"example_id": ["1", "2"], "label": ["Exact", "Irrelevant"], "query": ["q", "r"]})
     out = evaluate.evaluate_run(run, smoke, df, modes=("generate", "first_token"))
     assert seen == [("steps_first", "generate")] and list(out) == ["sft_steps_first"]
+
+
+def test_prediction_seconds_survive_the_cache(tiny_policy, tmp_path):
+    """Each cached row keeps its share of its chunk's wall time, so re-reading a cache reports the original cost."""
+    import pandas as pd
+
+    from she_lib.config import get_profile
+    from she_lib.data import prepare_splits
+    from she_lib.evaluate import predict_llm, prediction_seconds
+
+    prof = get_profile("smoke")
+    df = prepare_splits(prof, write=False)[0]["test"].head(5)
+    cache = tmp_path / "p.jsonl"
+    first = predict_llm(tiny_policy.model, tiny_policy.tokenizer, df, prof, "first_token", cache, progress=False)
+    again = predict_llm(tiny_policy.model, tiny_policy.tokenizer, df, prof, "first_token", cache, progress=False)
+    assert prediction_seconds(first) == prediction_seconds(again) is not None and first["seconds"].gt(0).all()
+    assert prediction_seconds(pd.DataFrame({"pred": ["Exact"]})) is None  # a cache written before the timing
+    assert prediction_seconds(pd.DataFrame({"seconds": [0.5, None]})) is None
