@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import TrainerCallback
 
 from she_lib.config import get_profile
 from she_lib.corruptions import KINDS, corrupt, corrupt_frame
@@ -18,6 +17,7 @@ from she_lib.labels import ESCI
 from she_lib.rationales import teacher_rationale
 from she_lib.schema import STEPS, parse
 from she_lib.verifier import INCORRECT, verify
+from callbacks import StopAt
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +29,6 @@ def splits():
 
 def fast(smoke, **kw):
     return GenRMConfig.for_profile(smoke, **{**dict(warmup_ratio=0.0, save_steps=1000), **kw})
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 # ------------------------------------------------------------------------------------------ config

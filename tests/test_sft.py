@@ -3,12 +3,12 @@ import json
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
 from she_lib.config import get_profile
 from she_lib.labels import get_scale
 from she_lib.schema import parse, render_prompt, system_prompt
 from she_lib.sft import CoTSFTConfig, build_sft_dataset, sft_args, sft_trainer, train_sft
+from callbacks import StopAt
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +23,6 @@ def fast_config(smoke, **overrides):
     base = dict(train_limit=8, eval_limit=0, per_device_batch_size=2, logging_steps=1, save_steps=1000,
                 warmup_ratio=0.0, bf16=False)
     return CoTSFTConfig.for_profile(smoke, **{**base, **overrides})
-
-
-class StopAt(TrainerCallback):
-    """Interrupt training after ``step`` optimizer steps (stands in for a killed job)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 # ------------------------------------------------------------------------------------------- config

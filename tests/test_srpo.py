@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import TrainerCallback
 
 from she_lib.config import get_profile
 from she_lib.labels import get_scale
@@ -16,6 +15,7 @@ from she_lib.rl import rl_config, train_rl
 from she_lib.srpo import (OutcomeReward, SRPOTrainer, completion_step_spans, step_advantages, token_advantages,
                           token_char_offsets)
 from fakes import fake_trainer as _trainer
+from callbacks import StopAt
 
 SCALE = get_scale("esci")
 
@@ -160,15 +160,6 @@ def test_srpo_with_zero_process_weight_equals_grpo(smoke, tmp_path, splits):
 
 
 # --------------------------------------------------------------------------------------- end to end
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-
-
 @pytest.mark.parametrize("method", ["grpo", "srpo", "agrl"])
 def test_rl_end_to_end_on_smoke(smoke, splits, method):
     from she_lib.evaluate import evaluate_run
