@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from she_lib.config import REPO_ROOT, get_profile
-from she_lib.notebooks import NOTEBOOKS, run_notebooks
+from she_lib.notebooks import NOTEBOOKS, parse_params, run_notebooks
 
 BOOKS = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
@@ -43,6 +43,28 @@ def test_every_notebook_opens_with_the_colab_setup_cell(tmp_path, monkeypatch):
     assert calls[0] == ["git", "clone", "--depth", "1", "https://example.org/she.git", "she"]
     assert calls[1][1:] == ["-m", "pip", "install", "-q", "-r", "she/requirements-gpu.txt", "-e", "she"]
     assert Path.cwd() == tmp_path / "she" / "notebooks"
+
+
+def test_parse_params_reads_json_values_else_strings():
+    assert parse_params(["a=1", 'modes=["first_token"]', "name=cpu-full", "empty=", "flag=true"]) == {
+        "a": 1, "modes": ["first_token"], "name": "cpu-full", "empty": "", "flag": True}
+    assert parse_params(None) == {}
+    for bad in ("novalue", "2x=1", "=3"):
+        with pytest.raises(ValueError, match="NAME=VALUE"):
+            parse_params([bad])
+
+
+def test_run_notebooks_passes_parameters_and_merges_timings(tmp_path, monkeypatch):
+    import papermill
+
+    calls = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, parameters, **kw: calls.append(
+        (Path(src).name, Path(dst), parameters)))
+    (tmp_path / "timings.json").write_text(json.dumps({BOOKS[0]: 1.0, BOOKS[4]: 9.0}))
+    timings = run_notebooks("smoke", only=["05"], out_dir=tmp_path, params={"trained_modes": ["first_token"]})
+    assert calls == [(BOOKS[4], tmp_path / BOOKS[4], {"profile": "smoke", "trained_modes": ["first_token"]})]
+    assert list(timings) == [BOOKS[4]] and timings[BOOKS[4]] != 9.0
+    assert json.loads((tmp_path / "timings.json").read_text()) == {BOOKS[0]: 1.0, BOOKS[4]: timings[BOOKS[4]]}
 
 
 @pytest.mark.slow
