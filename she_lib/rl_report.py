@@ -98,3 +98,51 @@ def rl_table(metrics: dict, runs_dir: str | Path, methods=("sft", "dpo", "grpo",
 
 def _fmt(x) -> str:
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
+
+
+def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> dict[str, Path]:
+    """``{run name: folder}`` of the finished RL runs under ``runs_dir`` (``run.json`` with ``finished`` and a kind
+    in ``methods``), seeds in order within each method."""
+    found = {}
+    for run in sorted(Path(runs_dir).glob("*/run.json")):
+        info = json.loads(run.read_text())
+        if info.get("finished") and info.get("kind") in methods and _NAME.match(run.parent.name):
+            found[run.parent.name] = run.parent
+    return dict(sorted(found.items(), key=lambda kv: (methods.index(json.loads(
+        (kv[1] / "run.json").read_text())["kind"]), kv[0])))
+
+
+def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataFrame:
+    """What notebook 04 writes, from runs already trained (nothing is run): ``figures/04_rl_training.png``,
+    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``) and ``rl_replay.json`` (AGRL's replay counts)."""
+    import matplotlib.pyplot as plt
+
+    from .config import get_profile
+
+    profile = get_profile(profile)
+    results = Path(profile.results_dir)
+    runs = finished_rl_runs(profile.runs_dir) if runs is None else runs
+    if runs:
+        (results / "figures").mkdir(parents=True, exist_ok=True)
+        plt.close(plot_training(runs, results / "figures" / "04_rl_training.png"))
+    replay = {n: json.loads((Path(r) / "run.json").read_text()).get("replay") for n, r in runs.items()}
+    (results / "rl_replay.json").write_text(json.dumps({n: r for n, r in replay.items() if r}, indent=2))
+    metrics = json.loads((results / "metrics.json").read_text()) if (results / "metrics.json").exists() else {}
+    table = rl_table(metrics, profile.runs_dir)
+    (results / "rl_table.md").write_text(table.to_markdown(index=False) + "\n")
+    return table
+
+
+def main(argv=None) -> int:
+    """``python -m she_lib.rl_report --profile cpu-full``: the RL figures and table from the finished runs."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m she_lib.rl_report", description=main.__doc__)
+    ap.add_argument("--profile", default="cpu")
+    args = ap.parse_args(argv)
+    print(write_report(args.profile).to_markdown(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

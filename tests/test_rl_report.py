@@ -27,3 +27,27 @@ def test_run_names_and_table(tmp_path):
     # final rewards (last 2 steps): 0.6 and 0.4 -> mean 0.5, std 0.1414
     assert row["final reward (seed std)"] == "0.500 (0.141)"
     assert t.loc[("sft", "decoded"), "final reward (seed std)"] == ""
+
+
+def test_write_report_from_finished_runs(tmp_path):
+    """The cpu-full report path: finished runs found by kind, figure, table and replay counts written."""
+    from she_lib.config import get_profile
+    from she_lib.rl_report import finished_rl_runs, write_report
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    for name, kind, done in [("srpo_s1", "srpo", True), ("grpo", "grpo", True), ("agrl", "agrl", True),
+                             ("srpo", "srpo", True), ("grpo_s1", "grpo", False), ("sft", "sft", True)]:
+        (runs / name).mkdir(parents=True)
+        info = {"kind": kind, "finished": done, **({"replay": {"fired": 3, "recovered": 1}} if kind == "agrl" else {})}
+        (runs / name / "run.json").write_text(json.dumps(info))
+        log = [{"loss": 0.0, "step": i + 1, "reward": 0.1 * i, "entropy": 1.0, "stage": i // 2} for i in range(4)]
+        (runs / name / "train_log.json").write_text(json.dumps(log))
+    assert list(finished_rl_runs(runs)) == ["grpo", "srpo", "srpo_s1", "agrl"]
+    results.mkdir()
+    m = {"accuracy": 0.5, "macro_f1": 0.4, "macro_f1_ci": [0.3, 0.5], "n_examples": 10}
+    (results / "metrics.json").write_text(json.dumps({"grpo": m, "srpo_first_token": m, "lexical": m}))
+    table = write_report(get_profile("smoke", runs_dir=str(runs), results_dir=str(results)))
+    assert list(zip(table["method"], table["read-out"])) == [("grpo", "decoded"), ("srpo", "first token")]
+    assert (results / "figures" / "04_rl_training.png").stat().st_size > 1000
+    assert "| grpo " in (results / "rl_table.md").read_text()
+    assert json.loads((results / "rl_replay.json").read_text()) == {"agrl": {"fired": 3, "recovered": 1}}
