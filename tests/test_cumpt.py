@@ -134,7 +134,13 @@ def test_report_regenerates_tables_and_figures(smoke, monkeypatch, capsys):
     (runs / "lexical").mkdir(parents=True)
     lex.to_json(runs / "lexical" / "predictions_test.jsonl", orient="records", lines=True)
     save_metrics(smoke.results_dir, "lexical", score(test, lex, smoke, seconds=2.0))
+    (runs / "sft").mkdir(parents=True)  # a run whose first-token read-out is still running: 3 pairs cached
+    (runs / "sft" / "run.json").write_text(json.dumps({"kind": "sft", "order": "grade_first"}))
+    (runs / "sft" / "adapter_config.json").write_text("{}")
+    _write_cache(runs / "sft" / "predictions_test_first_token_grade_first.jsonl", test["example_id"][:3],
+                 rng.dirichlet(np.ones(4), 3))
     out = report(smoke)
+    assert "CumPT: skipping sft_first_token" in capsys.readouterr().out
     metrics = json.loads((Path(smoke.results_dir) / "metrics.json").read_text())
     assert set(metrics) == {"lexical", "zero_shot_cumpt"}
     assert list(out["significance"][["A", "B"]].itertuples(index=False, name=None)) == [
