@@ -100,6 +100,23 @@ def _fmt(x) -> str:
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
 
+def grade_shift(runs_dir: str | Path, runs=("sft", "dpo"), words=("Exact", "Substitute", "Complement", "Irrelevant"),
+                order: str = "grade_first", split: str = "test") -> pd.DataFrame:
+    """Where each run's first-token read-out puts its mass: per run, the mean over pairs of P(grade) at the answer
+    position and the share of pairs whose argmax is each grade, from the cached read-outs
+    (``predictions_<split>_first_token_<order>.jsonl``). ``runs`` are always listed first, then every finished RL
+    run. A collapse onto one grade shows as its share going to 1."""
+    names = list(runs) + [n for n in finished_rl_runs(runs_dir) if n not in runs]
+    rows = {}
+    for name in names:
+        path = Path(runs_dir) / name / f"predictions_{split}_first_token_{order}.jsonl"
+        if path.exists():
+            p = pd.read_json(path, lines=True)
+            rows[name] = {"pairs": len(p), **{f"mean P({w})": p[f"p_{w}"].mean() for w in words},
+                          **{f"argmax {w}": (p["pred"] == w).mean() for w in words}}
+    return pd.DataFrame(rows).T
+
+
 def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> dict[str, Path]:
     """``{run name: folder}`` of the finished RL runs under ``runs_dir`` (``run.json`` with ``finished`` and a kind
     in ``methods``), seeds in order within each method."""
@@ -114,10 +131,12 @@ def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> 
 
 def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataFrame:
     """What notebook 04 writes, from runs already trained (nothing is run): ``figures/04_rl_training.png``,
-    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``) and ``rl_replay.json`` (AGRL's replay counts)."""
+    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``), ``rl_replay.json`` (AGRL's replay counts) and
+    ``rl_grade_shift.md`` (:func:`grade_shift`)."""
     import matplotlib.pyplot as plt
 
     from .config import get_profile
+    from .labels import get_scale
 
     profile = get_profile(profile)
     results = Path(profile.results_dir)
@@ -130,6 +149,10 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
     metrics = json.loads((results / "metrics.json").read_text()) if (results / "metrics.json").exists() else {}
     table = rl_table(metrics, profile.runs_dir)
     (results / "rl_table.md").write_text(table.to_markdown(index=False) + "\n")
+    words = get_scale(profile.grade_scale).words
+    shift = grade_shift(profile.runs_dir, words=words, order=profile.order, split=profile.eval_split)
+    if len(shift):
+        (results / "rl_grade_shift.md").write_text(shift.to_markdown(floatfmt=".3f") + "\n")
     return table
 
 

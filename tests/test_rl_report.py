@@ -51,3 +51,23 @@ def test_write_report_from_finished_runs(tmp_path):
     assert (results / "figures" / "04_rl_training.png").stat().st_size > 1000
     assert "| grpo " in (results / "rl_table.md").read_text()
     assert json.loads((results / "rl_replay.json").read_text()) == {"agrl": {"fired": 3, "recovered": 1}}
+    assert not (results / "rl_grade_shift.md").exists()  # no first-token read-out cached
+
+
+def test_grade_shift_from_first_token_caches(tmp_path):
+    from she_lib.rl_report import grade_shift
+
+    words = ("Exact", "Substitute", "Complement", "Irrelevant")
+    probs = {"sft": [[0.6, 0.3, 0.0, 0.1], [0.2, 0.7, 0.0, 0.1]], "grpo": [[0.9, 0.1, 0.0, 0.0], [0.8, 0.1, 0.0, 0.1]]}
+    for name, ps in probs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"kind": name, "finished": True}))
+        rows = [{"example_id": f"e{i}", "pred": words[max(range(4), key=p.__getitem__)],
+                 **{f"p_{w}": x for w, x in zip(words, p)}} for i, p in enumerate(ps)]
+        (tmp_path / name / "predictions_test_first_token_grade_first.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows))
+    t = grade_shift(tmp_path, runs=("sft", "dpo"), words=words)
+    assert list(t.index) == ["sft", "grpo"]  # dpo has no cache; RL runs follow
+    assert t.loc["sft", "mean P(Exact)"] == pytest.approx(0.4) and t.loc["sft", "argmax Exact"] == 0.5
+    assert t.loc["grpo", "mean P(Exact)"] == pytest.approx(0.85) and t.loc["grpo", "argmax Exact"] == 1.0
+    assert t.loc["grpo", "argmax Substitute"] == 0.0 and t.loc["sft", "pairs"] == 2
