@@ -114,7 +114,8 @@ def grade_shift(runs_dir: str | Path, runs=("sft", "dpo"), words=("Exact", "Subs
             p = pd.read_json(path, lines=True)
             rows[name] = {"pairs": len(p), **{f"mean P({w})": p[f"p_{w}"].mean() for w in words},
                           **{f"argmax {w}": (p["pred"] == w).mean() for w in words}}
-    return pd.DataFrame(rows).T
+    table = pd.DataFrame(rows).T
+    return table.astype({"pairs": int}) if len(table) else table
 
 
 def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> dict[str, Path]:
@@ -152,7 +153,7 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
     words = get_scale(profile.grade_scale).words
     shift = grade_shift(profile.runs_dir, words=words, order=profile.order, split=profile.eval_split)
     if len(shift):
-        (results / "rl_grade_shift.md").write_text(shift.to_markdown(floatfmt=".3f") + "\n")
+        (results / "rl_grade_shift.md").write_text(shift.round(3).to_markdown() + "\n")
     return table
 
 
