@@ -38,9 +38,9 @@ def plot_training(runs: dict[str, str | Path], path: str | Path | None = None):
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.2))
     logs = {name: training_log(run) for name, run in runs.items()}
     for ax, (col, title) in zip(axes, CURVES):
-        for name, log in logs.items():
+        for i, (name, log) in enumerate(logs.items()):  # one colour per run in every panel (GRPO logs no step reward)
             if col in log:
-                ax.plot(log["step"], log[col], marker=".", label=name)
+                ax.plot(log["step"], log[col], marker=".", label=name, color=f"C{i % 10}")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
     first = next(iter(logs.values()), pd.DataFrame())

@@ -49,6 +49,17 @@ def test_write_report_from_finished_runs(tmp_path):
     table = write_report(get_profile("smoke", runs_dir=str(runs), results_dir=str(results)))
     assert list(zip(table["method"], table["read-out"])) == [("grpo", "decoded"), ("srpo", "first token")]
     assert (results / "figures" / "04_rl_training.png").stat().st_size > 1000
+    import matplotlib.pyplot as plt
+
+    from she_lib.rl_report import plot_training
+
+    for name in ("grpo", "agrl"):  # GRPO logs no step reward: a run keeps its colour in every panel anyway
+        log = [{"loss": 0.0, "step": 1, "reward": 0.5, **({"srpo/step_reward": 0.3} if name == "agrl" else {})}]
+        (runs / name / "train_log.json").write_text(json.dumps(log))
+    fig = plot_training({"grpo": runs / "grpo", "agrl": runs / "agrl"})
+    colours = [{ln.get_label(): ln.get_color() for ln in ax.get_lines()} for ax in fig.axes]
+    assert colours[0]["agrl"] == colours[2]["agrl"] != colours[0]["grpo"] and "grpo" not in colours[2]
+    plt.close(fig)
     assert "| grpo " in (results / "rl_table.md").read_text()
     assert json.loads((results / "rl_replay.json").read_text()) == {"agrl": {"fired": 3, "recovered": 1}}
     assert not (results / "rl_grade_shift.md").exists()  # no first-token read-out cached
