@@ -100,18 +100,20 @@ def _fmt(x) -> str:
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
 
-def grade_shift(runs_dir: str | Path, runs=("sft", "dpo"), words=("Exact", "Substitute", "Complement", "Irrelevant"),
-                order: str = "grade_first", split: str = "test") -> pd.DataFrame:
+def grade_shift(profile, runs=("sft", "dpo")) -> pd.DataFrame:
     """Where each run's first-token read-out puts its mass: per run, the mean over pairs of P(grade) at the answer
     position and the share of pairs whose argmax is each grade, from the cached read-outs
-    (``predictions_<split>_first_token_<order>.jsonl``). ``runs`` are always listed first, then every finished RL
-    run. A collapse onto one grade shows as its share going to 1."""
-    names = list(runs) + [n for n in finished_rl_runs(runs_dir) if n not in runs]
+    (she_lib.evaluate.prediction_files). ``runs`` are always listed first, then every finished RL run. A collapse
+    onto one grade shows as its share going to 1."""
+    from .evaluate import prediction_files, read_predictions
+    from .labels import get_scale
+
+    words, files = get_scale(profile.grade_scale).words, prediction_files(profile)
+    names = list(runs) + [n for n in finished_rl_runs(profile.runs_dir) if n not in runs]
     rows = {}
     for name in names:
-        path = Path(runs_dir) / name / f"predictions_{split}_first_token_{order}.jsonl"
-        if path.exists():
-            p = pd.read_json(path, lines=True)
+        if f"{name}_first_token" in files:
+            p = read_predictions(files[f"{name}_first_token"])
             rows[name] = {"pairs": len(p), **{f"mean P({w})": p[f"p_{w}"].mean() for w in words},
                           **{f"argmax {w}": (p["pred"] == w).mean() for w in words}}
     table = pd.DataFrame(rows).T
@@ -120,14 +122,13 @@ def grade_shift(runs_dir: str | Path, runs=("sft", "dpo"), words=("Exact", "Subs
 
 def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> dict[str, Path]:
     """``{run name: folder}`` of the finished RL runs under ``runs_dir`` (``run.json`` with ``finished`` and a kind
-    in ``methods``), seeds in order within each method."""
-    found = {}
-    for run in sorted(Path(runs_dir).glob("*/run.json")):
+    in ``methods``), by method, then seeds in order."""
+    found = []
+    for run in Path(runs_dir).glob("*/run.json"):
         info = json.loads(run.read_text())
         if info.get("finished") and info.get("kind") in methods and _NAME.match(run.parent.name):
-            found[run.parent.name] = run.parent
-    return dict(sorted(found.items(), key=lambda kv: (methods.index(json.loads(
-        (kv[1] / "run.json").read_text())["kind"]), kv[0])))
+            found.append((methods.index(info["kind"]), run.parent.name, run.parent))
+    return {name: folder for _, name, folder in sorted(found)}
 
 
 def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataFrame:
@@ -137,7 +138,6 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
     import matplotlib.pyplot as plt
 
     from .config import get_profile
-    from .labels import get_scale
 
     profile = get_profile(profile)
     results = Path(profile.results_dir)
@@ -150,8 +150,7 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
     metrics = json.loads((results / "metrics.json").read_text()) if (results / "metrics.json").exists() else {}
     table = rl_table(metrics, profile.runs_dir)
     (results / "rl_table.md").write_text(table.to_markdown(index=False) + "\n")
-    words = get_scale(profile.grade_scale).words
-    shift = grade_shift(profile.runs_dir, words=words, order=profile.order, split=profile.eval_split)
+    shift = grade_shift(profile)
     if len(shift):
         (results / "rl_grade_shift.md").write_text(shift.round(3).to_markdown() + "\n")
     return table

@@ -73,11 +73,14 @@ def test_grade_shift_from_first_token_caches(tmp_path):
     for name, ps in probs.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "run.json").write_text(json.dumps({"kind": name, "finished": True}))
+        (tmp_path / name / "adapter_config.json").write_text("{}")  # a policy run (evaluate.policy_runs)
         rows = [{"example_id": f"e{i}", "pred": words[max(range(4), key=p.__getitem__)],
                  **{f"p_{w}": x for w, x in zip(words, p)}} for i, p in enumerate(ps)]
         (tmp_path / name / "predictions_test_first_token_grade_first.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in rows))
-    t = grade_shift(tmp_path, runs=("sft", "dpo"), words=words)
+    from she_lib.config import get_profile
+
+    t = grade_shift(get_profile("smoke", runs_dir=str(tmp_path)), runs=("sft", "dpo"))
     assert list(t.index) == ["sft", "grpo"]  # dpo has no cache; RL runs follow
     assert t.loc["sft", "mean P(Exact)"] == pytest.approx(0.4) and t.loc["sft", "argmax Exact"] == 0.5
     assert t.loc["grpo", "mean P(Exact)"] == pytest.approx(0.85) and t.loc["grpo", "argmax Exact"] == 1.0
