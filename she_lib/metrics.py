@@ -125,11 +125,36 @@ def paired_bootstrap(y_true, pred_a, pred_b, groups, labels, n_samples: int | No
     return out
 
 
+READ_OUTS = ("_first_token", "_cumpt", "")  # suffixes of one method's read-outs (decoded has none)
+TRAINED_FROM_SFT = ("dpo", "grpo", "srpo", "agrl")  # methods that start from the SFT model
+ON_GRPO = ("srpo", "agrl")  # methods whose issue goal is stated against GRPO at the same seed
+
+
+def _split_method(name: str) -> tuple[str, str, str]:
+    """``"srpo_s1_cumpt"`` -> (family ``srpo``, seed suffix ``_s1``, read-out ``_cumpt``)."""
+    out = next(s for s in READ_OUTS if name.endswith(s))
+    base = name[: len(name) - len(out)] if out else name
+    fam, _, seed = base.partition("_s")
+    return (fam, "_s" + seed, out) if seed.isdigit() else (base, "", out)
+
+
 def default_pairs(methods) -> list[tuple[str, str]]:
-    """Pairs to test: every method against ``lexical``, each CumPT read-out against its argmax read-out."""
-    pairs = [(m, "lexical") for m in methods if m != "lexical" and "lexical" in methods]
+    """Pairs to test, in this order: every method against ``lexical``; each method trained from the SFT model
+    (``TRAINED_FROM_SFT``) against ``sft`` in the same read-out; SRPO and AGRL against GRPO at the same seed and
+    read-out (the issues' goals); each CumPT read-out against its argmax read-out."""
+    methods = list(methods)
+    have = set(methods)
+    pairs = [(m, "lexical") for m in methods if m != "lexical" and "lexical" in have]
+    for m in methods:
+        fam, seed, out = _split_method(m)
+        if fam in TRAINED_FROM_SFT and "sft" + out in have:
+            pairs.append((m, "sft" + out))
+    for m in methods:
+        fam, seed, out = _split_method(m)
+        if fam in ON_GRPO and "grpo" + seed + out in have:
+            pairs.append((m, "grpo" + seed + out))
     return pairs + [(m, m[: -len("_cumpt")] + "_first_token") for m in methods
-                    if m.endswith("_cumpt") and m[: -len("_cumpt")] + "_first_token" in methods]
+                    if m.endswith("_cumpt") and m[: -len("_cumpt")] + "_first_token" in have]
 
 
 def significance_table(preds: pd.DataFrame, pairs, words, n_samples: int | None = 1000, seed: int = 0) -> pd.DataFrame:

@@ -178,4 +178,11 @@ def test_significance_table_uses_pairs_both_methods_predicted():
     assert t.loc[0, "macro_f1 95% CI"] == "[0.000, 0.667]" and r["macro_f1_diff"] == pytest.approx(2 / 3)
     assert default_pairs(["lexical", "sft_first_token", "sft_cumpt", "dpo_cumpt"]) == [
         ("sft_first_token", "lexical"), ("sft_cumpt", "lexical"), ("dpo_cumpt", "lexical"),
-        ("sft_cumpt", "sft_first_token")]
+        ("dpo_cumpt", "sft_cumpt"), ("sft_cumpt", "sft_first_token")]
+    # trained methods against SFT in the same read-out; SRPO/AGRL against GRPO at the same seed; no lexical here
+    ms = ["sft", "sft_first_token", "grpo_s1", "grpo_s1_first_token", "srpo_s1", "srpo_s1_first_token", "agrl",
+          "grpo", "sft_steps_first"]
+    assert default_pairs(ms) == [
+        ("grpo_s1", "sft"), ("grpo_s1_first_token", "sft_first_token"), ("srpo_s1", "sft"),
+        ("srpo_s1_first_token", "sft_first_token"), ("agrl", "sft"), ("grpo", "sft"),
+        ("srpo_s1", "grpo_s1"), ("srpo_s1_first_token", "grpo_s1_first_token"), ("agrl", "grpo")]
