@@ -196,7 +196,7 @@ def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step:
     from .curriculum import build_rl_prompts
     from .data import load_splits
     from .modeling import load_run
-    from .sampling import sample_cache, sample_rationales
+    from .sampling import cache_covers, sample_cache, sample_rationales
     from .sft import _sample
 
     curriculum = curriculum or curriculum_for(profile)
@@ -205,10 +205,13 @@ def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step:
     samples = None
     if curriculum.difficulty or curriculum.curriculum:
         sft_run = Path(sft_run)
-        policy = load_run(sft_run, profile)
         cache = sample_cache(profile, sft_run, curriculum.k_samples, curriculum.max_new_tokens, curriculum.temperature,
                              1.0, curriculum.sample_batch_size, curriculum.seed)
-        samples = sample_rationales(policy.model, policy.tokenizer, pool, profile, curriculum.k_samples,
+        model = tok = None  # a complete cache needs no model
+        if not cache_covers(cache, pool):
+            policy = load_run(sft_run, profile)
+            model, tok = policy.model, policy.tokenizer
+        samples = sample_rationales(model, tok, pool, profile, curriculum.k_samples,
                                     curriculum.max_new_tokens, curriculum.temperature, 1.0,
                                     curriculum.sample_batch_size, curriculum.seed, cache=cache, progress=progress)
     return build_rl_prompts(pool, samples, curriculum, get_scale(profile.grade_scale).words, per_step)

@@ -76,6 +76,15 @@ def sample_cache(profile, policy_run: str | Path | None, n: int, max_new_tokens:
         f"{tag}n{n}_t{max_new_tokens}_T{temperature}_p{top_p}_b{batch_size}_s{seed}.jsonl")
 
 
+def cache_covers(cache: str | Path | None, df: pd.DataFrame) -> bool:
+    """Every example of ``df`` already has its samples in ``cache``: :func:`sample_rationales` will not touch the
+    model, so a caller can skip loading it (pass ``model=None, tokenizer=None``)."""
+    if not cache or not Path(cache).exists():
+        return False
+    have = {json.loads(line)["example_id"] for line in Path(cache).read_text().splitlines() if line.strip()}
+    return set(df["example_id"]) <= have
+
+
 def sample_rationales(model, tokenizer, df: pd.DataFrame, profile, n: int, max_new_tokens: int = 128,
                       temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 8, seed: int = 0,
                       cache: str | Path | None = None, chunk: int = 16, progress: bool = True) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from she_lib.dpo import DPOBaselineConfig, build_pairs, train_dpo
 from she_lib.inference import generate
 from she_lib.labels import get_scale
 from she_lib.rationales import teacher_rationale
-from she_lib.sampling import label_samples, pass_at_k, pass_at_report, sample_rationales
+from she_lib.sampling import cache_covers, label_samples, pass_at_k, pass_at_report, sample_rationales
 
 ESCI = get_scale("esci")
 
@@ -106,6 +106,13 @@ def test_sampling_resumes_with_the_same_samples(tiny_policy, splits, tmp_path):
     resumed = sample_rationales(tiny_policy.model, tiny_policy.tokenizer, df, prof, cache=tmp_path / "b.jsonl", **kw)
     assert len(full) == 8 and full["completion"].tolist() == resumed["completion"].tolist()
     assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 4  # one line per example, none repeated
+    # a complete cache covers the frame: no model is needed to read it back
+    assert not cache_covers(tmp_path / "none.jsonl", df) and not cache_covers(None, df)
+    half = tmp_path / "half.jsonl"
+    half.write_text("".join(l + "\n" for l in (tmp_path / "b.jsonl").read_text().splitlines()[:2]))
+    assert cache_covers(half, df.iloc[:2]) and not cache_covers(half, df) and cache_covers(tmp_path / "b.jsonl", df)
+    again = sample_rationales(None, None, df, prof, cache=tmp_path / "b.jsonl", **kw)
+    assert again["completion"].tolist() == full["completion"].tolist()
 
 
 # ----------------------------------------------------------------------------------------------- end to end
