@@ -23,6 +23,7 @@ multinomial probability Q! / (prod_q c_q! Q^Q), which makes CI and p exact (Q <=
 from __future__ import annotations
 
 import itertools
+import re
 from math import factorial
 
 import numpy as np
@@ -125,34 +126,26 @@ def paired_bootstrap(y_true, pred_a, pred_b, groups, labels, n_samples: int | No
     return out
 
 
-READ_OUTS = ("_first_token", "_cumpt", "")  # suffixes of one method's read-outs (decoded has none)
 TRAINED_FROM_SFT = ("dpo", "grpo", "srpo", "agrl")  # methods that start from the SFT model
-ON_GRPO = ("srpo", "agrl")  # methods whose issue goal is stated against GRPO at the same seed
-
-
-def _split_method(name: str) -> tuple[str, str, str]:
-    """``"srpo_s1_cumpt"`` -> (family ``srpo``, seed suffix ``_s1``, read-out ``_cumpt``)."""
-    out = next(s for s in READ_OUTS if name.endswith(s))
-    base = name[: len(name) - len(out)] if out else name
-    fam, _, seed = base.partition("_s")
-    return (fam, "_s" + seed, out) if seed.isdigit() else (base, "", out)
+ON_GRPO = ("srpo", "agrl")  # methods whose issue goal is stated against GRPO (same variant, seed and read-out)
+_RUN_NAME = re.compile(r"^(?P<fam>dpo|grpo|srpo|agrl)(?P<variant>(?:_(?!s\d+(?:_|$)|first_token$|cumpt$)[a-z]+)*)(?P<seed>_s\d+)?"
+                       r"(?P<out>_first_token|_cumpt)?$")
 
 
 def default_pairs(methods) -> list[tuple[str, str]]:
     """Pairs to test, in this order: every method against ``lexical``; each method trained from the SFT model
-    (``TRAINED_FROM_SFT``) against ``sft`` in the same read-out; SRPO and AGRL against GRPO at the same seed and
-    read-out (the issues' goals); each CumPT read-out against its argmax read-out."""
+    (``<family>[_<variant>][_s<seed>][_first_token|_cumpt]``, family in ``TRAINED_FROM_SFT``) against ``sft`` in
+    the same read-out; SRPO and AGRL against GRPO of the same variant, seed and read-out (the issues' goals); each
+    CumPT read-out against its argmax read-out."""
     methods = list(methods)
     have = set(methods)
     pairs = [(m, "lexical") for m in methods if m != "lexical" and "lexical" in have]
-    for m in methods:
-        fam, seed, out = _split_method(m)
-        if fam in TRAINED_FROM_SFT and "sft" + out in have:
-            pairs.append((m, "sft" + out))
-    for m in methods:
-        fam, seed, out = _split_method(m)
-        if fam in ON_GRPO and "grpo" + seed + out in have:
-            pairs.append((m, "grpo" + seed + out))
+    names = [(m, _RUN_NAME.match(m)) for m in methods]
+    pairs += [(m, "sft" + (r["out"] or "")) for m, r in names if r and "sft" + (r["out"] or "") in have]
+    for m, r in names:
+        partner = r and "grpo" + r["variant"] + (r["seed"] or "") + (r["out"] or "")
+        if r and r["fam"] in ON_GRPO and partner in have:
+            pairs.append((m, partner))
     return pairs + [(m, m[: -len("_cumpt")] + "_first_token") for m in methods
                     if m.endswith("_cumpt") and m[: -len("_cumpt")] + "_first_token" in have]
 

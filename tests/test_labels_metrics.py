@@ -181,8 +181,13 @@ def test_significance_table_uses_pairs_both_methods_predicted():
         ("dpo_cumpt", "sft_cumpt"), ("sft_cumpt", "sft_first_token")]
     # trained methods against SFT in the same read-out; SRPO/AGRL against GRPO at the same seed; no lexical here
     ms = ["sft", "sft_first_token", "grpo_s1", "grpo_s1_first_token", "srpo_s1", "srpo_s1_first_token", "agrl",
-          "grpo", "sft_steps_first"]
+          "grpo", "sft_steps_first", "zero_shot", "srpo_bal_s1", "grpo_bal_s1"]
     assert default_pairs(ms) == [
         ("grpo_s1", "sft"), ("grpo_s1_first_token", "sft_first_token"), ("srpo_s1", "sft"),
         ("srpo_s1_first_token", "sft_first_token"), ("agrl", "sft"), ("grpo", "sft"),
-        ("srpo_s1", "grpo_s1"), ("srpo_s1_first_token", "grpo_s1_first_token"), ("agrl", "grpo")]
+        ("srpo_bal_s1", "sft"), ("grpo_bal_s1", "sft"),
+        ("srpo_s1", "grpo_s1"), ("srpo_s1_first_token", "grpo_s1_first_token"), ("agrl", "grpo"),
+        ("srpo_bal_s1", "grpo_bal_s1")]
+    assert default_pairs(["srpo_bal_s2_cumpt", "grpo_bal_s2_cumpt", "sft_cumpt", "grpo_s2_cumpt"]) == [
+        ("srpo_bal_s2_cumpt", "sft_cumpt"), ("grpo_bal_s2_cumpt", "sft_cumpt"), ("grpo_s2_cumpt", "sft_cumpt"),
+        ("srpo_bal_s2_cumpt", "grpo_bal_s2_cumpt")]
