@@ -13,9 +13,14 @@
    (std / mean of the grade counts, population std; 0 = balanced), of the pool and of the selection.
 3. **Curriculum.** Stages by pass rate, easy to hard: with boundaries b_1 > b_2 > ..., stage 0 holds p > b_1,
    stage s holds b_{s+1} < p <= b_s, the last stage p <= b_last (PAPERS §6.7: > 0.6, 0.3-0.6, < 0.3). Stage s lasts
-   ``stage_steps[s]`` optimizer steps of ``prompts_per_step`` prompts (its prompts cycled in a seeded order), or one
-   pass over its prompts when ``stage_steps`` is None; empty stages are skipped. The trainer reads the prompts in
-   this order (``shuffle_dataset=False``), so one run walks the stages and resumes mid-stage from a checkpoint.
+   ``stage_steps[s]`` optimizer steps of ``prompts_per_step`` prompts, or one pass over its prompts when
+   ``stage_steps`` is None; empty stages are skipped. The trainer reads the prompts in this order
+   (``shuffle_dataset=False``), so one run walks the stages and resumes mid-stage from a checkpoint.
+   How a stage fills its slots (``stage_order``): ``"random"`` cycles its prompts in seeded permutations, so grades
+   arrive in the proportions the filter left (on cpu-full 17 of 24 groups were Exact, and every RL method collapsed
+   onto Exact); ``"balanced"`` draws grades round-robin (the stage's grades in ``words`` order) and, within a grade,
+   cycles that grade's prompts in a seeded permutation: a class-balanced prompt stream *with replacement*, so a rare
+   grade's prompts repeat (TaoSR1 found class-balanced RL data best). Not in the papers; a config field to ablate.
 
 Every step is a switch (``difficulty``, ``diversity``, ``curriculum``) so each can be ablated; without the
 curriculum the selection is one stage in seeded random order.
@@ -47,10 +52,20 @@ class CurriculumConfig:
     curriculum: bool = True
     boundaries: tuple[float, ...] = (0.6, 0.3)  # pass-rate stage boundaries, descending
     stage_steps: tuple[int, ...] | None = None  # optimizer steps per stage; None = one pass over each stage
+    stage_order: str = "random"  # "random" | "balanced": how a stage's slots are filled (module doc, step 3)
     seed: int = 0
 
+    def __post_init__(self):
+        if self.stage_order not in ("random", "balanced"):
+            raise ValueError(f"stage_order must be 'random' or 'balanced', got {self.stage_order!r}")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, the run key of RL runs. ``stage_order`` is left out at ``"random"``, its behaviour before the
+        field existed, so runs recorded before it stay valid (she_lib.runs compares keys exactly)."""
+        d = asdict(self)
+        if d["stage_order"] == "random":
+            del d["stage_order"]
+        return d
 
 
 def entropy_bits(values) -> float:
@@ -127,8 +142,26 @@ def stage_of(p: float, boundaries) -> int:
     return sum(p <= b for b in boundaries)
 
 
-def curriculum_order(df: pd.DataFrame, config: CurriculumConfig, prompts_per_step: int) -> tuple[pd.DataFrame, dict]:
-    """Prompts in training order with a ``stage`` column; length = total steps x ``prompts_per_step``."""
+def balanced_slots(labels: pd.Series, need: int, rng: np.random.Generator, words=None) -> np.ndarray:
+    """``need`` positions into ``labels``: grades round-robin (``words`` order, grades absent from ``labels``
+    skipped), each grade's positions cycled in seeded permutations (class-balanced, with replacement)."""
+    labels = pd.Series(list(labels))
+    grades = [w for w in (words or sorted(labels.unique())) if (labels == w).any()]
+    cycles = {g: [] for g in grades}
+    out = []
+    for k in range(need):
+        g = grades[k % len(grades)]
+        if not cycles[g]:
+            idx = np.flatnonzero(labels.to_numpy() == g)
+            cycles[g] = list(idx[rng.permutation(len(idx))])
+        out.append(cycles[g].pop(0))
+    return np.asarray(out, dtype=int)
+
+
+def curriculum_order(df: pd.DataFrame, config: CurriculumConfig, prompts_per_step: int,
+                     words=None) -> tuple[pd.DataFrame, dict]:
+    """Prompts in training order with a ``stage`` column; length = total steps x ``prompts_per_step``. ``words``
+    (the grade scale) orders the round-robin of ``stage_order="balanced"``."""
     if df.empty:
         raise ValueError("no RL prompts left after filtering; sample a larger pool or widen min_pass/max_pass")
     rng = np.random.default_rng(config.seed)
@@ -146,8 +179,12 @@ def curriculum_order(df: pd.DataFrame, config: CurriculumConfig, prompts_per_ste
         if rows.empty or steps == 0:
             continue
         need = steps * prompts_per_step
-        idx = np.concatenate([rng.permutation(len(rows)) for _ in range(math.ceil(need / len(rows)))])[:need]
+        if config.stage_order == "balanced":
+            idx = balanced_slots(rows["label"], need, rng, words)
+        else:
+            idx = np.concatenate([rng.permutation(len(rows)) for _ in range(math.ceil(need / len(rows)))])[:need]
         parts.append(rows.iloc[idx].assign(stage=s))
+        report[-1]["slots_by_grade"] = rows["label"].iloc[idx].value_counts().to_dict()
     return pd.concat(parts, ignore_index=True), {"stages": report, "steps": sum(r["steps"] for r in report)}
 
 
@@ -163,7 +200,7 @@ def build_rl_prompts(train: pd.DataFrame, samples: pd.DataFrame | None, config: 
         rates = pass_rates(samples)
     kept, diff = difficulty_filter(train, rates, config)
     chosen, div = diversity_sample(kept, config, words)
-    ordered, cur = curriculum_order(chosen, config, prompts_per_step)
+    ordered, cur = curriculum_order(chosen, config, prompts_per_step, words)
     return ordered, {"difficulty": diff, "diversity": div, "curriculum": cur, "config": config.to_dict()}
 
 

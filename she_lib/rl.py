@@ -257,7 +257,8 @@ class StageLogger(TrainerCallback):
 
 
 def main(argv=None) -> int:
-    """``python -m she_lib.rl --method srpo --profile cpu-full --sft runs/cpu-full/sft [--seed 1] [--evaluate ...]``"""
+    """``python -m she_lib.rl --method srpo --profile cpu-full --sft runs/cpu-full/sft [--seed 1] [--stage-order
+    balanced] [--evaluate ...]``"""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m she_lib.rl", description="GRPO / SRPO / AGRL from an SFT run")
@@ -269,6 +270,8 @@ def main(argv=None) -> int:
     ap.add_argument("--genrm", default=None, help="a GenRM run folder for the examiner (default: verifier only)")
     ap.add_argument("--vllm", choices=["auto", "off", "colocate", "server"], default=None,
                     help="rollouts with vLLM (default: auto on the gpu/colab profiles, off elsewhere)")
+    ap.add_argument("--stage-order", choices=["random", "balanced"], default="random",
+                    help="how curriculum stages fill their slots (she_lib.curriculum); balanced names the run <method>_bal")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
     ap.add_argument("--save", action="store_true")
     a = ap.parse_args(argv)
@@ -279,9 +282,11 @@ def main(argv=None) -> int:
         from .genrm import GenRM
 
         examiner = Examiner(GenRM.load(a.genrm, profile), HybridConfig(), profile.grade_scale)
-    name = a.name or (a.method if a.seed == 0 else f"{a.method}_s{a.seed}")
+    variant = "_bal" if a.stage_order == "balanced" else ""
+    name = a.name or a.method + variant + (f"_s{a.seed}" if a.seed else "")
     args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}))
-    run = train_rl(profile, a.method, a.sft, args, name=name, examiner=examiner, progress=True)
+    run = train_rl(profile, a.method, a.sft, args, curriculum_for(profile, stage_order=a.stage_order), name=name,
+                   examiner=examiner, progress=True)
     from .distributed import is_main_process
 
     if not is_main_process():

@@ -93,3 +93,22 @@ def test_build_rl_prompts_report():
         build_rl_prompts(df, None, CurriculumConfig(), WORDS, 2)
     plain, _ = build_rl_prompts(df, None, CurriculumConfig(difficulty=False, curriculum=False), WORDS, 2)
     assert len(plain) == 8
+
+
+def test_balanced_stage_order_cycles_grades_with_replacement():
+    df = frame().assign(pass_rate=0.5)  # grades E E E E S I E C
+    cfg = CurriculumConfig(curriculum=False, stage_steps=(10,), stage_order="balanced")
+    out, rep = curriculum_order(df, cfg, prompts_per_step=2, words=WORDS)
+    # round-robin in WORDS order over the grades present; rare grades repeat
+    assert out["label"].tolist() == ["Exact", "Substitute", "Complement", "Irrelevant"] * 5
+    assert out["example_id"][out["label"] == "Substitute"].tolist() == ["e4"] * 5
+    # 5 Exact slots for 5 Exact prompts: one full seeded permutation, each prompt once
+    assert sorted(out["example_id"][out["label"] == "Exact"]) == ["e0", "e1", "e2", "e3", "e6"]
+    assert rep["stages"][0]["slots_by_grade"] == {"Exact": 5, "Substitute": 5, "Complement": 5, "Irrelevant": 5}
+    # the same call with the default order: grades in the filtered proportions (5 of 8 prompts Exact)
+    rnd, rep_r = curriculum_order(df, CurriculumConfig(curriculum=False, stage_steps=(4,)), prompts_per_step=2)
+    assert sorted(rnd["example_id"]) == sorted(df["example_id"]) and rep_r["stages"][0]["slots_by_grade"]["Exact"] == 5
+    # the run key: stage_order appears only when it is not the default (runs recorded before it stay valid)
+    assert "stage_order" not in CurriculumConfig().to_dict() and cfg.to_dict()["stage_order"] == "balanced"
+    with pytest.raises(ValueError, match="stage_order must be"):
+        CurriculumConfig(stage_order="sorted")

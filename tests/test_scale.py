@@ -159,7 +159,8 @@ STAGES = [
                  None, id="dpo"),
     pytest.param("she_lib.genrm", ["--profile", "smoke", "--name", "launched"], with_sft, None, id="genrm"),
     *[pytest.param("she_lib.rl", ["--method", m, "--profile", "smoke", "--sft", "{out}/runs/sft", "--name",
-                                    "launched"], with_sft, None, id=m) for m in ("grpo", "srpo", "agrl")],
+                                    "launched", *extra], with_sft, None, id=m)
+      for m, extra in (("grpo", ["--stage-order", "balanced"]), ("srpo", []), ("agrl", []))],
 ]
 
 
@@ -188,6 +189,8 @@ def test_two_process_launch_and_only_rank0_writes(module, args, setup, reference
 
     info = json.loads((launched / "run.json").read_text())
     assert info["finished"] and info["global_step"] == info["max_steps"] > 0
+    if "--stage-order" in args:  # the CLI's curriculum option reaches the prompt set and the run key
+        assert info["data"]["config"]["stage_order"] == info["config"]["curriculum"]["stage_order"] == "balanced"
     if reference is None:
         return
     single = reference(smoke, "single", world)
