@@ -282,8 +282,9 @@ def main(argv=None) -> int:
         from .genrm import GenRM
 
         examiner = Examiner(GenRM.load(a.genrm, profile), HybridConfig(), profile.grade_scale)
-    variant = "_bal" if a.stage_order == "balanced" else ""
-    name = a.name or a.method + variant + (f"_s{a.seed}" if a.seed else "")
+    from .rl_report import run_name
+
+    name = a.name or run_name(a.method, a.seed, a.stage_order)
     args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}))
     run = train_rl(profile, a.method, a.sft, args, curriculum_for(profile, stage_order=a.stage_order), name=name,
                    examiner=examiner, progress=True)

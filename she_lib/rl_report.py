@@ -1,6 +1,7 @@
 """RL results: training curves of GRPO / SRPO / AGRL runs and the method x seed comparison table.
 
-Runs are named ``<method>`` for seed 0 and ``<method>_s<seed>`` otherwise (:func:`run_name`); their metrics in
+Runs are named ``<method>`` for seed 0 and ``<method>_s<seed>`` otherwise, with ``_bal`` after the method for the
+class-balanced prompt order (:func:`run_name`; a table row of its own); their metrics in
 ``metrics.json`` are ``<run>`` (decoded) and ``<run>_first_token``. The table gives, per method and read-out, the
 mean and the standard deviation over seeds of accuracy and macro-F1, seed 0's query-bootstrap CI, step accuracy and
 rule-violation rate of decoded rationales (she_lib.verifier, she_lib.rules), and training stability: the standard
@@ -17,11 +18,12 @@ import pandas as pd
 
 CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats)"),
           ("srpo/step_reward", "mean step reward"), ("completions/mean_length", "completion tokens"))
-_NAME = re.compile(r"^(?P<method>[a-z]+)(?:_s(?P<seed>\d+))?(?P<read>_first_token)?$")
+_NAME = re.compile(r"^(?P<method>[a-z]+)(?P<variant>_bal)?(?:_s(?P<seed>\d+))?(?P<read>_first_token)?$")
 
 
-def run_name(method: str, seed: int) -> str:
-    return method if seed == 0 else f"{method}_s{seed}"
+def run_name(method: str, seed: int, stage_order: str = "random") -> str:
+    """``<method>[_bal][_s<seed>]``: the run folder of an RL method, its prompt order and seed (seed 0 unsuffixed)."""
+    return method + ("_bal" if stage_order == "balanced" else "") + (f"_s{seed}" if seed else "")
 
 
 def training_log(run: str | Path) -> pd.DataFrame:
@@ -67,10 +69,12 @@ def rl_table(metrics: dict, runs_dir: str | Path, methods=("sft", "dpo", "grpo",
     for key in metrics:
         m = _NAME.match(key)
         if m and m["method"] in methods:
-            groups.setdefault((m["method"], "first token" if m["read"] else "decoded"), []).append(
-                (int(m["seed"] or 0), key))
+            groups.setdefault((m["method"], m["variant"] or "", "first token" if m["read"] else "decoded"),
+                              []).append((int(m["seed"] or 0), key))
     rows = []
-    for (method, read), entries in sorted(groups.items(), key=lambda kv: (methods.index(kv[0][0]), kv[0][1])):
+    for (base, variant, read), entries in sorted(groups.items(),
+                                                 key=lambda kv: (methods.index(kv[0][0]), kv[0][1], kv[0][2])):
+        method = base + variant
         entries.sort()
         ms = [metrics[k] for _, k in entries]
         acc, f1 = np.array([m["accuracy"] for m in ms]), np.array([m["macro_f1"] for m in ms])
