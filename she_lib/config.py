@@ -8,7 +8,8 @@ fields of the returned :class:`Profile`. Overrides are keyword arguments, so an 
 Profiles
 --------
 smoke     tiny Llama built from a config in code (real SmolLM2 tokenizer), 200 pairs of 20 queries; CI.
-cpu       SmolLM2-135M-Instruct offline on 2 CPU cores; all notebooks in <= 30 min (README's job).
+cpu       SmolLM2-135M-Instruct offline on 2 CPU cores, every stage at a demo budget (README's main job): 16
+          pairs per query, a 40-step SFT; ~25 min with fast bf16 (AVX512-BF16/AMX), about an hour in fp32 (AVX2).
 cpu-full  the same model on the full train split with the budgets of the results table (hours).
 gpu       a hub model by name through Unsloth (CUDA), bf16.
 colab     like gpu, sized for a free Colab T4 (fp16, smaller batches).
@@ -75,6 +76,8 @@ class Profile:
     # so 24 tokens suffice to read a grade if the untrained model writes one at all. With 64 tokens the
     # decode took 1,002 s of the cpu job and parsed nothing either (README).
     zero_shot_max_new_tokens: int = 24
+    # notebook 02's LLM-teacher demo: train pairs (a quarter per grade) x 2 sampled rationales of <= 128 tokens
+    llm_teacher_examples: int = 24
     # read-outs for trained runs in notebook 05; the cpu job scores its SFT run by first token only
     # (decoding 795 rationales of ~100 tokens takes ~20 min here), cpu-full decodes too
     eval_trained_modes: tuple[str, ...] = ("generate", "first_token")
@@ -103,12 +106,17 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", model_source="tiny", dtype="float32", max_pairs_per_query=10, max_pairs=200, max_seq_length=384,
         eval_limit=24, eval_batch_size=8, eval_max_new_tokens=24, zero_shot_max_new_tokens=16, bootstrap_samples=200,
+        llm_teacher_examples=8,
         results_dir=str(REPO_ROOT / "results" / "smoke"), runs_dir=str(REPO_ROOT / "runs" / "smoke"),
         processed_dir=str(REPO_ROOT / "data_processed" / "smoke")),
     # the README's main job writes results/cpu/; the headline results/ is cpu-full's
     # the 30-minute job runs one RL method (SRPO, 3 steps); the GRPO / SRPO / AGRL comparison is cpu-full's
+    # 16 pairs per query (hash order; the same queries and split, ~290 test pairs instead of 795) with its own
+    # processed splits: on a 2-core AVX2-only CPU (fp32) the job with every pair took over 2 hours
     "cpu": Profile(name="cpu", runs_dir=str(REPO_ROOT / "runs" / "cpu"), eval_trained_modes=("first_token",),
-                   sft_orders=("grade_first",), results_dir=str(REPO_ROOT / "results" / "cpu"), rl_methods=("srpo",)),
+                   sft_orders=("grade_first",), results_dir=str(REPO_ROOT / "results" / "cpu"), rl_methods=("srpo",),
+                   max_pairs_per_query=16, processed_dir=str(REPO_ROOT / "data_processed" / "cpu"),
+                   llm_teacher_examples=8),
     # decoded read-outs on 8 pairs of each of the 18 test queries (144 pairs): an AVX2-only 2-core CPU decodes
     # an SFT rationale in ~7-12 s, so all 795 would take ~2 h per run
     "cpu-full": Profile(name="cpu-full", runs_dir=str(REPO_ROOT / "runs" / "cpu-full"), eval_generate_per_query=8,

@@ -68,7 +68,7 @@ class DPOBaselineConfig:
         per = {
             "smoke": dict(n_samples=2, sample_limit=6, max_new_tokens=16, sample_batch_size=3, max_steps=2,
                           per_device_batch_size=2, grad_accum=1, bf16=False),
-            "cpu": dict(sample_limit=32),
+            "cpu": dict(sample_limit=16),  # 16 prompts x 4 samples: the pass@k demo and <= 16 pairs
             "cpu-full": dict(sample_limit=96),
             "gpu": dict(n_samples=8, sample_limit=2048, sample_batch_size=64, per_device_batch_size=8,
                         save_steps=100, logging_steps=10),

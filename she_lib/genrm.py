@@ -79,9 +79,9 @@ class GenRMConfig:
                           policy_max_new_tokens=24, eval_teacher_pairs=4, eval_corruptions_per_kind=1,
                           eval_policy_prompts=2, max_steps=4, per_device_batch_size=4, logging_steps=1,
                           save_steps=2, bf16=False, score_batch_size=8, policy_base_fallback=True),
-            # notebook 03 in the 30-minute cpu job: <= 48 + 4 x 20 + 24 = 152 rows x 296 / 230 tok/s ~ 3.3 min
-            "cpu": dict(teacher_pairs=48, corruptions_per_kind=20, policy_prompts=24, policy_samples=1,
-                        eval_teacher_pairs=32, eval_corruptions_per_kind=12, eval_policy_prompts=16),
+            # notebook 03 in the main job: <= 32 + 4 x 12 + 16 = 96 rows x 296 tokens ~ 2 min in bf16, ~8 in fp32
+            "cpu": dict(teacher_pairs=32, corruptions_per_kind=12, policy_prompts=16, policy_samples=1,
+                        eval_teacher_pairs=24, eval_corruptions_per_kind=8, eval_policy_prompts=12),
             "cpu-full": {},
             "gpu": dict(teacher_pairs=None, corruptions_per_kind=1000, policy_prompts=1000, policy_samples=4,
                         eval_teacher_pairs=None, eval_corruptions_per_kind=200, eval_policy_prompts=400, epochs=2,

@@ -128,8 +128,19 @@ def paired_bootstrap(y_true, pred_a, pred_b, groups, labels, n_samples: int | No
 
 TRAINED_FROM_SFT = ("dpo", "grpo", "srpo", "agrl")  # methods that start from the SFT model
 ON_GRPO = ("srpo", "agrl")  # methods whose issue goal is stated against GRPO (same variant, seed and read-out)
-_RUN_NAME = re.compile(r"^(?P<fam>dpo|grpo|srpo|agrl)(?P<variant>(?:_(?!s\d+(?:_|$)|first_token$|cumpt$)[a-z]+)*)(?P<seed>_s\d+)?"
-                       r"(?P<out>_first_token|_cumpt)?$")
+_METHOD = re.compile(r"^(?P<family>sft|dpo|grpo|srpo|agrl)(?P<variant>(?:_(?!s\d+(?:_|$)|first_token$|cumpt$)[a-z]+)*)"
+                     r"(?:_s(?P<seed>\d+))?(?P<readout>_first_token|_cumpt)?$")
+
+
+def parse_method(name: str) -> dict | None:
+    """Split a method key of ``metrics.json`` into its parts, or None for any other key (``lexical``,
+    ``zero_shot``...): ``<family>[_<variant>][_s<seed>][_first_token|_cumpt]`` ->
+    ``{family, variant, seed, readout}``, e.g. ``srpo_bal_s1_first_token`` -> ``("srpo", "_bal", 1,
+    "_first_token")`` and ``sft_steps_first`` -> ``("sft", "_steps_first", 0, "")`` (seed 0 is unsuffixed; the
+    decoded read-out has no suffix). The one parser of run names: significance pairs and the RL table use it."""
+    m = _METHOD.match(name)
+    return m and {"family": m["family"], "variant": m["variant"], "seed": int(m["seed"] or 0),
+                  "readout": m["readout"] or ""}
 
 
 def default_pairs(methods) -> list[tuple[str, str]]:
@@ -140,11 +151,11 @@ def default_pairs(methods) -> list[tuple[str, str]]:
     methods = list(methods)
     have = set(methods)
     pairs = [(m, "lexical") for m in methods if m != "lexical" and "lexical" in have]
-    names = [(m, _RUN_NAME.match(m)) for m in methods]
-    pairs += [(m, "sft" + (r["out"] or "")) for m, r in names if r and "sft" + (r["out"] or "") in have]
+    names = [(m, r) for m in methods if (r := parse_method(m)) and r["family"] in TRAINED_FROM_SFT]
+    pairs += [(m, "sft" + r["readout"]) for m, r in names if "sft" + r["readout"] in have]
     for m, r in names:
-        partner = r and "grpo" + r["variant"] + (r["seed"] or "") + (r["out"] or "")
-        if r and r["fam"] in ON_GRPO and partner in have:
+        partner = "grpo" + r["variant"] + (f"_s{r['seed']}" if r["seed"] else "") + r["readout"]
+        if r["family"] in ON_GRPO and partner in have:
             pairs.append((m, partner))
     return pairs + [(m, m[: -len("_cumpt")] + "_first_token") for m in methods
                     if m.endswith("_cumpt") and m[: -len("_cumpt")] + "_first_token" in have]

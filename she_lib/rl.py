@@ -233,7 +233,7 @@ def curriculum_for(profile: Profile | str, **overrides):
         # the tiny random model never writes a grade: keep every prompt (min_pass 0), one stage of 2 steps
         "smoke": dict(pool_limit=6, k_samples=2, max_new_tokens=16, sample_batch_size=3, min_pass=0.0,
                       boundaries=(), stage_steps=(2,), per_query_cap=None),
-        "cpu": dict(pool_limit=16, k_samples=4, stage_steps=(1, 1, 1)),
+        "cpu": dict(pool_limit=16, k_samples=4, stage_steps=(1, 1, 1)),  # = DPO's 16 sampled prompts (shared cache)
         # the pool is DPO's 96 sampled prompts (same settings: the shared sample cache serves both)
         "cpu-full": dict(pool_limit=96, k_samples=4, stage_steps=(4, 4, 4)),
         "gpu": dict(pool_limit=4096, k_samples=8, sample_batch_size=64, stage_steps=(100, 100, 100)),

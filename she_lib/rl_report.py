@@ -1,7 +1,8 @@
 """RL results: training curves of GRPO / SRPO / AGRL runs and the method x seed comparison table.
 
 Runs are named ``<method>`` for seed 0 and ``<method>_s<seed>`` otherwise, with ``_bal`` after the method for the
-class-balanced prompt order (:func:`run_name`; a table row of its own); their metrics in
+class-balanced prompt order (:func:`run_name`; a table row of its own; keys are read by
+she_lib.metrics.parse_method); their metrics in
 ``metrics.json`` are ``<run>`` (decoded) and ``<run>_first_token``. The table gives, per method and read-out, the
 mean and the standard deviation over seeds of accuracy and macro-F1, seed 0's query-bootstrap CI, step accuracy and
 rule-violation rate of decoded rationales (she_lib.verifier, she_lib.rules), and training stability: the standard
@@ -10,15 +11,15 @@ deviation over seeds of the mean reward of the last ``tail`` logged steps.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .metrics import parse_method
+
 CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats)"),
           ("srpo/step_reward", "mean step reward"), ("completions/mean_length", "completion tokens"))
-_NAME = re.compile(r"^(?P<method>[a-z]+)(?P<variant>_bal)?(?:_s(?P<seed>\d+))?(?P<read>_first_token)?$")
 
 
 def run_name(method: str, seed: int, stage_order: str = "random") -> str:
@@ -67,10 +68,10 @@ def rl_table(metrics: dict, runs_dir: str | Path, methods=("sft", "dpo", "grpo",
     """Methods x read-outs from ``metrics.json`` entries (see module doc)."""
     groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for key in metrics:
-        m = _NAME.match(key)
-        if m and m["method"] in methods:
-            groups.setdefault((m["method"], m["variant"] or "", "first token" if m["read"] else "decoded"),
-                              []).append((int(m["seed"] or 0), key))
+        m = parse_method(key)
+        if m and m["family"] in methods and m["readout"] != "_cumpt":  # CumPT rows are notebook 05's
+            groups.setdefault((m["family"], m["variant"], "first token" if m["readout"] else "decoded"),
+                              []).append((m["seed"], key))
     rows = []
     for (base, variant, read), entries in sorted(groups.items(),
                                                  key=lambda kv: (methods.index(kv[0][0]), kv[0][1], kv[0][2])):
@@ -130,7 +131,7 @@ def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> 
     found = []
     for run in Path(runs_dir).glob("*/run.json"):
         info = json.loads(run.read_text())
-        if info.get("finished") and info.get("kind") in methods and _NAME.match(run.parent.name):
+        if info.get("finished") and info.get("kind") in methods and parse_method(run.parent.name):
             found.append((methods.index(info["kind"]), run.parent.name, run.parent))
     return {name: folder for _, name, folder in sorted(found)}
 

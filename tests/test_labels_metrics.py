@@ -191,3 +191,15 @@ def test_significance_table_uses_pairs_both_methods_predicted():
     assert default_pairs(["srpo_bal_s2_cumpt", "grpo_bal_s2_cumpt", "sft_cumpt", "grpo_s2_cumpt"]) == [
         ("srpo_bal_s2_cumpt", "sft_cumpt"), ("grpo_bal_s2_cumpt", "sft_cumpt"), ("grpo_s2_cumpt", "sft_cumpt"),
         ("srpo_bal_s2_cumpt", "grpo_bal_s2_cumpt")]
+
+
+def test_parse_method_is_the_one_run_name_parser():
+    from she_lib.metrics import parse_method
+
+    assert parse_method("srpo_bal_s1_first_token") == {"family": "srpo", "variant": "_bal", "seed": 1,
+                                                       "readout": "_first_token"}
+    assert parse_method("sft_steps_first") == {"family": "sft", "variant": "_steps_first", "seed": 0, "readout": ""}
+    assert parse_method("sft_steps_first_first_token")["variant"] == "_steps_first"
+    assert parse_method("agrl_s12_cumpt") == {"family": "agrl", "variant": "", "seed": 12, "readout": "_cumpt"}
+    assert parse_method("sft_first_token") == {"family": "sft", "variant": "", "seed": 0, "readout": "_first_token"}
+    assert [parse_method(k) for k in ("lexical", "zero_shot_first_token", "grpo_S1", "srpo_s1x")] == [None] * 4

@@ -20,9 +20,9 @@ def test_run_names_and_table(tmp_path):
                "srpo_first_token": m(0.6, 0.3), "sft": m(0.4, 0.3), "sft_steps_first": m(0, 0), "lexical": m(0.4, 0.3),
                "srpo_bal_s1": m(0.3, 0.35)}
     t = rl_table(metrics, tmp_path, tail=2).set_index(["method", "read-out"])
-    # the balanced prompt order is a row of its own, after the method's default order
-    assert list(t.index) == [("sft", "decoded"), ("srpo", "decoded"), ("srpo", "first token"),
-                             ("srpo_bal", "decoded")]
+    # the balanced prompt order (and SFT's other reasoning order) is a row of its own, after the default
+    assert list(t.index) == [("sft", "decoded"), ("sft_steps_first", "decoded"), ("srpo", "decoded"),
+                             ("srpo", "first token"), ("srpo_bal", "decoded")]
     assert t.loc[("srpo_bal", "decoded"), "seeds"] == 1 and t.loc[("srpo_bal", "decoded"), "accuracy"] == "0.300"
     row = t.loc[("srpo", "decoded")]
     # two seeds: mean and sample std (ddof 1): accuracy 0.6 +- 0.1414, macro-F1 0.3 +- 0.1414
