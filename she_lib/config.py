@@ -9,7 +9,7 @@ Profiles
 --------
 smoke     tiny Llama built from a config in code (real SmolLM2 tokenizer), 200 pairs of 20 queries; CI.
 cpu       SmolLM2-135M-Instruct offline on 2 CPU cores, every stage at a demo budget (README's main job): 16
-          pairs per query, a 40-step SFT; ~25 min with fast bf16 (AVX512-BF16/AMX), about an hour in fp32 (AVX2).
+          pairs per query, a 40-step SFT; 74 min in fp32 on a 2-core AVX2-only CPU (measured, README).
 cpu-full  the same model on the full train split with the budgets of the results table (hours).
 gpu       a hub model by name through Unsloth (CUDA), bf16.
 colab     like gpu, sized for a free Colab T4 (fp16, smaller batches).
@@ -110,7 +110,7 @@ PROFILES: dict[str, Profile] = {
         results_dir=str(REPO_ROOT / "results" / "smoke"), runs_dir=str(REPO_ROOT / "runs" / "smoke"),
         processed_dir=str(REPO_ROOT / "data_processed" / "smoke")),
     # the README's main job writes results/cpu/; the headline results/ is cpu-full's
-    # the 30-minute job runs one RL method (SRPO, 3 steps); the GRPO / SRPO / AGRL comparison is cpu-full's
+    # the main job runs one RL method (SRPO, <= 3 steps); the GRPO / SRPO / AGRL comparison is cpu-full's
     # 16 pairs per query (hash order; the same queries and split, ~290 test pairs instead of 795) with its own
     # processed splits: on a 2-core AVX2-only CPU (fp32) the job with every pair took over 2 hours
     "cpu": Profile(name="cpu", runs_dir=str(REPO_ROOT / "runs" / "cpu"), eval_trained_modes=("first_token",),

@@ -72,9 +72,9 @@ class CoTSFTConfig:
             # a few steps on the tiny model, fp32 so tests are exact
             "smoke": dict(max_steps=4, per_device_batch_size=4, logging_steps=1, save_steps=2, bf16=False,
                           train_limit=16, eval_limit=8),
-            # the main job: 320 pairs, one epoch = 40 steps of 8 chats. 480 pairs / 60 steps took 611 s in bf16 on an
-            # AVX512-BF16 CPU but ~55 min in fp32 on an AVX2-only one (README); that run's loss was 0.74 at step 30
-            # and 0.51 at step 40, where the tagged format is learned
+            # the main job: 320 pairs, one epoch = 40 steps of 8 chats (1,371 s in fp32 on a 2-core AVX2-only CPU;
+            # loss 0.84 / 0.78, pass@1 0.016: too weak to sample RL prompts from, README). 480 pairs / 60 steps
+            # (loss 0.41, what cpu-full trains) took 611 s in bf16 on an AVX512-BF16 CPU, ~34 min in fp32 here
             "cpu": dict(train_limit=320, epochs=1, logging_steps=5, save_steps=10, eval_limit=32),
             # the results table: 480 pairs, one epoch of batch 8 = 60 optimizer steps (the cpu job's SFT, which
             # learned the format: loss 0.43), checkpoint every 10. A first cpu-full budget of 320 pairs in 20 steps

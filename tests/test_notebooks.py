@@ -18,6 +18,19 @@ def test_the_six_notebooks_exist_without_outputs():
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), b
 
 
+def test_papermill_reads_every_parameter_of_every_notebook():
+    """papermill's parser skips a line it cannot read (a ';' in the comment did), silently dropping that
+    parameter from ``papermill --help-notebook``; every assignment of a parameters cell must be read."""
+    from papermill.translators import PythonTranslator
+
+    for b in BOOKS:
+        cell = next(c for c in json.loads((NOTEBOOKS / b).read_text())["cells"]
+                    if "parameters" in c.get("metadata", {}).get("tags", []))
+        src = "".join(cell["source"])
+        assigned = [line.split("=")[0].strip() for line in src.splitlines() if "=" in line.split("#")[0]]
+        assert [p.name for p in PythonTranslator.inspect({"source": src})] == assigned, b
+
+
 def test_every_notebook_opens_with_the_colab_setup_cell(tmp_path, monkeypatch):
     """The first code cell installs the workbench where she_lib is missing (Colab) and does nothing here."""
     import importlib.util
