@@ -137,10 +137,16 @@ def parse_method(name: str) -> dict | None:
     ``zero_shot``...): ``<family>[_<variant>][_s<seed>][_first_token|_cumpt]`` ->
     ``{family, variant, seed, readout}``, e.g. ``srpo_bal_s1_first_token`` -> ``("srpo", "_bal", 1,
     "_first_token")`` and ``sft_steps_first`` -> ``("sft", "_steps_first", 0, "")`` (seed 0 is unsuffixed; the
-    decoded read-out has no suffix). The one parser of run names: significance pairs and the RL table use it."""
+    decoded read-out has no suffix). The one parser of run names: significance pairs and the RL table use it;
+    :func:`method_key` is its inverse."""
     m = _METHOD.match(name)
     return m and {"family": m["family"], "variant": m["variant"], "seed": int(m["seed"] or 0),
                   "readout": m["readout"] or ""}
+
+
+def method_key(family: str, variant: str = "", seed: int = 0, readout: str = "") -> str:
+    """The key :func:`parse_method` splits: ``<family><variant>[_s<seed>]<readout>``, seed 0 unsuffixed."""
+    return family + variant + (f"_s{seed}" if seed else "") + readout
 
 
 def default_pairs(methods) -> list[tuple[str, str]]:
@@ -152,9 +158,10 @@ def default_pairs(methods) -> list[tuple[str, str]]:
     have = set(methods)
     pairs = [(m, "lexical") for m in methods if m != "lexical" and "lexical" in have]
     names = [(m, r) for m in methods if (r := parse_method(m)) and r["family"] in TRAINED_FROM_SFT]
-    pairs += [(m, "sft" + r["readout"]) for m, r in names if "sft" + r["readout"] in have]
+    pairs += [(m, method_key("sft", readout=r["readout"])) for m, r in names
+              if method_key("sft", readout=r["readout"]) in have]
     for m, r in names:
-        partner = "grpo" + r["variant"] + (f"_s{r['seed']}" if r["seed"] else "") + r["readout"]
+        partner = method_key(**{**r, "family": "grpo"})
         if r["family"] in ON_GRPO and partner in have:
             pairs.append((m, partner))
     return pairs + [(m, m[: -len("_cumpt")] + "_first_token") for m in methods

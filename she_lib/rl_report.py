@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import parse_method
+from .metrics import method_key, parse_method
 
 CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats)"),
           ("srpo/step_reward", "mean step reward"), ("completions/mean_length", "completion tokens"))
@@ -24,7 +24,7 @@ CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats
 
 def run_name(method: str, seed: int, stage_order: str = "random") -> str:
     """``<method>[_bal][_s<seed>]``: the run folder of an RL method, its prompt order and seed (seed 0 unsuffixed)."""
-    return method + ("_bal" if stage_order == "balanced" else "") + (f"_s{seed}" if seed else "")
+    return method_key(method, "_bal" if stage_order == "balanced" else "", seed)
 
 
 def training_log(run: str | Path) -> pd.DataFrame:

@@ -77,10 +77,10 @@ class CoTSFTConfig:
             # (loss 0.41, what cpu-full trains) took 611 s in bf16 on an AVX512-BF16 CPU, ~34 min in fp32 here
             "cpu": dict(train_limit=320, epochs=1, logging_steps=5, save_steps=10, eval_limit=32),
             # the results table: 480 pairs, one epoch of batch 8 = 60 optimizer steps (the cpu job's SFT before it was
-            # cut to 40, which learned the format: loss 0.43), checkpoint every 10. A first cpu-full budget of 320 pairs in 20 steps
-            # of 16 stopped at loss 1.46 and wrote unparsable rationales (README). On an AVX2-only 2-core CPU, one
-            # thread per run so both orders train side by side, a run takes ~75 min (~33 tokens/s, ~310 tokens a
-            # chat); on the AVX512-BF16 machine of the cpu job, ~11 min.
+            # cut to 40, which learned the format: loss 0.43), checkpoint every 10. A first cpu-full budget of 320
+            # pairs in 20 steps of 16 stopped at loss 1.46 and wrote unparsable rationales (README). On an AVX2-only
+            # 2-core CPU, one thread per run so both orders train side by side, a run takes ~75 min (~33 tokens/s,
+            # ~310 tokens a chat); on the AVX512-BF16 machine of the cpu job, ~11 min.
             "cpu-full": dict(train_limit=480, epochs=1, logging_steps=1, save_steps=10, eval_steps=30,
                              eval_limit=32),
             "gpu": dict(epochs=2, per_device_batch_size=16, logging_steps=10, save_steps=200, eval_limit=512,

@@ -194,7 +194,7 @@ def test_significance_table_uses_pairs_both_methods_predicted():
 
 
 def test_parse_method_is_the_one_run_name_parser():
-    from she_lib.metrics import parse_method
+    from she_lib.metrics import method_key, parse_method
 
     assert parse_method("srpo_bal_s1_first_token") == {"family": "srpo", "variant": "_bal", "seed": 1,
                                                        "readout": "_first_token"}
@@ -203,3 +203,5 @@ def test_parse_method_is_the_one_run_name_parser():
     assert parse_method("agrl_s12_cumpt") == {"family": "agrl", "variant": "", "seed": 12, "readout": "_cumpt"}
     assert parse_method("sft_first_token") == {"family": "sft", "variant": "", "seed": 0, "readout": "_first_token"}
     assert [parse_method(k) for k in ("lexical", "zero_shot_first_token", "grpo_S1", "srpo_s1x")] == [None] * 4
+    for key in ("srpo_bal_s1_first_token", "sft_steps_first", "agrl_s12_cumpt", "grpo", "dpo_first_token"):
+        assert method_key(**parse_method(key)) == key  # the inverse
