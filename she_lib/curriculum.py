@@ -6,6 +6,12 @@
    p > ``max_pass`` are dropped: a group whose G rollouts are all right or all wrong has zero outcome advantage
    under GRPO and teaches nothing. With K <= 10 samples the defaults [0.01, 0.9] (PAPERS §6.6) drop exactly the
    always-wrong (p = 0) and always-right (p = 1) prompts.
+   **Fallback** (``fallback="fill"``): when fewer than ``min_prompts`` prompts pass, the set is filled up to
+   ``min_prompts`` from the dropped ones, nearest the band first (distance min_pass - p below it, p - max_pass above),
+   ties to the lower pass rate, then seeded order. So a weak SFT model (always wrong) or a strong one (always right)
+   still gives a prompt set, by construction, and the report says how many were added and why. Always-wrong groups
+   carry no outcome advantage, but SRPO's step rewards still differ between rollouts and AGRL's guided replay is
+   made for them. ``fallback="raise"`` keeps the strict filter. Not in the papers; a config field to ablate.
 2. **Diversity.** Round-robin over strata (``balance`` columns; default grade x top-level category): each round
    takes one not-yet-taken prompt (seeded order) from every stratum that has one left, skipping prompts of a query
    that already has ``per_query_cap`` prompts, until ``select`` prompts are taken. Grades are as balanced as the
@@ -45,6 +51,8 @@ class CurriculumConfig:
     difficulty: bool = True
     min_pass: float = 0.01
     max_pass: float = 0.9
+    min_prompts: int = 8  # fewer prompts in the band -> fill up to this many from the dropped ones (module doc)
+    fallback: str = "fill"  # "fill" | "raise"
     diversity: bool = True
     balance: tuple[str, ...] = ("label", "top_category")
     per_query_cap: int | None = 4
@@ -58,6 +66,8 @@ class CurriculumConfig:
     def __post_init__(self):
         if self.stage_order not in ("random", "balanced"):
             raise ValueError(f"stage_order must be 'random' or 'balanced', got {self.stage_order!r}")
+        if self.fallback not in ("fill", "raise"):
+            raise ValueError(f"fallback must be 'fill' or 'raise', got {self.fallback!r}")
 
     def to_dict(self) -> dict:
         """The fields, the run key of RL runs. ``stage_order`` is left out at ``"random"``, its behaviour before the
@@ -90,7 +100,8 @@ def pass_rates(samples: pd.DataFrame) -> pd.Series:
 
 
 def difficulty_filter(df: pd.DataFrame, rates: pd.Series, config: CurriculumConfig) -> tuple[pd.DataFrame, dict]:
-    """``df`` with a ``pass_rate`` column, keeping min_pass <= p <= max_pass (all rows when switched off)."""
+    """``df`` with a ``pass_rate`` column, keeping min_pass <= p <= max_pass (all rows when switched off), filled up
+    to ``min_prompts`` from the dropped prompts when too few pass (module doc, step 1)."""
     df = df.assign(pass_rate=df["example_id"].map(rates).astype(float))
     if df["pass_rate"].isna().any():
         raise ValueError(f"no pass rate for {int(df['pass_rate'].isna().sum())} prompt(s), e.g. "
@@ -99,8 +110,29 @@ def difficulty_filter(df: pd.DataFrame, rates: pd.Series, config: CurriculumConf
     report = {"pool": len(df), "always_right": int((p == 1).sum()), "always_wrong": int((p == 0).sum()),
               "below_min": int((p < config.min_pass).sum()), "above_max": int((p > config.max_pass).sum()),
               "mean_pass_rate": float(p.mean()) if len(p) else None}
+    added = 0
     if config.difficulty:
-        df = df[(p >= config.min_pass) & (p <= config.max_pass)]
+        band = (p >= config.min_pass) & (p <= config.max_pass)
+        kept, dropped = df[band], df[~band]
+        short = config.min_prompts - len(kept)
+        if short > 0 and config.fallback == "fill" and len(dropped):
+            dp = dropped["pass_rate"]
+            dropped = dropped.assign(_dist=(config.min_pass - dp).where(dp < config.min_pass, dp - config.max_pass))
+            dropped = dropped.sample(frac=1, random_state=config.seed).sort_values(["_dist", "pass_rate"], kind="stable")
+            fill = dropped.head(short).drop(columns="_dist")
+            added = len(fill)
+            kept = pd.concat([kept, fill])
+            report["fallback"] = (f"only {len(kept) - added} of {len(df)} pool prompts have a pass rate in "
+                                  f"[{config.min_pass}, {config.max_pass}]; added {added} from outside the band "
+                                  f"({int((fill['pass_rate'] == 0).sum())} always wrong, "
+                                  f"{int((fill['pass_rate'] == 1).sum())} always right) to reach min_prompts="
+                                  f"{config.min_prompts}")
+        elif short > 0 and config.fallback == "raise" and kept.empty:
+            raise ValueError(f"no RL prompt of {len(df)} has a pass rate in [{config.min_pass}, {config.max_pass}] "
+                             f"({report['always_wrong']} always wrong, {report['always_right']} always right); "
+                             "sample a larger pool, widen min_pass/max_pass or set fallback='fill'")
+        df = kept
+    report["fallback_added"] = added
     report["kept"] = len(df)
     return df.reset_index(drop=True), report
 

@@ -230,8 +230,9 @@ def curriculum_for(profile: Profile | str, **overrides):
 
     profile = get_profile(profile)
     per = {
-        # the tiny random model never writes a grade: keep every prompt (min_pass 0), one stage of 2 steps
-        "smoke": dict(pool_limit=6, k_samples=2, max_new_tokens=16, sample_batch_size=3, min_pass=0.0,
+        # the tiny random model never writes a grade: every prompt is always wrong, so the prompt set is the
+        # difficulty filter's fallback (min_prompts of the pool), the path a weak SFT model takes; one stage of 2 steps
+        "smoke": dict(pool_limit=6, k_samples=2, max_new_tokens=16, sample_batch_size=3, min_prompts=4,
                       boundaries=(), stage_steps=(2,), per_query_cap=None),
         "cpu": dict(pool_limit=16, k_samples=4, stage_steps=(1, 1, 1)),  # = DPO's 16 sampled prompts (shared cache)
         # the pool is DPO's 96 sampled prompts (same settings: the shared sample cache serves both)

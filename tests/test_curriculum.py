@@ -37,12 +37,16 @@ def test_difficulty_filter_counts():
     df = frame()
     rates = pass_rates(samples({"e0": [1, 1, 1, 1], "e1": [0, 0, 0, 0], "e2": [1, 0, 0, 0], "e3": [1, 1, 1, 0],
                                 "e4": [1, 1, 0, 0], "e5": [0, 0, 0, 0], "e6": [1, 1, 1, 1], "e7": [0, 1, 0, 0]}))
-    kept, rep = difficulty_filter(df, rates, CurriculumConfig())
+    kept, rep = difficulty_filter(df, rates, CurriculumConfig(min_prompts=4))
     assert kept["example_id"].tolist() == ["e2", "e3", "e4", "e7"]
     assert rep == {"pool": 8, "always_right": 2, "always_wrong": 2, "below_min": 2, "above_max": 2,
-                   "mean_pass_rate": pytest.approx((4 + 1 + 3 + 2 + 4 + 1) / 32), "kept": 4}
+                   "mean_pass_rate": pytest.approx((4 + 1 + 3 + 2 + 4 + 1) / 32), "kept": 4, "fallback_added": 0}
     off, rep_off = difficulty_filter(df, rates, CurriculumConfig(difficulty=False))
     assert len(off) == 8 and rep_off["kept"] == 8 and off["pass_rate"].tolist()[:3] == [1.0, 0.0, 0.25]
+    # min_prompts 6: 2 more from outside the band, ties (distance 0.01 below, 0.1 above) -> nearest first
+    filled, rep6 = difficulty_filter(df, rates, CurriculumConfig(min_prompts=6))
+    assert rep6["fallback_added"] == 2 and rep6["kept"] == 6
+    assert set(filled["example_id"][4:]) == {"e1", "e5"}  # p = 0 is 0.01 from the band, p = 1 is 0.1 above it
     with pytest.raises(ValueError, match="no pass rate for 1 prompt"):
         difficulty_filter(df, rates.drop("e7"), CurriculumConfig())
 
@@ -61,6 +65,23 @@ def test_diversity_round_robin_balances_grades_and_caps_queries():
     assert full["top_category"].tolist().count("(none)") == 1
     plain, _ = diversity_sample(df, CurriculumConfig(diversity=False, select=3), WORDS)
     assert len(plain) == 3
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_never_or_always_right_policy_still_gives_a_prompt_set(right):
+    """A policy whose samples are all wrong (or all right) leaves no prompt in the band: the fallback fills the
+    set to min_prompts (always-wrong first: nearer the band) and the report says so; the curriculum has steps."""
+    df = frame()
+    s = samples({f"e{i}": [right] * 4 for i in range(8)})
+    out, rep = build_rl_prompts(df, s, CurriculumConfig(min_prompts=3, balance=("label",), per_query_cap=None), WORDS, 2)
+    assert rep["difficulty"]["fallback_added"] == 3 and rep["difficulty"]["kept"] == 3
+    assert ("3 always right" if right else "3 always wrong") in rep["difficulty"]["fallback"]
+    assert rep["curriculum"]["steps"] == 2 and len(out) == 4  # one stage (p=1 -> easiest, p=0 -> hardest): ceil(3/2)
+    assert set(out["pass_rate"]) == {1.0 if right else 0.0}
+    with pytest.raises(ValueError, match="no RL prompt of 8 has a pass rate"):
+        build_rl_prompts(df, s, CurriculumConfig(fallback="raise"), WORDS, 2)
+    with pytest.raises(ValueError, match="fallback must be"):
+        CurriculumConfig(fallback="grow")
 
 
 def test_stages_and_curriculum_order():

@@ -97,4 +97,9 @@ def test_all_notebooks_run_on_smoke(tmp_path):
         assert (Path(prof.results_dir) / "figures" / name).stat().st_size > 1000
     for split in ("train", "validation", "test"):
         assert (Path(prof.processed_dir) / f"{split}.parquet").exists()
+    # the tiny model is never right: notebook 04 trained on the difficulty filter's fallback set and said so
+    rl_data = json.loads((Path(prof.results_dir) / "rl_data_report.json").read_text())
+    assert rl_data["difficulty"]["always_wrong"] == rl_data["difficulty"]["pool"] == 6
+    assert rl_data["difficulty"]["fallback_added"] == rl_data["difficulty"]["kept"] == 4
+    assert "Prompt-set fallback" in (tmp_path / BOOKS[3]).read_text()
     assert Path(prof.results_dir).is_relative_to(REPO_ROOT / "results" / "smoke")
