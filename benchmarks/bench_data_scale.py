@@ -175,7 +175,7 @@ def main(argv=None) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--measure", str(data)], capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"measurement failed:\n{proc.stderr[-3000:]}")
-    from she_lib.evaluate import machine  # imports torch: after the measurement, which runs beside this process
+    from she_lib.provenance import machine  # imports torch: after the measurement, which runs beside this process
 
     files = {p.name: round(p.stat().st_size / 2 ** 20, 1) for p in sorted(data.iterdir()) if p.name != "DONE"}
     result = {"synthetic_pairs": args.pairs, "all_us": args.all_us, "files_mib": files, "make_files_s": make_s,

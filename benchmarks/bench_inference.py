@@ -20,7 +20,7 @@ import torch
 
 from she_lib.config import get_profile
 from she_lib.data import load_splits
-from she_lib.evaluate import machine
+from she_lib.provenance import machine
 from she_lib.inference import generate, grade_probabilities
 from she_lib.labels import get_scale
 from she_lib.modeling import cpu_has_fast_bf16, load_policy

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     if a.variant:  # child process
         print(json.dumps(run_variant(a.variant, a.tiny, a.steps, a.prompts, a.generations, a.tokens)))
         return 0
-    from she_lib.evaluate import machine
+    from she_lib.provenance import machine
 
     res = {"machine": machine(), "model": "tiny" if a.tiny else "SmolLM2-135M-Instruct", "steps": a.steps,
            "prompts_per_step": a.prompts, "generations": a.generations, "max_completion_tokens": a.tokens,

@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from she_lib.evaluate import machine
+    from she_lib.provenance import machine
 
     peak = matmul_tflops(torch.bfloat16, 256 if args.tiny else 2048)
     rows = {}

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,27 +35,10 @@ from .config import Profile, get_profile
 from .labels import get_scale
 from .metrics import UNPARSED, bootstrap_ci, classification_metrics, default_pairs, significance_table
 from .data import SPLITS, curate, load_dataset, load_splits
+from .provenance import current_run, in_job, machine, run_labels
 from .schema import parse, render_prompt
 
 MODES = ("generate", "first_token")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    from .modeling import cpu_has_fast_bf16
-
-    isa = "AVX512-BF16/AMX" if cpu_has_fast_bf16() else "no fast bf16"
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu} ({isa}), {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
 
 
 def _cached(cache: Path | None) -> dict:
@@ -150,7 +131,8 @@ def score(df: pd.DataFrame, preds: pd.DataFrame, profile: Profile, **info) -> di
 
 def save_metrics(results_dir: str | Path, method: str, metrics: dict) -> Path:
     """Merge ``{method: metrics}`` into ``results_dir/metrics.json`` (other methods are kept; an exclusive
-    lock on ``metrics.lock`` beside it serialises writers)."""
+    lock on ``metrics.lock`` beside it serialises writers). The row is stamped with the run that wrote it
+    (``made_by``: she_lib.provenance) unless it carries one already."""
     import fcntl
 
     path = Path(results_dir) / "metrics.json"
@@ -158,7 +140,7 @@ def save_metrics(results_dir: str | Path, method: str, metrics: dict) -> Path:
     with open(path.with_suffix(".lock"), "w") as lock:  # runs in parallel lanes write the same file
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(path.read_text()) if path.exists() else {}
-        data[method] = metrics
+        data[method] = {**metrics, "made_by": metrics.get("made_by") or current_run()}
         path.write_text(json.dumps(data, indent=2, sort_keys=True))
     return path
 
@@ -192,10 +174,12 @@ def _round(x, n: int = 3):
     return None if x is None else round(x, n)
 
 
-def summary_table(results: dict[str, dict], words) -> pd.DataFrame:
+def summary_table(results: dict[str, dict], words, current: str | None = None) -> pd.DataFrame:
     """One row per method: accuracy, macro-F1 with its CI, per-class F1, parse failures, step accuracy (verifier)
-    and rule-violation rate of decoded rationales, sizes, wall seconds of the prediction and ``ms / pair`` =
-    1000 seconds / pairs (batched throughput: amortised latency per pair)."""
+    and rule-violation rate of decoded rationales, sizes, wall seconds of the prediction, ``ms / pair`` =
+    1000 seconds / pairs (batched throughput: amortised latency per pair) and ``run``, the run that made the row
+    (she_lib.provenance.run_labels; with ``current``, rows of other runs are marked "not this run")."""
+    labels, _ = run_labels(results, current)
     rows = []
     for name, m in results.items():
         lo, hi = m["macro_f1_ci"]
@@ -206,21 +190,34 @@ def summary_table(results: dict[str, dict], words) -> pd.DataFrame:
                      "step accuracy": _round(m.get("step_accuracy")), "rule violations": _round(m.get("rule_violation_rate")),
                      "pairs": m["n_examples"],
                      "queries": m["n_queries"], "seconds": m.get("seconds"),
-                     "ms / pair": None if m.get("seconds") is None else round(1000 * m["seconds"] / m["n_examples"], 1)})
+                     "ms / pair": None if m.get("seconds") is None else round(1000 * m["seconds"] / m["n_examples"], 1),
+                     "run": labels[name]})
     return pd.DataFrame(rows).set_index("method")
 
 
-def write_summary(results_dir: str | Path, words) -> pd.DataFrame:
-    """From every method in ``metrics.json``: ``summary.md`` (the README's table) and
-    ``figures/05_confusion.png`` (one confusion matrix per method)."""
+def write_summary(results_dir: str | Path, words, current: str | None = None) -> pd.DataFrame:
+    """From every method in ``metrics.json``: ``summary.md`` (the table, then the runs that made its rows: id,
+    command, commit, machine, start) and ``figures/05_confusion.png`` (one confusion matrix per method).
+    ``current`` is the run whose report this is (default: the job's, inside a job that set ``$SHE_RUN``, e.g. the
+    notebook runner); rows it did not make are marked in the ``run`` column."""
     import matplotlib.pyplot as plt
 
     results_dir = Path(results_dir)
     data = json.loads((results_dir / "metrics.json").read_text())
     data = {k: m for k, m in data.items() if "macro_f1_ci" in m}  # classifiers only (not e.g. ``genrm``)
-    table = summary_table(data, words)
-    machines = sorted({m.get("machine", "?") for m in data.values()})
-    (results_dir / "summary.md").write_text(table.to_markdown() + "\n\nMachine: " + "; ".join(machines) + "\n")
+    current = current if current is not None else (current_run()["id"] if in_job() else None)
+    table = summary_table(data, words, current)
+    _, runs = run_labels(data, current)
+    legend = "\n".join(f"- {r['label']}{' (this run)' if r['id'] == current else ''}: `{r['command']}` at commit "
+                        f"{r['commit']}, {r['started']}, on {r['machine']}" for r in runs)
+    if any(m.get("made_by") is None for m in data.values()):
+        legend += "\n- unrecorded: rows written before rows carried their run (machine: " + "; ".join(
+            sorted({m.get("machine", "?") for m in data.values() if m.get("made_by") is None})) + ")"
+    note = ("" if current is None else
+            "\n\nRows marked *not this run* were made by another command and kept in metrics.json; they are not "
+            "results of this run.")
+    (results_dir / "summary.md").write_text(table.to_markdown() + note + "\n\nRuns that made these rows:\n"
+                                            + legend + "\n")
     fig, axes = plt.subplots(1, len(data), figsize=(5 * len(data), 4), squeeze=False)
     for ax, (name, m) in zip(axes[0], sorted(data.items())):
         plot_confusion(m, name, ax=ax)

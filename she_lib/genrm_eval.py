@@ -152,7 +152,8 @@ def save_genrm_results(profile: Profile, metrics: dict, exam: dict, run: Path, p
     """Merge ``genrm`` into ``results_dir/metrics.json``; write ``genrm_report.json`` and the calibration plot."""
     import matplotlib.pyplot as plt
 
-    from .evaluate import machine, save_metrics
+    from .evaluate import save_metrics
+    from .provenance import machine
 
     info = json.loads((Path(run) / "run.json").read_text())
     entry = {k: metrics.get(k) for k in ("step_accuracy", "step_f1", "step_macro_f1", "ece", "brier", "n_steps",

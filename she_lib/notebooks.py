@@ -4,6 +4,12 @@ Executed copies go to ``results/notebooks/<profile>/`` (outputs never go back in
 wall time of each notebook is written beside them in ``timings.json`` (merged over runs of a subset, ``--only``).
 Extra papermill parameters: ``--param NAME=VALUE`` (VALUE read as JSON, else as a string), e.g.
 ``--only 05 --param 'trained_modes=["first_token"]'``.
+
+Run identity (she_lib.provenance): the runner makes one identity for the whole job and hands it to every kernel,
+so each row the job writes to ``metrics.json`` names this command, commit, machine and start time. A full run (no
+``--only``) starts its profile's ``metrics.json`` empty (the earlier file is kept as ``metrics.previous.json``), so
+its report shows only what it made, and a stage that failed shows as missing. A run of ``--only`` some notebooks
+keeps the earlier rows and its ``summary.md`` marks each one it did not make as *not this run*.
 """
 from __future__ import annotations
 
@@ -38,6 +44,15 @@ def run_notebooks(profile: str = "cpu", only: list[str] | None = None, out_dir: 
     as papermill parameters; return seconds each."""
     import papermill as pm
 
+    from .config import get_profile
+    from .provenance import start_run
+
+    run = start_run(" ".join(["python -m she_lib.notebooks --profile", profile, *(["--only", *only] if only else []),
+                              *(f"--param {k}={json.dumps(v)}" for k, v in (params or {}).items())]))
+    metrics = Path(get_profile(profile).results_dir) / "metrics.json"
+    if not only and metrics.exists():  # a full job reports only what it makes
+        metrics.replace(metrics.with_name("metrics.previous.json"))
+    print(f"[{profile}] run {run['id']} on {run['machine']}", flush=True)
     out = Path(out_dir or REPO_ROOT / "results" / "notebooks" / profile)
     out.mkdir(parents=True, exist_ok=True)
     books = sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")

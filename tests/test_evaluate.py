@@ -30,7 +30,11 @@ def test_save_metrics_merges(tmp_path):
     save_metrics(tmp_path, "a", {"macro_f1": 0.1})
     save_metrics(tmp_path, "b", {"macro_f1": 0.2})
     save_metrics(tmp_path, "a", {"macro_f1": 0.3})
-    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": {"macro_f1": 0.3}, "b": {"macro_f1": 0.2}}
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert {k: {f: v for f, v in m.items() if f != "made_by"} for k, m in saved.items()} == {
+        "a": {"macro_f1": 0.3}, "b": {"macro_f1": 0.2}}
+    assert saved["a"]["made_by"] == saved["b"]["made_by"] and set(saved["a"]["made_by"]) == {
+        "id", "command", "commit", "machine", "started"}
 
 
 @pytest.mark.parametrize("mode", ["generate", "first_token"])
@@ -85,7 +89,37 @@ def test_write_summary_reads_every_method(tmp_path, smoke):
     t = write_summary(tmp_path, ESCI.words)
     assert list(t.index) == ["x", "y"] and t.loc["x", "accuracy"] == 0.75 and t.loc["y", "accuracy"] == 0.5
     text = (tmp_path / "summary.md").read_text()
-    assert "| x " in text and "Machine:" in text and "F1 Complement" in text
+    assert "| x " in text and "Runs that made these rows:" in text and "F1 Complement" in text
+    assert t["run"].tolist() == ["R1", "R1"] and "not this run" not in text  # no job: rows labelled, none marked
+
+
+def test_report_marks_rows_of_another_run(tmp_path, smoke, monkeypatch):
+    """A metrics file holding a row of an earlier run (another machine) and one of this job: the summary marks the
+    earlier row in the table itself and names both runs under it; an unstamped row is marked too."""
+    from she_lib import provenance
+    from she_lib.evaluate import write_summary
+    from she_lib.labels import ESCI
+
+    m = score(frame(), pd.DataFrame({"example_id": list("abcd"), "pred": ["Exact"] * 4}), smoke, split="test")
+    old = {"id": "20260101-000000-abc1234", "command": "python -m she_lib.rl --method srpo --profile cpu",
+           "commit": "abc1234", "machine": "Other CPU (no fast bf16), 2 cores, no GPU", "started": "2026-01-01T00:00:00"}
+    save_metrics(tmp_path, "srpo_first_token", dict(m, made_by=old))
+    save_metrics(tmp_path, "legacy", {k: v for k, v in m.items()})
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    del data["legacy"]["made_by"]
+    (tmp_path / "metrics.json").write_text(json.dumps(data))
+    monkeypatch.setenv(provenance.ENV, "")  # so the job's identity is undone after the test
+    job = provenance.start_run("python -m she_lib.notebooks --profile smoke")
+    save_metrics(tmp_path, "sft_first_token", m)
+    t = write_summary(tmp_path, ESCI.words)
+    assert t.loc["sft_first_token", "run"] == "this run"
+    assert t.loc["srpo_first_token", "run"] == "R1 (not this run)"
+    assert t.loc["legacy", "run"] == "unrecorded (not this run)"
+    text = (tmp_path / "summary.md").read_text()
+    assert "R1 (not this run)" in text and "not this run* were made by another command" in text
+    assert "- R1: `python -m she_lib.rl --method srpo --profile cpu` at commit abc1234" in text
+    assert f"- R2 (this run): `python -m she_lib.notebooks --profile smoke` at commit {job['commit']}" in text
+    assert "Other CPU" in text and job["machine"] in text
 
 
 def test_cli_refuses_to_save_external_data():
