@@ -11,6 +11,9 @@ smoke     tiny Llama built from a config in code (real SmolLM2 tokenizer), 200 p
 cpu       SmolLM2-135M-Instruct offline on 2 CPU cores, every stage at a demo budget (README's main job): 16
           pairs per query, a 40-step SFT; 74 min in fp32 on a 2-core AVX2-only CPU (measured, README).
 cpu-full  the same model on the full train split with the budgets of the results table (hours).
+gpu-offline  SmolLM2-135M from the GGUF on one offline CUDA GPU (Unsloth where installed), bf16: every train pair,
+          the RL methods and both test sets in ~8 minutes of an H200 (``python -m she_lib.pipeline``,
+          ``scripts/gpu_run.sh``; results/gpu/).
 gpu       a hub model by name through Unsloth (CUDA), bf16.
 colab     like gpu, sized for a free Colab T4 (fp16, smaller batches).
 """
@@ -69,6 +72,9 @@ class Profile:
     rl_seeds: tuple[int, ...] = (0,)  # RL seeds (LoRA init, sampling); every seed shares one prompt set
     # --- evaluation ------------------------------------------------------------------------------
     eval_split: str = "test"
+    # further ESCI folders scored as a whole by she_lib.pipeline (no query shared with data_dir), each into
+    # results_dir/<folder name>/metrics.json: data_samples/esci_us_wide gives a test set of 673 queries
+    extra_eval_dirs: tuple[str, ...] = ()
     eval_limit: int | None = None  # None = the whole split
     eval_batch_size: int = 32
     eval_max_new_tokens: int = 128
@@ -121,6 +127,10 @@ PROFILES: dict[str, Profile] = {
     # an SFT rationale in ~7-12 s, so all 795 would take ~2 h per run
     "cpu-full": Profile(name="cpu-full", runs_dir=str(REPO_ROOT / "runs" / "cpu-full"), eval_generate_per_query=8,
                         rl_seeds=(0, 1)),
+    "gpu-offline": Profile(
+        name="gpu-offline", dtype="bfloat16", eval_batch_size=128, eval_generate_per_query=8,
+        extra_eval_dirs=(str(REPO_ROOT / "data_samples" / "esci_us_wide"),),
+        runs_dir=str(REPO_ROOT / "runs" / "gpu-offline"), results_dir=str(REPO_ROOT / "results" / "gpu")),
     "gpu": Profile(
         name="gpu", model_source="hub", model_name="Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16",
         max_seq_length=1024, eval_batch_size=128, lora_r=32, lora_alpha=64, runs_dir=str(REPO_ROOT / "runs" / "gpu")),

@@ -70,6 +70,8 @@ class DPOBaselineConfig:
                           per_device_batch_size=2, grad_accum=1, bf16=False),
             "cpu": dict(sample_limit=16),  # 16 prompts x 4 samples: the pass@k demo and <= 16 pairs
             "cpu-full": dict(sample_limit=96),
+            "gpu-offline": dict(n_samples=4, sample_limit=256, sample_batch_size=64, per_device_batch_size=16,
+                                save_steps=100, logging_steps=10),
             "gpu": dict(n_samples=8, sample_limit=2048, sample_batch_size=64, per_device_batch_size=8,
                         save_steps=100, logging_steps=10),
             "colab": dict(n_samples=8, sample_limit=1024, sample_batch_size=32, save_steps=100, logging_steps=10),

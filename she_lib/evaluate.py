@@ -15,6 +15,7 @@ Command line (users bring their own labelled data in the ESCI layout)::
 
     python -m she_lib.evaluate --baseline zero_shot --profile cpu                 # test split
     python -m she_lib.evaluate --run runs/cpu/lexical --data path/to/esci_folder   # any ESCI folder
+    python -m she_lib.evaluate --run runs/cpu/sft --data ../shared/data/esci_us_wide --save  # -> results/.../esci_us_wide/
     python -m she_lib.evaluate --report --profile cpu-full   # CumPT rows, summary.md, significance.md, figures
 
 ``--report`` re-runs no method: it reads the saved predictions (CumPT's validation read-outs are computed once
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -368,10 +370,11 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default=None, help="train / validation / test (default: the profile's)")
     ap.add_argument("--mode", choices=[*MODES, "both"], default="both")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--save", action="store_true", help="merge the result into the profile's metrics.json")
+    ap.add_argument("--save", action="store_true", help="merge the result into the profile's metrics.json "
+                    "(with --data: into <results_dir>/<data folder name>/metrics.json)")
     args = ap.parse_args(argv)
-    if args.data and (args.save or args.report):
-        ap.error("--save and --report record the profile's split only; results on --data are printed")
+    if args.data and args.report:
+        ap.error("--report reads the profile's split only; score --data with --run or --baseline")
     profile = get_profile(args.profile, **{k: v for k, v in {"eval_split": args.split,
                                                              "eval_limit": args.limit}.items() if v})
     if args.report:
@@ -384,7 +387,8 @@ def main(argv=None) -> int:
     if args.data:  # a whole external folder is the evaluation set
         df, _ = curate(load_dataset(profile, args.data), profile.replace(max_pairs=None))
         splits = {**splits, "external": df}
-        profile = profile.replace(eval_split="external", runs_dir=str(Path(profile.runs_dir) / "external"))
+        profile = profile.replace(eval_split="external", runs_dir=str(Path(profile.runs_dir) / "external"),
+                                  results_dir=str(Path(profile.results_dir) / Path(os.path.abspath(args.data)).name))
     df = eval_frame(profile, splits)
     if args.baseline == "zero_shot":
         results = evaluate_zero_shot(profile, df, modes, save=args.save)

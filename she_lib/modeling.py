@@ -145,7 +145,7 @@ def unsloth_available(profile: Profile) -> bool:
     from .distributed import world_size
 
     return (world_size() == 1 and profile.use_unsloth and profile.model_source != "tiny" and torch.cuda.is_available()
-            and importlib.util.find_spec("unsloth") is not None)
+            and not os.environ.get("SHE_NO_UNSLOTH") and importlib.util.find_spec("unsloth") is not None)
 
 
 @dataclass

@@ -50,6 +50,8 @@ def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Pa
                     learning_rate=5e-5),
         "cpu-full": dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1,
                          save_steps=1, learning_rate=5e-5),
+        "gpu-offline": dict(num_generations=8, prompts_per_step=8, max_completion_length=128, logging_steps=1,
+                            save_steps=12, beta=0.02),
         "gpu": dict(num_generations=8, prompts_per_step=16, max_completion_length=256, logging_steps=5, save_steps=50,
                     beta=0.02),
         "colab": dict(num_generations=8, prompts_per_step=8, max_completion_length=256, logging_steps=5,
@@ -237,6 +239,7 @@ def curriculum_for(profile: Profile | str, **overrides):
         "cpu": dict(pool_limit=16, k_samples=4, stage_steps=(1, 1, 1)),  # = DPO's 16 sampled prompts (shared cache)
         # the pool is DPO's 96 sampled prompts (same settings: the shared sample cache serves both)
         "cpu-full": dict(pool_limit=96, k_samples=4, stage_steps=(4, 4, 4)),
+        "gpu-offline": dict(pool_limit=256, k_samples=4, sample_batch_size=64, stage_steps=(4, 4, 4)),
         "gpu": dict(pool_limit=4096, k_samples=8, sample_batch_size=64, stage_steps=(100, 100, 100)),
         "colab": dict(pool_limit=1024, k_samples=8, sample_batch_size=32, stage_steps=(40, 40, 40)),
     }.get(profile.name, {})

@@ -1,5 +1,6 @@
 """Evaluation harness: scoring, metrics.json merging, resumable predictions, the CLI."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -122,9 +123,18 @@ def test_report_marks_rows_of_another_run(tmp_path, smoke, monkeypatch):
     assert "Other CPU" in text and job["machine"] in text
 
 
-def test_cli_refuses_to_save_external_data():
+def test_cli_saves_external_data_in_its_own_results_folder(tmp_path, monkeypatch):
+    """A whole ESCI folder scored with --save lands in <results_dir>/<folder name>/, never in the profile's table;
+    --report reads the profile's split only."""
+    monkeypatch.setattr("she_lib.config.PROFILES", _tmp_profiles(tmp_path))
+    ext = tmp_path / "my_esci"
+    ext.symlink_to(Path("data_samples/esci_us").resolve())
+    assert main(["--baseline", "lexical", "--profile", "smoke", "--data", str(ext), "--limit", "40", "--save"]) == 0
+    saved = json.loads((tmp_path / "results" / "my_esci" / "metrics.json").read_text())
+    assert set(saved) == {"lexical"} and saved["lexical"]["split"] == "external" and saved["lexical"]["n_examples"] == 40
+    assert not (tmp_path / "results" / "metrics.json").exists()
     with pytest.raises(SystemExit):
-        main(["--baseline", "lexical", "--data", "data_samples/esci_us", "--save"])
+        main(["--report", "--profile", "smoke", "--data", str(ext)])
 
 
 def test_per_query_keeps_every_query():

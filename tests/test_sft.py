@@ -180,3 +180,21 @@ def test_sft_cli_on_smoke(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert '"kind": "sft"' in out and "cli_first_token" in out
     assert (tmp_path / "runs" / "cli" / "adapter_config.json").exists()
+
+
+def test_balance_classes_hand_computed():
+    """Counts (8, 4, 2, 2) of N = 16; a = 0.5: shares ~ sqrt(n) = (2.828, 2, 1.414, 1.414), sum 7.657, so
+    m = 16 * share = (5.91, 4.18, 2.95, 2.95) -> (6, 4, 3, 3); a = 1: (4, 4, 4, 4); a = 0: unchanged."""
+    import pandas as pd
+
+    from she_lib.sft import balance_classes
+
+    df = pd.DataFrame({"label": ["E"] * 8 + ["S"] * 4 + ["C"] * 2 + ["I"] * 2, "i": range(16)})
+    half = balance_classes(df, 0.5, seed=1)
+    assert half["label"].value_counts().to_dict() == {"E": 6, "S": 4, "C": 3, "I": 3}
+    assert set(half.loc[half["label"] == "C", "i"]) == {12, 13}  # both C rows kept, one repeated
+    assert half.loc[half["label"] == "E", "i"].is_unique  # E is subsampled without replacement
+    assert balance_classes(df, 1.0)["label"].value_counts().to_dict() == {"E": 4, "S": 4, "C": 4, "I": 4}
+    assert balance_classes(df, 0.0) is df
+    with pytest.raises(ValueError, match="class_balance must be in"):
+        balance_classes(df, 1.5)
