@@ -61,19 +61,7 @@ case "${1:-run}" in
     rc=$(( rc1 | PIPESTATUS[0] ))
     set -e
     adapter=models/smollm2-135m-she-sft; [ "$PROFILE" = gpu-offline ] || adapter=$runs/sft_bf16
-    RUNS=$runs ADAPTER=$adapter $PY - <<'PY' || true  # the SFT adapter in bf16 (what models/ ships)
-import os, pathlib, torch
-from safetensors.torch import load_file, save_file
-run = pathlib.Path(os.environ["RUNS"]) / "sft"
-out = pathlib.Path(os.environ["ADAPTER"])
-out.mkdir(parents=True, exist_ok=True)
-w = load_file(run / "adapter_model.safetensors")
-save_file({k: v.to(torch.bfloat16).contiguous() for k, v in w.items()}, out / "adapter_model.safetensors")
-for f in ("adapter_config.json", "run.json", "train_log.json"):
-    if (run / f).exists():
-        (out / f).write_text((run / f).read_text())
-print("adapter", sum(v.numel() for v in w.values()), "params")
-PY
+    SHE_NO_UNSLOTH=1 $PY -c "from she_lib.runs import export_adapter; export_adapter('$runs/sft', '$adapter')" || true
     if [ -n "${OUT:-}" ]; then
       tar czf "$OUT/results_gpu.tgz" "${res#$PWD/}" $(ls "$runs"/*/run.json "$runs"/*/train_log.json \
           "$runs"/*/data_report.json 2>/dev/null | sed "s#^$PWD/##") || true

@@ -189,6 +189,8 @@ def load_policy(profile: Profile, training: bool = False) -> Policy:
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(profile))
+    elif torch.cuda.is_available() and not profile.is_tiny:  # inference on the GPU (trainers place their own model)
+        model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     model.generation_config.pad_token_id = tok.pad_token_id
     return Policy(model, tok, lora_config(profile), "transformers", dtype)
 

@@ -47,6 +47,7 @@ class Pipeline:
         self.t0, self.log, self.runs = time.time(), {}, {}
         self.splits = self.sft_run = None
         self._extra: dict[str, tuple[Profile, object]] = {}
+        self._prior: tuple[dict, float] | None = None
 
     # ------------------------------------------------------------------------------- bookkeeping
     def elapsed(self) -> float:
@@ -75,8 +76,10 @@ class Pipeline:
         path.parent.mkdir(parents=True, exist_ok=True)
         old = json.loads(path.read_text()) if path.exists() else {}
         same_job = old.get("made_by", {}).get("id") == run["id"]
-        stages = {**(old.get("stages", {}) if same_job else {}), **self.log}
-        elapsed = (old.get("elapsed_s", 0) if same_job else 0) + round(self.elapsed(), 1)
+        if self._prior is None:  # what earlier processes of the job recorded, read once
+            self._prior = (old.get("stages", {}), old.get("elapsed_s", 0)) if same_job else ({}, 0)
+        stages = {**self._prior[0], **self.log}
+        elapsed = self._prior[1] + self.elapsed()
         path.write_text(json.dumps({"profile": self.profile.name, "made_by": run, "budget_s": self.budget_s,
                                     "elapsed_s": round(elapsed, 1), "stages": stages}, indent=2))
 

@@ -111,3 +111,21 @@ def fit(trainer, run: Path, last: str | None, meter: Meter, profile, config, **i
         (run / "run.json").write_text(json.dumps(out, indent=2))
     wait_for_everyone()
     return out
+
+
+def export_adapter(run: Path, out: Path, dtype=None) -> Path:
+    """Copy a run's LoRA adapter to ``out`` with its weights cast to ``dtype`` (default bf16: half the bytes,
+    what ``models/`` ships), plus ``adapter_config.json``, ``run.json`` and ``train_log.json``: a folder that
+    ``python -m she_lib.evaluate --run <out>`` scores like the run itself."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run, out = Path(run), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = load_file(run / "adapter_model.safetensors")
+    save_file({k: v.to(dtype or torch.bfloat16).contiguous() for k, v in weights.items()},
+              out / "adapter_model.safetensors")
+    for name in ("adapter_config.json", "run.json", "train_log.json"):
+        if (run / name).exists():
+            (out / name).write_text((run / name).read_text())
+    return out

@@ -11,6 +11,16 @@ y = (y_1 .. y_T) the assistant tokens (the rationale, then ``<|im_end|>`` and th
 
 N = number of assistant tokens in the (accumulated) batch; prompt and padding tokens have label -100.
 
+The decision is one token of ~100, so this loss is ~1% about the grade. With ``grade_weight`` = w != 1,
+:class:`CoTSFTTrainer` weights the grade's first token (the token after ``<grade>``, the one the first-token
+read-out scores) w times::
+
+    L = sum_t a_t * (-log p(y_t | x, y_<t)) / sum_t a_t,     a_t = w at the grade token, 1 at other assistant tokens
+
+and, with ``select_by_grade_f1``, scores the validation split's grade by first token at every evaluation
+(``eval_grade_macro_f1`` in the log) and keeps the checkpoint where it is best (the trainer's
+``load_best_model_at_end``), so the saved adapter is chosen by the metric the task is judged on, not by loss.
+
 Model: ``load_policy(profile)`` without LoRA, with ``dtype="float32"`` on CPU (the cpu profile's
 "auto" would load bf16 weights here; fp32 keeps master weights fp32 and ``bf16`` only autocasts),
 and ``SFTTrainer(peft_config=policy.lora_config)``: TRL seeds right before it wraps the model, so the
@@ -62,6 +72,9 @@ class CoTSFTConfig:
     train_limit: int | None = None  # None = the whole train split, else a seeded sample
     eval_limit: int | None = 48  # validation pairs for the eval loss; 0 / None = no evaluation
     class_balance: float = 0.0  # a in [0, 1]: resample grades to shares ~ n_c^(1-a) (balance_classes); 0 = as is
+    grade_weight: float = 1.0  # weight of the grade's token in the loss (CoTSFTTrainer); 1 = TRL's plain loss
+    select_by_grade_f1: bool = False  # keep the checkpoint with the best validation grade macro-F1 (first token)
+    grade_eval_limit: int = 0  # > 0: log eval_grade_macro_f1 on this many validation pairs (seeded) at each evaluation
 
     @classmethod
     def for_profile(cls, profile: Profile | str, **overrides) -> "CoTSFTConfig":
@@ -138,6 +151,74 @@ def _sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------- train
+def grade_positions(labels: torch.Tensor, prefix_ids: list[int]) -> torch.Tensor:
+    """Bool [batch, length]: the label positions right after an occurrence of ``prefix_ids`` (the ``<grade>`` tag's
+    tokens) in the supervised labels: the first token of the grade."""
+    k, out = len(prefix_ids), torch.zeros_like(labels, dtype=torch.bool)
+    if labels.shape[1] <= k:
+        return out
+    hit = (labels.unfold(1, k, 1) == torch.tensor(prefix_ids, device=labels.device)).all(-1)  # tag starts at j
+    out[:, k:] = hit[:, : labels.shape[1] - k]
+    return out & (labels != -100)
+
+
+def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_t a_t CE_t / sum_t a_t over supervised positions (label != -100), the next-token shift applied here:
+    logits[:, t] predicts labels[:, t + 1]; ``weights`` are per label position (unshifted)."""
+    logits, labels, weights = logits[:, :-1].float(), labels[:, 1:], weights[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                           ignore_index=-100, reduction="none").view_as(labels)
+    a = weights * (labels != -100)
+    return (a * ce).sum() / a.sum().clamp(min=1e-9)
+
+
+def _cot_sft_trainer_class():
+    """``CoTSFTTrainer``: TRL's ``SFTTrainer`` with two hooks overridden (module doc): ``compute_loss`` (the grade
+    token weighted when ``grade_weight`` != 1) and ``evaluate`` (adds ``eval_grade_macro_f1``). Built lazily so that
+    importing she_lib.sft does not import TRL."""
+    from trl import SFTTrainer
+
+    class CoTSFTTrainer(SFTTrainer):
+        def __init__(self, *args, grade_weight: float = 1.0, grade_eval=None, **kw):
+            super().__init__(*args, **kw)
+            self.grade_weight, self.grade_eval = grade_weight, grade_eval  # grade_eval: (frame, profile) or None
+            self._prefix = self.processing_class("<grade>", add_special_tokens=False).input_ids
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.grade_weight == 1.0:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"]
+            outputs = model(**{k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")})
+            weights = torch.where(grade_positions(labels, self._prefix), self.grade_weight, 1.0).to(outputs.logits.device)
+            loss = weighted_token_loss(outputs.logits, labels.to(outputs.logits.device), weights)
+            return (loss, outputs) if return_outputs else loss
+
+        def evaluate(self, *args, **kw):
+            metrics = super().evaluate(*args, **kw)
+            if self.grade_eval is not None:
+                f1 = grade_macro_f1(self.model, self.processing_class, *self.grade_eval)
+                metrics["eval_grade_macro_f1"] = f1
+                self.log({"eval_grade_macro_f1": f1})
+            return metrics
+
+    return CoTSFTTrainer
+
+
+def grade_macro_f1(model, tokenizer, df: pd.DataFrame, profile: Profile) -> float:
+    """Macro-F1 of the first-token grade read-out on ``df`` (the model is put back in train mode afterwards)."""
+    from .inference import grade_probabilities
+    from .metrics import classification_metrics
+    from .schema import render_prompt
+
+    scale, side, training = get_scale(profile.grade_scale), tokenizer.padding_side, model.training
+    prompts = [render_prompt(tokenizer, r, scale, "grade_first") for r in df.to_dict("records")]
+    probs = grade_probabilities(model, tokenizer, prompts, scale.words, batch_size=profile.eval_batch_size,
+                                progress=False)
+    tokenizer.padding_side = side
+    model.train(training)
+    return float(classification_metrics(df["label"], [scale.words[i] for i in probs.argmax(1)], scale.words)["macro_f1"])
+
+
 def _precision(bf16: bool | str) -> tuple[bool, bool]:
     """(bf16, fp16) mixed-precision flags for the trainer; "auto" follows ``modeling.resolve_dtype``
     (bf16 on CUDA with bf16 support, else fp16 (a T4); bf16 on a CPU with fast bf16; else fp32)."""
@@ -166,14 +247,15 @@ def sft_args(config: CoTSFTConfig, output_dir: str | Path, has_eval: bool):
         completion_only_loss=True, logging_steps=config.logging_steps, save_strategy="steps",
         save_steps=config.save_steps, save_total_limit=config.save_total_limit, seed=config.seed,
         eval_strategy="steps" if has_eval else "no", eval_steps=config.eval_steps or config.save_steps,
-        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0)
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+        **(dict(load_best_model_at_end=True, metric_for_best_model="eval_grade_macro_f1", greater_is_better=True)
+           if has_eval and config.select_by_grade_f1 else {}))
 
 
 def sft_trainer(profile: Profile, config: CoTSFTConfig, train_ds, output_dir: str | Path, eval_ds=None,
-                callbacks: list | None = None):
-    """The ``SFTTrainer`` of a run: model per profile, LoRA, the CPU fallback for TRL's fused LM head."""
-    from trl import SFTTrainer
-
+                callbacks: list | None = None, grade_eval: pd.DataFrame | None = None):
+    """The ``CoTSFTTrainer`` of a run: model per profile, LoRA, the CPU fallback for TRL's fused LM head;
+    ``grade_eval`` (validation rows) turns on the first-token grade macro-F1 at each evaluation."""
     from .modeling import load_policy, unsloth_available
     from .trl_compat import ensure_trl_cpu_support
 
@@ -183,9 +265,12 @@ def sft_trainer(profile: Profile, config: CoTSFTConfig, train_ds, output_dir: st
         policy = load_policy(profile if torch.cuda.is_available() else profile.replace(dtype="float32"))
         peft_config = policy.lora_config
     ensure_trl_cpu_support()  # before the trainer is built: no Triton on CPU
-    return SFTTrainer(model=policy.model, args=sft_args(config, output_dir, eval_ds is not None),
-                      train_dataset=train_ds, eval_dataset=eval_ds, processing_class=policy.tokenizer,
-                      peft_config=peft_config, callbacks=callbacks)
+    if config.select_by_grade_f1 and (grade_eval is None or config.order != "grade_first"):
+        raise ValueError("select_by_grade_f1 needs validation rows and the grade_first order (a first-token read-out)")
+    return _cot_sft_trainer_class()(
+        model=policy.model, args=sft_args(config, output_dir, eval_ds is not None), train_dataset=train_ds,
+        eval_dataset=eval_ds, processing_class=policy.tokenizer, peft_config=peft_config, callbacks=callbacks,
+        grade_weight=config.grade_weight, grade_eval=None if grade_eval is None else (grade_eval, profile))
 
 
 def train_sft(profile: Profile, config: CoTSFTConfig | None = None, splits: dict | None = None,
@@ -203,13 +288,16 @@ def train_sft(profile: Profile, config: CoTSFTConfig | None = None, splits: dict
     scale = get_scale(profile.grade_scale)
     train = balance_classes(_sample(splits["train"], config.train_limit, config.seed), config.class_balance, config.seed)
     train_ds = build_sft_dataset(train, scale, config.order)
-    eval_ds = None
+    eval_ds = grade_eval = None
     if config.eval_limit and len(splits.get("validation", ())):
         eval_ds = build_sft_dataset(_sample(splits["validation"], config.eval_limit, config.seed), scale, config.order)
+        if config.grade_eval_limit > 0 and config.order == "grade_first":
+            grade_eval = _sample(splits["validation"], config.grade_eval_limit, config.seed)
     last = runs.start(run, profile, config)
     last = last if resume else None
     meter = runs.Meter()
-    trainer = sft_trainer(profile, config, train_ds, run / "checkpoints", eval_ds, [meter, *(callbacks or [])])
+    trainer = sft_trainer(profile, config, train_ds, run / "checkpoints", eval_ds, [meter, *(callbacks or [])],
+                          grade_eval)
     runs.fit(trainer, run, last, meter, profile, config, kind="sft", order=config.order,
              train_examples=len(train_ds), eval_examples=len(eval_ds) if eval_ds is not None else 0,
              backend="unsloth" if unsloth_available(profile) else "transformers")

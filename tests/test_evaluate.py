@@ -186,3 +186,38 @@ def test_prediction_seconds_survive_the_cache(tiny_policy, tmp_path):
     assert prediction_seconds(first) == prediction_seconds(again) is not None and first["seconds"].gt(0).all()
     assert prediction_seconds(pd.DataFrame({"pred": ["Exact"]})) is None  # a cache written before the timing
     assert prediction_seconds(pd.DataFrame({"seconds": [0.5, None]})) is None
+
+
+def test_shipped_adapter_is_complete_and_small():
+    """models/ ships the SFT adapter in bf16 (<= 12 MB) with what load_run needs and a model card."""
+    from safetensors import safe_open
+
+    from she_lib.config import REPO_ROOT, get_profile
+
+    folder = REPO_ROOT / "models" / "smollm2-135m-she-sft"
+    weights = folder / "adapter_model.safetensors"
+    assert weights.stat().st_size <= 12 * 2 ** 20 and (folder / "README.md").exists()
+    with safe_open(str(weights), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    assert cfg["r"] == 16 and set(cfg["target_modules"]) == set(get_profile("cpu").lora_target_modules)
+    info = json.loads((folder / "run.json").read_text())
+    assert info["kind"] == "sft" and info["order"] == "grade_first" and info["finished"] and "init_adapter" not in info
+
+
+def test_evaluate_an_exported_adapter_folder_on_smoke(tmp_path, monkeypatch, capsys):
+    """The models/ path end to end on smoke: a trained run exported in bf16 (runs.export_adapter, what
+    scripts/gpu_run.sh ships) is scored by ``evaluate --run <folder>`` like the run itself."""
+    from she_lib.runs import export_adapter
+    from she_lib.sft import CoTSFTConfig, train_sft
+
+    monkeypatch.setattr("she_lib.config.PROFILES", _tmp_profiles(tmp_path))
+    from she_lib.config import get_profile
+
+    prof = get_profile("smoke")
+    run = train_sft(prof, CoTSFTConfig.for_profile(prof, max_steps=2))
+    shipped = export_adapter(run, tmp_path / "models" / "tiny-sft")
+    assert sorted(p.name for p in shipped.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                         "run.json", "train_log.json"]
+    assert main(["--run", str(shipped), "--profile", "smoke", "--mode", "first_token", "--limit", "8"]) == 0
+    assert "tiny-sft_first_token" in capsys.readouterr().out

@@ -300,3 +300,25 @@ def test_fast_normalisers_match_the_reference():
             assert cur[col].tolist() == want and report["truncated"][col] == sum(len(t) > cap for t in clean)
 
     check()
+
+
+def test_inference_policy_goes_to_the_gpu_when_there_is_one(tiny_policy, tmp_path, monkeypatch):
+    """Without Unsloth (SHE_NO_UNSLOTH=1, the RL and evaluation process of scripts/gpu_run.sh), a loaded model is
+    moved to ``cuda:<LOCAL_RANK>`` for inference; a training policy is left where the trainer places it."""
+    from she_lib.config import get_profile
+    from she_lib.modeling import load_policy
+
+    hub = tmp_path / "hub"
+    tiny_policy.model.save_pretrained(hub)
+    tiny_policy.tokenizer.save_pretrained(hub)
+    prof = get_profile("gpu", model_name=str(hub), dtype="float32")
+    moved = []
+    monkeypatch.setenv("SHE_NO_UNSLOTH", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a) or self)
+    to_gpu = lambda: [a for a in moved if "cuda" in str(a)]  # noqa: E731
+    load_policy(prof)
+    assert to_gpu() == [("cuda:1",)]
+    load_policy(prof, training=True)
+    assert to_gpu() == [("cuda:1",)]

@@ -198,3 +198,38 @@ def test_balance_classes_hand_computed():
     assert balance_classes(df, 0.0) is df
     with pytest.raises(ValueError, match="class_balance must be in"):
         balance_classes(df, 1.5)
+
+
+def test_grade_positions_and_weighted_loss_hand_computed():
+    """Labels [-100, 7, 8, 3, 9, 7, 8, 5] with the tag (7, 8): grade tokens at positions 3 and 7. With uniform
+    logits over V = 4 every CE is log 4, so any weighting gives log 4; with one position made certain (CE 0) the
+    weighted mean is sum(a * CE) / sum(a) by hand."""
+    import math
+
+    from she_lib.sft import grade_positions, weighted_token_loss
+
+    labels = torch.tensor([[-100, 7, 8, 3, 9, 7, 8, 5]])
+    mask = grade_positions(labels, [7, 8])
+    assert mask.tolist() == [[False, False, False, True, False, False, False, True]]
+    assert not grade_positions(labels[:, :2], [7, 8]).any()
+    small = torch.tensor([[-100, 1, 2, 3]])  # V = 4 below; positions 1..3 supervised, 3 is the "grade"
+    w = torch.where(torch.tensor([[False, False, False, True]]), 5.0, 1.0)
+    logits = torch.zeros(1, 4, 4)
+    assert weighted_token_loss(logits, small, w).item() == pytest.approx(math.log(4))
+    logits[0, 2, 3] = 100.0  # position 2 predicts label 3 (the grade) with certainty: CE 0 there
+    # targets 1, 2 (weight 1, CE log 4 each) and 3 (weight 5, CE 0): (2 log 4 + 0) / 7
+    assert weighted_token_loss(logits, small, w).item() == pytest.approx(2 * math.log(4) / 7, abs=1e-6)
+
+
+def test_grade_weighted_sft_with_checkpoint_chosen_by_grade_f1(smoke, tmp_path):
+    """End to end on the tiny model: weight 10 on the grade token trains through CoTSFTTrainer.compute_loss,
+    eval_grade_macro_f1 is logged at each evaluation and the best checkpoint by it is the one kept."""
+    cfg = CoTSFTConfig.for_profile(smoke, max_steps=4, save_steps=2, grade_weight=10.0, grade_eval_limit=8,
+                                   select_by_grade_f1=True)
+    run = train_sft(smoke, cfg, name="sft_weighted")
+    log = json.loads((run / "train_log.json").read_text())
+    f1s = [e["eval_grade_macro_f1"] for e in log if "eval_grade_macro_f1" in e]
+    assert len(f1s) >= 2 and all(0.0 <= f <= 1.0 for f in f1s)
+    assert all(e["loss"] > 0 for e in log if "loss" in e)
+    with pytest.raises(ValueError, match="select_by_grade_f1 needs"):
+        train_sft(smoke, CoTSFTConfig.for_profile(smoke, select_by_grade_f1=True), name="bad")
