@@ -102,4 +102,9 @@ def test_all_notebooks_run_on_smoke(tmp_path):
     assert rl_data["difficulty"]["always_wrong"] == rl_data["difficulty"]["pool"] == 6
     assert rl_data["difficulty"]["fallback_added"] == rl_data["difficulty"]["kept"] == 4
     assert "Prompt-set fallback" in (tmp_path / BOOKS[3]).read_text()
+    # the job's report names the job: every row made by this run, the run listed with command, commit and machine
+    summary = (Path(prof.results_dir) / "summary.md").read_text()
+    assert "(this run): `python -m she_lib.notebooks --profile smoke`" in summary and "not this run" not in summary.split(
+        "Rows marked")[0]
+    assert all(m["made_by"]["command"] == "python -m she_lib.notebooks --profile smoke" for m in metrics.values())
     assert Path(prof.results_dir).is_relative_to(REPO_ROOT / "results" / "smoke")
