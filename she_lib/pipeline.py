@@ -31,9 +31,7 @@ from pathlib import Path
 from .config import Profile, get_profile
 
 STAGES = ("data", "lexical", "sft", "zero_shot", "grpo", "srpo", "agrl", "dpo", "genrm", "report", "speed")
-
-
-SPEED_STEPS = 40
+SPEED_STEPS = 40  # optimizer steps of the speed stage
 
 
 class Pipeline:
