@@ -24,6 +24,7 @@ and cached) and regenerates every table and figure of notebook 05 (:func:`report
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -352,10 +353,17 @@ def eval_frame(profile: Profile, splits: dict[str, pd.DataFrame]) -> pd.DataFram
     return df.iloc[: profile.eval_limit] if profile.eval_limit else df
 
 
-def per_query(df: pd.DataFrame, k: int | None) -> pd.DataFrame:
-    """The first ``k`` pairs of every query of ``df`` in its stored order (all pairs when k is None): a
-    cheaper evaluation set that keeps every query, so the bootstrap over queries still applies."""
-    return df if not k else df.groupby(df["query"].str.lower(), sort=False, group_keys=False).head(k)
+def per_query(df: pd.DataFrame, k: int | None, seed: int = 0) -> pd.DataFrame:
+    """``k`` pairs of every query of ``df`` (all pairs when k is None), the query's pairs taken in the order of
+    sha1(f"{seed}:{example_id}"), rows returned in their stored order: a cheaper evaluation set that keeps every
+    query, so the bootstrap over queries still applies. A seeded hash, not the stored order: the stored order
+    (ASIN order in ESCI) is not random in grade (the first 8 test pairs of each query are 56.9% Exact against
+    49.6% in the whole test split)."""
+    if not k:
+        return df
+    rank = df["example_id"].map(lambda e: hashlib.sha1(f"{seed}:{e}".encode()).hexdigest())
+    keep = rank.groupby(df["query"].str.lower()).rank(method="first") <= k
+    return df[keep]
 
 
 # -------------------------------------------------------------------------------------- CLI

@@ -141,7 +141,13 @@ def test_per_query_keeps_every_query():
     from she_lib.evaluate import per_query
 
     df = pd.DataFrame({"query": ["a", "A", "a", "b", "c", "c"], "example_id": list("123456")})
-    assert per_query(df, 2)["example_id"].tolist() == ["1", "2", "4", "5", "6"]  # queries compare lower-cased
+    # sha1("0:<id>") begins 2725fd8c, 24977969, 1a6e9a54 for ids 1, 2, 3 of query "a" (compared lower-cased):
+    # ids 3 and 2 come first; rows are returned in stored order. Seed 1 picks by other hashes.
+    assert per_query(df, 2)["example_id"].tolist() == ["2", "3", "4", "5", "6"]
+    import hashlib
+
+    first = sorted("123", key=lambda e: hashlib.sha1(f"1:{e}".encode()).hexdigest())[:2]
+    assert per_query(df, 2, seed=1)["example_id"].tolist() == sorted(first) + ["4", "5", "6"]
     assert per_query(df, None) is df
 
 
