@@ -23,8 +23,10 @@ def test_pipeline_scores_every_run_on_both_test_sets(tmp_path):
             "grpo_first_token", "sft_cumpt"} <= set(test)
     wide = json.loads((tmp_path / "results" / "esci_us_wide" / "metrics.json").read_text())
     assert {"lexical", "sft", "sft_first_token", "zero_shot_first_token", "grpo", "grpo_first_token"} <= set(wide)
-    # the wide set is scored as a whole (smoke caps it at eval_limit pairs), in its own split name
-    assert {m["n_examples"] for m in wide.values()} == {prof.eval_limit}
+    # the wide set is scored as a whole (smoke caps it at eval_limit pairs), in its own split name; decoded
+    # read-outs there take one pair of each of its queries
+    assert {m["n_examples"] for k, m in wide.items() if k in ("lexical", "sft_first_token")} == {prof.eval_limit}
+    assert wide["sft"]["n_examples"] == wide["sft"]["n_queries"] == wide["sft_first_token"]["n_queries"]
     assert {m["split"] for m in wide.values()} == {"external_esci_us_wide"}
     assert (tmp_path / "results" / "esci_us_wide" / "summary.md").exists()
     info = json.loads((tmp_path / "results" / "pipeline.json").read_text())
@@ -53,7 +55,7 @@ def test_gpu_offline_profile_resolves_for_every_stage():
     assert prof.model_source == "smollm2_gguf" and prof.dtype == "bfloat16" and prof.extra_eval_dirs == (WIDE,)
     assert Path(prof.results_dir) == REPO_ROOT / "results" / "gpu"
     sft = CoTSFTConfig.for_profile(prof)
-    assert sft.train_limit is None and sft.epochs == 2 and sft.class_balance == 0.5
+    assert sft.train_limit is None and sft.epochs == 1 and sft.class_balance == 0.5 and sft.select_by_grade_f1
     assert DPOBaselineConfig.for_profile(prof).sample_limit == 256 and GenRMConfig.for_profile(prof).policy_prompts == 128
     assert curriculum_for(prof).stage_steps == (4, 4, 4)
     args = rl_config(prof, "srpo")
