@@ -25,6 +25,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--report", action="store_true",
+                    help="only the paired bootstrap over test queries from the saved read-outs (significance.md)")
     a = ap.parse_args(argv)
     import torch
 
@@ -37,6 +39,8 @@ def main(argv=None) -> int:
     prof = get_profile("cpu-full", runs_dir=str(REPO_ROOT / "runs" / "ablation"),
                        results_dir=str(REPO_ROOT / "results" / "ablation"), eval_trained_modes=("first_token",),
                        extra_eval_dirs=(str(REPO_ROOT / "data_samples" / "esci_us_wide"),))
+    if a.report:
+        return report(prof)
     pipe = Pipeline(prof, stages=("data", "lexical"))
     pipe.run()
     for name in a.variants:
@@ -44,6 +48,26 @@ def main(argv=None) -> int:
         run = train_sft(prof, cfg, pipe.splits, name=f"sft_{name}")
         pipe.score(run)
     print(open(os.path.join(prof.results_dir, "summary.md")).read())
+    return 0
+
+
+def report(prof) -> int:
+    """Paired bootstrap over the esci_us test queries: each variant against plain and against lexical."""
+    from pathlib import Path
+
+    from she_lib.data import load_splits
+    from she_lib.evaluate import eval_frame, load_predictions
+    from she_lib.labels import get_scale
+    from she_lib.metrics import significance_table
+
+    preds = load_predictions(prof, eval_frame(prof, load_splits(prof)))
+    names = [f"sft_{v}_first_token" for v in VARIANTS if f"sft_{v}_first_token" in preds]
+    pairs = [(n, "sft_plain_first_token") for n in names if n != "sft_plain_first_token"] + [(n, "lexical") for n in names]
+    table = significance_table(preds, pairs, get_scale(prof.grade_scale).words, prof.bootstrap_samples, prof.seed)
+    Path(prof.results_dir, "significance.md").write_text(
+        "Paired bootstrap over esci_us test queries, A - B (`python scripts/sft_ablation.py --report`).\n\n"
+        + table.to_markdown(index=False) + "\n")
+    print(table.to_string())
     return 0
 
 
