@@ -2,7 +2,7 @@
 decision?  ``python scripts/sft_ablation.py [--variants plain weighted] [--threads 1]``
 
 Each variant is the cpu-full SFT config (480 train pairs, one epoch of batch 8 = 60 steps) with the overrides in
-VARIANTS, trained into ``runs/ablation/<variant>`` (resumable) and read by first token on the esci_us test split and
+VARIANTS (and, for PROMPT_EVIDENCE, the facts in the prompt), trained into ``runs/ablation/<variant>`` (resumable) and read by first token on the esci_us test split and
 on all of data_samples/esci_us_wide. Rows go to ``results/ablation/metrics.json`` (and ``esci_us_wide/``), each with
 its run identity; the table to ``results/ablation/summary.md``. Run variants side by side, one thread each, on a
 2-core CPU: ``python scripts/sft_ablation.py --variants plain & python scripts/sft_ablation.py --variants weighted``.
@@ -12,13 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 
-VARIANTS = {
+VARIANTS = {  # name -> CoTSFTConfig overrides; PROMPT_EVIDENCE names the variants whose prompt carries the facts
     "plain": {},  # TRL's loss over the rationale, grades as in the data
     # the grade token 10x (~10% of the loss instead of ~1%), grades resampled to shares ~ sqrt(counts), and the
     # checkpoint kept by validation grade macro-F1 (evaluations at steps 30 and 60, where checkpoints are saved)
     "weighted": dict(grade_weight=10.0, class_balance=0.5, grade_eval_limit=64, select_by_grade_f1=True,
                      save_steps=30, eval_steps=30),
+    # the plain objective, with the lexical evidence (terms found / missing) in the prompt (Profile.prompt_evidence)
+    "evidence": {},
 }
+PROMPT_EVIDENCE = {"evidence"}
 
 
 def main(argv=None) -> int:
@@ -41,11 +44,12 @@ def main(argv=None) -> int:
                        extra_eval_dirs=(str(REPO_ROOT / "data_samples" / "esci_us_wide"),))
     if a.report:
         return report(prof)
-    pipe = Pipeline(prof, stages=("data", "lexical"))
-    pipe.run()
+    Pipeline(prof, stages=("data", "lexical")).run()
     for name in a.variants:
-        cfg = CoTSFTConfig.for_profile(prof, **VARIANTS[name])
-        run = train_sft(prof, cfg, pipe.splits, name=f"sft_{name}")
+        pipe = Pipeline(prof.replace(prompt_evidence=name in PROMPT_EVIDENCE), stages=("data",))
+        pipe.run()
+        cfg = CoTSFTConfig.for_profile(pipe.profile, **VARIANTS[name])
+        run = train_sft(pipe.profile, cfg, pipe.splits, name=f"sft_{name}")
         pipe.score(run)
     print(open(os.path.join(prof.results_dir, "summary.md")).read())
     return 0

@@ -64,6 +64,9 @@ class Profile:
     max_bullets_chars: int = 160
     max_description_chars: int = 160
     processed_dir: str = str(REPO_ROOT / "data_processed")
+    # the lexical evidence in the prompt (data.with_evidence: query terms the product states / lacks, excluded terms
+    # it mentions), the facts a lexical model decides from; not in the papers, an input to ablate
+    prompt_evidence: bool = False
     # --- reasoning format ------------------------------------------------------------------------
     order: str = "grade_first"  # "grade_first" (respond-then-think) | "steps_first"
     sft_orders: tuple[str, ...] = ("grade_first", "steps_first")  # orders notebook 02 trains (and 05 scores)

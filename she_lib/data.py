@@ -432,6 +432,17 @@ def prepare_splits(profile: Profile, write: bool = True) -> tuple[dict[str, pd.D
     return splits, report
 
 
+def with_evidence(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with an ``evidence`` column, shown in the prompt (schema.user_prompt) when a profile sets
+    ``prompt_evidence``: "found: <matched terms>; missing: <missing terms>[; excluded but stated: <negation hits>]"
+    from the facts columns (she_lib.facts), so the model sees what the lexical baseline decides from."""
+    def line(m, x, h) -> str:
+        out = f"found: {', '.join(m) or 'none'}; missing: {', '.join(x) or 'none'}"
+        return out + (f"; excluded but stated: {', '.join(h)}" if len(h) else "")
+    return df.assign(evidence=[line(m, x, h) for m, x, h in zip(df["matched_terms"], df["missing_terms"],
+                                                                 df["negation_hits"])])
+
+
 def load_splits(profile: Profile) -> dict[str, pd.DataFrame]:
     """Read the processed splits written by notebook 01 (built on the fly if absent). In a multi-process launch
     rank 0 builds and writes them first, then the other ranks read them."""
@@ -440,5 +451,7 @@ def load_splits(profile: Profile) -> dict[str, pd.DataFrame]:
     out = Path(profile.processed_dir)
     with main_process_first():
         if not all((out / f"{s}.parquet").exists() for s in SPLITS):
-            return prepare_splits(profile)[0]
-        return {s: pd.read_parquet(out / f"{s}.parquet") for s in SPLITS}
+            splits = prepare_splits(profile)[0]
+        else:
+            splits = {s: pd.read_parquet(out / f"{s}.parquet") for s in SPLITS}
+    return {s: with_evidence(d) for s, d in splits.items()} if profile.prompt_evidence else splits

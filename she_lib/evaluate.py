@@ -37,7 +37,7 @@ import pandas as pd
 from .config import Profile, get_profile
 from .labels import get_scale
 from .metrics import UNPARSED, bootstrap_ci, classification_metrics, default_pairs, significance_table
-from .data import SPLITS, curate, load_dataset, load_splits
+from .data import SPLITS, curate, load_dataset, load_splits, with_evidence
 from .provenance import current_run, in_job, machine, run_labels
 from .schema import parse, render_prompt
 
@@ -394,6 +394,7 @@ def main(argv=None) -> int:
     splits = load_splits(profile)
     if args.data:  # a whole external folder is the evaluation set
         df, _ = curate(load_dataset(profile, args.data), profile.replace(max_pairs=None))
+        df = with_evidence(df) if profile.prompt_evidence else df
         splits = {**splits, "external": df}
         profile = profile.replace(eval_split="external", runs_dir=str(Path(profile.runs_dir) / "external"),
                                   results_dir=str(Path(profile.results_dir) / Path(os.path.abspath(args.data)).name))

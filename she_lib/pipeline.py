@@ -84,7 +84,7 @@ class Pipeline:
     # ------------------------------------------------------------------------------- evaluation
     def extra_sets(self) -> dict[str, tuple[Profile, object]]:
         """Folder name -> (profile scoring that folder as a whole, its curated frame)."""
-        from .data import curate, load_dataset
+        from .data import curate, load_dataset, with_evidence
 
         out = {}
         for folder in self.profile.extra_eval_dirs:
@@ -92,6 +92,7 @@ class Pipeline:
             df, _ = curate(load_dataset(self.profile, folder), self.profile.replace(max_pairs=None,
                                                                                      max_pairs_per_query=None))
             df = df.iloc[: self.profile.eval_limit] if self.profile.eval_limit else df
+            df = with_evidence(df) if self.profile.prompt_evidence else df
             # decoded read-outs take one pair per query there (673 on esci_us_wide): every query, a third of the cost
             out[name] = (self.profile.replace(eval_split=f"external_{name}", eval_generate_per_query=1,
                                               runs_dir=str(Path(self.profile.runs_dir) / f"external_{name}"),

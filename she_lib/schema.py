@@ -76,6 +76,8 @@ def user_prompt(example) -> str:
     details = example.get("bullets") or example.get("description")
     if details:
         lines.append(f"Details: {details}")
+    if example.get("evidence"):  # only when the profile sets prompt_evidence (data.with_evidence)
+        lines.append(f"Evidence: {example['evidence']}")
     return "\n".join(lines)
 
 

@@ -195,3 +195,25 @@ def test_facts_exact():
     assert g["product_type"] == "Big Blue Cup" and g["missing_terms"] == ["red", "mug"]
     assert [stem(w) for w in ("buckles", "boxes", "glasses", "batteries", "shoes", "bus")] == [
         "buckle", "box", "glass", "battery", "shoe", "bus"]
+
+
+def test_prompt_evidence_shows_the_facts_in_the_prompt(tmp_path):
+    """with_evidence writes the facts as one line; the prompt shows it only when the row carries it; a profile with
+    prompt_evidence loads splits that carry it."""
+    import pandas as pd
+
+    from she_lib.config import get_profile
+    from she_lib.data import load_splits, with_evidence
+    from she_lib.schema import user_prompt
+
+    df = pd.DataFrame({"matched_terms": [["belt", "brown"], []], "missing_terms": [["leather"], ["x"]],
+                       "negation_hits": [[], ["buckle"]]})
+    assert with_evidence(df)["evidence"].tolist() == [
+        "found: belt, brown; missing: leather", "found: none; missing: x; excluded but stated: buckle"]
+    row = {"query": "brown belt", "title": "Belt", "evidence": "found: belt; missing: none"}
+    assert user_prompt(row).endswith("\nEvidence: found: belt; missing: none")
+    assert "Evidence" not in user_prompt({k: v for k, v in row.items() if k != "evidence"})
+    prof = get_profile("smoke", processed_dir=str(tmp_path / "p"))
+    assert "evidence" not in load_splits(prof)["train"]
+    train = load_splits(prof.replace(prompt_evidence=True))["train"]
+    assert train["evidence"].str.startswith("found: ").all()
