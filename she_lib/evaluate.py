@@ -353,6 +353,17 @@ def eval_frame(profile: Profile, splits: dict[str, pd.DataFrame]) -> pd.DataFram
     return df.iloc[: profile.eval_limit] if profile.eval_limit else df
 
 
+def external_set(profile: Profile, folder: str | Path) -> tuple[Profile, pd.DataFrame]:
+    """A whole ESCI folder as an evaluation set: its curated pairs (no pair caps; the evidence column where the
+    profile shows it) and the profile that scores them: split ``external_<name>``, prediction caches off, runs under
+    ``runs_dir/external_<name>``, results in ``results_dir/<name>/`` (never the profile's own table)."""
+    name = Path(os.path.abspath(folder)).name
+    df, _ = curate(load_dataset(profile, folder), profile.replace(max_pairs=None, max_pairs_per_query=None))
+    return profile.replace(eval_split=f"external_{name}", runs_dir=str(Path(profile.runs_dir) / f"external_{name}"),
+                           results_dir=str(Path(profile.results_dir) / name)), (
+        with_evidence(df) if profile.prompt_evidence else df)
+
+
 def per_query(df: pd.DataFrame, k: int | None, seed: int = 0) -> pd.DataFrame:
     """``k`` pairs of every query of ``df`` (all pairs when k is None), the query's pairs taken in the order of
     sha1(f"{seed}:{example_id}"), rows returned in their stored order: a cheaper evaluation set that keeps every
@@ -393,11 +404,8 @@ def main(argv=None) -> int:
     modes = MODES if args.mode == "both" else (args.mode,)
     splits = load_splits(profile)
     if args.data:  # a whole external folder is the evaluation set
-        df, _ = curate(load_dataset(profile, args.data), profile.replace(max_pairs=None))
-        df = with_evidence(df) if profile.prompt_evidence else df
-        splits = {**splits, "external": df}
-        profile = profile.replace(eval_split="external", runs_dir=str(Path(profile.runs_dir) / "external"),
-                                  results_dir=str(Path(profile.results_dir) / Path(os.path.abspath(args.data)).name))
+        profile, df = external_set(profile, args.data)
+        splits = {**splits, profile.eval_split: df}
     df = eval_frame(profile, splits)
     if args.baseline == "zero_shot":
         results = evaluate_zero_shot(profile, df, modes, save=args.save)

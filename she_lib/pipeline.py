@@ -83,20 +83,16 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------- evaluation
     def extra_sets(self) -> dict[str, tuple[Profile, object]]:
-        """Folder name -> (profile scoring that folder as a whole, its curated frame)."""
-        from .data import curate, load_dataset, with_evidence
+        """Folder name -> (profile scoring that folder as a whole, its curated frame): evaluate.external_set, the
+        frame cut at ``eval_limit``; decoded read-outs there take one pair per query (673 on esci_us_wide: every
+        query, a third of the cost)."""
+        from .evaluate import external_set
 
         out = {}
         for folder in self.profile.extra_eval_dirs:
-            name = Path(folder).name
-            df, _ = curate(load_dataset(self.profile, folder), self.profile.replace(max_pairs=None,
-                                                                                     max_pairs_per_query=None))
-            df = df.iloc[: self.profile.eval_limit] if self.profile.eval_limit else df
-            df = with_evidence(df) if self.profile.prompt_evidence else df
-            # decoded read-outs take one pair per query there (673 on esci_us_wide): every query, a third of the cost
-            out[name] = (self.profile.replace(eval_split=f"external_{name}", eval_generate_per_query=1,
-                                              runs_dir=str(Path(self.profile.runs_dir) / f"external_{name}"),
-                                              results_dir=str(Path(self.profile.results_dir) / name)), df)
+            prof, df = external_set(self.profile, folder)
+            out[Path(folder).name] = (prof.replace(eval_generate_per_query=1),
+                                      df.iloc[: self.profile.eval_limit] if self.profile.eval_limit else df)
         return out
 
     def score(self, run: Path, modes=None) -> None:

@@ -131,7 +131,8 @@ def test_cli_saves_external_data_in_its_own_results_folder(tmp_path, monkeypatch
     ext.symlink_to(Path("data_samples/esci_us").resolve())
     assert main(["--baseline", "lexical", "--profile", "smoke", "--data", str(ext), "--limit", "40", "--save"]) == 0
     saved = json.loads((tmp_path / "results" / "my_esci" / "metrics.json").read_text())
-    assert set(saved) == {"lexical"} and saved["lexical"]["split"] == "external" and saved["lexical"]["n_examples"] == 40
+    assert set(saved) == {"lexical"} and saved["lexical"]["split"] == "external_my_esci"
+    assert saved["lexical"]["n_examples"] == 40
     assert not (tmp_path / "results" / "metrics.json").exists()
     with pytest.raises(SystemExit):
         main(["--report", "--profile", "smoke", "--data", str(ext)])
