@@ -45,14 +45,13 @@ def run_notebooks(profile: str = "cpu", only: list[str] | None = None, out_dir: 
     import papermill as pm
 
     from .config import get_profile
-    from .provenance import start_run
+    from .provenance import job
 
-    run = start_run(" ".join(["python -m she_lib.notebooks --profile", profile, *(["--only", *only] if only else []),
-                              *(f"--param {k}={json.dumps(v)}" for k, v in (params or {}).items())]))
+    command = " ".join(["python -m she_lib.notebooks --profile", profile, *(["--only", *only] if only else []),
+                        *(f"--param {k}={json.dumps(v)}" for k, v in (params or {}).items())])
     metrics = Path(get_profile(profile).results_dir) / "metrics.json"
     if not only and metrics.exists():  # a full job reports only what it makes
         metrics.replace(metrics.with_name("metrics.previous.json"))
-    print(f"[{profile}] run {run['id']} on {run['machine']}", flush=True)
     out = Path(out_dir or REPO_ROOT / "results" / "notebooks" / profile)
     out.mkdir(parents=True, exist_ok=True)
     books = sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")
@@ -60,13 +59,15 @@ def run_notebooks(profile: str = "cpu", only: list[str] | None = None, out_dir: 
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     timings = {k: v for k, v in timings.items() if k not in {nb.name for nb in books}}
-    for nb in books:
-        t0 = time.time()
-        print(f"[{profile}] {nb.name} ...", flush=True)
-        pm.execute_notebook(str(nb), str(out / nb.name), parameters={"profile": profile, **(params or {})},
-                            cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False, log_output=log_output)
-        timings[nb.name] = round(time.time() - t0, 1)
-        print(f"[{profile}] {nb.name} done in {timings[nb.name]} s", flush=True)
+    with job(command) as run:  # the kernels inherit the job's identity
+        print(f"[{profile}] run {run['id']} on {run['machine']}", flush=True)
+        for nb in books:
+            t0 = time.time()
+            print(f"[{profile}] {nb.name} ...", flush=True)
+            pm.execute_notebook(str(nb), str(out / nb.name), parameters={"profile": profile, **(params or {})},
+                                cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False, log_output=log_output)
+            timings[nb.name] = round(time.time() - t0, 1)
+            print(f"[{profile}] {nb.name} done in {timings[nb.name]} s", flush=True)
     timings_file.write_text(json.dumps(dict(sorted(timings.items())), indent=2))
     return {nb.name: timings[nb.name] for nb in books}
 

@@ -8,6 +8,7 @@ that job did not make (:func:`run_labels`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -74,6 +75,20 @@ def start_run(command: str | None = None) -> dict:
     run = new_run(command)
     os.environ[ENV] = json.dumps(run)
     return run
+
+
+@contextlib.contextmanager
+def job(command: str | None = None):
+    """:func:`start_run` for the length of a ``with`` block; ``$SHE_RUN`` is restored after it (the notebook runner
+    may be called from a longer-lived process, e.g. a test session)."""
+    before = os.environ.get(ENV)
+    try:
+        yield start_run(command)
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
 
 
 def current_run() -> dict:

@@ -70,12 +70,20 @@ def test_parse_params_reads_json_values_else_strings():
 def test_run_notebooks_passes_parameters_and_merges_timings(tmp_path, monkeypatch):
     import papermill
 
+    import os
+
+    from she_lib.provenance import ENV
+
     calls = []
+    monkeypatch.delenv(ENV, raising=False)
     monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, parameters, **kw: calls.append(
-        (Path(src).name, Path(dst), parameters)))
+        (Path(src).name, Path(dst), parameters, json.loads(os.environ[ENV])["command"])))
     (tmp_path / "timings.json").write_text(json.dumps({BOOKS[0]: 1.0, BOOKS[4]: 9.0}))
     timings = run_notebooks("smoke", only=["05"], out_dir=tmp_path, params={"trained_modes": ["first_token"]})
-    assert calls == [(BOOKS[4], tmp_path / BOOKS[4], {"profile": "smoke", "trained_modes": ["first_token"]})]
+    # the kernel sees the job's identity; after the job, the process's environment is as it was
+    assert calls == [(BOOKS[4], tmp_path / BOOKS[4], {"profile": "smoke", "trained_modes": ["first_token"]},
+                      'python -m she_lib.notebooks --profile smoke --only 05 --param trained_modes=["first_token"]')]
+    assert ENV not in os.environ
     assert list(timings) == [BOOKS[4]] and timings[BOOKS[4]] != 9.0
     assert json.loads((tmp_path / "timings.json").read_text()) == {BOOKS[0]: 1.0, BOOKS[4]: timings[BOOKS[4]]}
 
