@@ -95,13 +95,15 @@ class Pipeline:
                                       df.iloc[: self.profile.eval_limit] if self.profile.eval_limit else df)
         return out
 
-    def score(self, run: Path, modes=None) -> None:
-        """A trained run on the test split and on every extra evaluation folder, saved with summaries."""
+    def score(self, run: Path, modes=None, test: bool = True) -> None:
+        """A saved run on the test split (unless ``test`` is False) and on every extra evaluation folder, saved with
+        summaries."""
         from .evaluate import evaluate_run, report_run, save_metrics, write_summary
         from .labels import get_scale
 
         modes = modes or self.profile.eval_trained_modes
-        report_run(run, self.profile, modes, save=True)
+        if test:
+            report_run(run, self.profile, modes, save=True)
         for prof, df in self._extra.values():
             for method, m in evaluate_run(run, prof, df, modes).items():
                 save_metrics(prof.results_dir, method, m)
@@ -117,13 +119,11 @@ class Pipeline:
             self.sft_run = sft
 
     def lexical(self):
-        from .evaluate import evaluate_lexical, write_summary
-        from .labels import get_scale
+        """Fit and score the lexical baseline once; the extra folders are scored with the saved model."""
+        from .evaluate import evaluate_lexical
 
         evaluate_lexical(self.profile, self.splits)
-        for prof, df in self._extra.values():
-            evaluate_lexical(prof, {**self.splits, prof.eval_split: df})
-            write_summary(prof.results_dir, get_scale(prof.grade_scale).words)
+        self.score(Path(self.profile.runs_dir) / "lexical", test=False)
 
     def sft(self):
         from .sft import CoTSFTConfig, train_sft

@@ -206,18 +206,16 @@ def _cot_sft_trainer_class():
 
 
 def grade_macro_f1(model, tokenizer, df: pd.DataFrame, profile: Profile) -> float:
-    """Macro-F1 of the first-token grade read-out on ``df`` (the model is put back in train mode afterwards)."""
-    from .inference import grade_probabilities
+    """Macro-F1 of the first-token grade read-out (evaluate.predict_llm, no cache) on ``df``; the tokenizer's padding
+    side and the model's train mode are put back afterwards."""
+    from .evaluate import predict_llm
     from .metrics import classification_metrics
-    from .schema import render_prompt
 
-    scale, side, training = get_scale(profile.grade_scale), tokenizer.padding_side, model.training
-    prompts = [render_prompt(tokenizer, r, scale, "grade_first") for r in df.to_dict("records")]
-    probs = grade_probabilities(model, tokenizer, prompts, scale.words, batch_size=profile.eval_batch_size,
-                                progress=False)
+    side, training = tokenizer.padding_side, model.training
+    preds = predict_llm(model, tokenizer, df, profile.replace(order="grade_first"), "first_token", None, False)
     tokenizer.padding_side = side
     model.train(training)
-    return float(classification_metrics(df["label"], [scale.words[i] for i in probs.argmax(1)], scale.words)["macro_f1"])
+    return float(classification_metrics(df["label"], preds["pred"], get_scale(profile.grade_scale).words)["macro_f1"])
 
 
 def _precision(bf16: bool | str) -> tuple[bool, bool]:
