@@ -2,8 +2,9 @@
 decision?  ``python scripts/sft_ablation.py [--variants plain weighted] [--threads 1]``
 
 Each variant is the cpu-full SFT config (480 train pairs, one epoch of batch 8 = 60 steps) with the overrides in
-VARIANTS (and, for PROMPT_EVIDENCE, the facts in the prompt), trained into ``runs/ablation/<variant>`` (resumable) and read by first token on the esci_us test split and
-on all of data_samples/esci_us_wide. Rows go to ``results/ablation/metrics.json`` (and ``esci_us_wide/``), each with
+VARIANTS (and, for PROMPT_EVIDENCE, the facts in the prompt), trained into ``runs/ablation/<variant>`` (resumable),
+read by first token on the esci_us test split and on all of data_samples/esci_us_wide, and read again with per-grade
+biases tuned on validation (she_lib.prior_correction; rows ``<run>_prior``). A finished variant is only re-read. Rows go to ``results/ablation/metrics.json`` (and ``esci_us_wide/``), each with
 its run identity; the table to ``results/ablation/summary.md``. Run variants side by side, one thread each, on a
 2-core CPU: ``python scripts/sft_ablation.py --variants plain & python scripts/sft_ablation.py --variants weighted``.
 """
@@ -20,8 +21,13 @@ VARIANTS = {  # name -> CoTSFTConfig overrides; PROMPT_EVIDENCE names the varian
                      save_steps=30, eval_steps=30),
     # the plain objective, with the lexical evidence (terms found / missing) in the prompt (Profile.prompt_evidence)
     "evidence": {},
+    # both levers together (the 2x2 of objective x prompt), then the same on 3x the pairs (180 steps)
+    "evidence_weighted": dict(grade_weight=10.0, class_balance=0.5, grade_eval_limit=64, select_by_grade_f1=True,
+                              save_steps=30, eval_steps=30),
+    "evidence_weighted_1440": dict(grade_weight=10.0, class_balance=0.5, grade_eval_limit=64, select_by_grade_f1=True,
+                                   save_steps=30, eval_steps=30, train_limit=1440),
 }
-PROMPT_EVIDENCE = {"evidence"}
+PROMPT_EVIDENCE = {"evidence", "evidence_weighted", "evidence_weighted_1440"}
 
 
 def main(argv=None) -> int:
@@ -51,12 +57,29 @@ def main(argv=None) -> int:
         cfg = CoTSFTConfig.for_profile(pipe.profile, **VARIANTS[name])
         run = train_sft(pipe.profile, cfg, pipe.splits, name=f"sft_{name}")
         pipe.score(run)
+        prior_rows(pipe, run)
     print(open(os.path.join(prof.results_dir, "summary.md")).read())
     return 0
 
 
+def prior_rows(pipe, run) -> None:
+    """The prior-corrected read-out of ``run`` (biases tuned on validation read-outs in the variant's own prompt)
+    on the esci_us test split and on every extra folder: rows ``<run>_prior``."""
+    from she_lib.evaluate import eval_frame, save_metrics, write_summary
+    from she_lib.labels import get_scale
+    from she_lib.prior_correction import evaluate_prior_corrected
+
+    test, extra = eval_frame(pipe.profile, pipe.splits), tuple(pipe.extra_sets().values())
+    out = evaluate_prior_corrected(pipe.profile, run, test, pipe.splits["validation"], extra)
+    print(run.name, "prior biases", out["biases"], "validation macro-F1", round(out["validation_macro_f1"], 3))
+    for prof, _ in ((pipe.profile, test), *extra):
+        if prof.eval_split in out["metrics"]:
+            save_metrics(prof.results_dir, f"{run.name}_prior", out["metrics"][prof.eval_split])
+            write_summary(prof.results_dir, get_scale(prof.grade_scale).words)
+
+
 def report(prof) -> int:
-    """Paired bootstrap over the esci_us test queries: each variant against plain and against lexical."""
+    """Paired bootstrap over the esci_us test queries: each variant against plain (same read-out) and lexical."""
     from pathlib import Path
 
     from she_lib.data import load_splits
@@ -65,8 +88,9 @@ def report(prof) -> int:
     from she_lib.metrics import significance_table
 
     preds = load_predictions(prof, eval_frame(prof, load_splits(prof)))
-    names = [f"sft_{v}_first_token" for v in VARIANTS if f"sft_{v}_first_token" in preds]
-    pairs = [(n, "sft_plain_first_token") for n in names if n != "sft_plain_first_token"] + [(n, "lexical") for n in names]
+    have = [(v, r) for v in VARIANTS for r in ("_first_token", "_prior") if f"sft_{v}{r}" in preds]
+    pairs = [(f"sft_{v}{r}", f"sft_plain{r}") for v, r in have if v != "plain" and f"sft_plain{r}" in preds]
+    pairs += [(f"sft_{v}{r}", "lexical") for v, r in have]
     table = significance_table(preds, pairs, get_scale(prof.grade_scale).words, prof.bootstrap_samples, prof.seed)
     Path(prof.results_dir, "significance.md").write_text(
         "Paired bootstrap over esci_us test queries, A - B (`python scripts/sft_ablation.py --report`).\n\n"

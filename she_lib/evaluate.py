@@ -101,8 +101,11 @@ def prediction_file(profile: Profile, mode: str) -> str:
 
 
 def prediction_cache(folder: str | Path, profile: Profile, mode: str) -> Path | None:
-    """Where predictions of ``mode`` are cached in ``folder``; None for an external ``--data`` folder."""
-    return Path(folder) / prediction_file(profile, mode) if profile.eval_split in SPLITS else None
+    """Where predictions of ``mode`` are cached in ``folder``: a split of the profile's data, or a whole external
+    folder (``external_<name>``, :func:`external_set`; read-outs are keyed by example_id, so a cache is only ever
+    reused for the pairs it holds). None for any other split name."""
+    split = profile.eval_split
+    return Path(folder) / prediction_file(profile, mode) if split in SPLITS or split.startswith("external_") else None
 
 
 def method_name(base: str, mode: str) -> str:
@@ -240,7 +243,8 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 
 def prediction_files(profile: Profile) -> dict[str, Path]:
     """method -> its existing prediction cache on the eval split: lexical, zero-shot and every policy run, each
-    read-out (a run in its own reasoning order), and CumPT (``<base>_cumpt``) where notebook 05 wrote one."""
+    read-out (a run in its own reasoning order), and CumPT (``<base>_cumpt``) and the prior-corrected read-out
+    (``<base>_prior``) where notebook 05 wrote them."""
     runs, zs = Path(profile.runs_dir), profile.replace(eval_max_new_tokens=profile.zero_shot_max_new_tokens)
     files = {"lexical": runs / "lexical" / f"predictions_{profile.eval_split}.jsonl"}
     for folder in [runs / "zero_shot", *policy_runs(profile)]:
@@ -248,6 +252,7 @@ def prediction_files(profile: Profile) -> dict[str, Path]:
         prof = (zs if folder.name == "zero_shot" else profile).replace(order=info.get("order", profile.order))
         files.update({method_name(folder.name, m): prediction_cache(folder, prof, m) for m in MODES})
         files[f"{folder.name}_cumpt"] = prediction_cache(folder, prof, "cumpt")
+        files[f"{folder.name}_prior"] = prediction_cache(folder, prof, "prior")
     return {k: v for k, v in files.items() if v is not None and v.exists()}
 
 
@@ -265,21 +270,25 @@ def load_predictions(profile: Profile, df: pd.DataFrame, column: str = "pred") -
     return out
 
 
-def report(profile: Profile, save: bool = True) -> dict:
+def report(profile: Profile, save: bool = True, extra=()) -> dict:
     """Notebook 05's tables and figures from saved predictions, nothing re-run: CumPT on every first-token
-    read-out (she_lib.cumpt; rows ``<base>_cumpt`` merged into metrics.json, ``figures/05_cumpt.png``),
+    read-out (she_lib.cumpt; rows ``<base>_cumpt`` merged into metrics.json, ``figures/05_cumpt.png``), the
+    prior-corrected read-out (she_lib.prior_correction; rows ``<base>_prior``, here and in the results folder of
+    every ``(profile, frame)`` of ``extra`` whose first-token read-out is cached; both tune on validation
+    read-outs, computed once and cached),
     ``summary.md`` + ``figures/05_confusion.png`` (:func:`write_summary`) and ``significance.md`` (paired bootstrap
     over queries, :func:`default_pairs`). A first-token read-out that does not cover the split yet (still running)
     is left out of CumPT and the significance table, with a message."""
     import matplotlib.pyplot as plt
 
     from .cumpt import evaluate_cumpt, plot_cumpt
+    from .prior_correction import evaluate_prior_corrected
 
     words, results = get_scale(profile.grade_scale).words, Path(profile.results_dir)
     splits = load_splits(profile)
     test = eval_frame(profile, splits)
     saved = json.loads((results / "metrics.json").read_text()) if (results / "metrics.json").exists() else {}
-    curves, running = {}, set()
+    curves, priors, running = {}, {}, set()
     for method, path in prediction_files(profile).items():
         if method.endswith("_first_token"):
             if not test["example_id"].isin(read_predictions(path).index).all():  # a read-out still running
@@ -289,6 +298,14 @@ def report(profile: Profile, save: bool = True) -> dict:
             c = evaluate_cumpt(profile, path.parent, test, splits["validation"],
                                seconds=saved.get(method, {}).get("seconds"))
             curves[f"{path.parent.name}_cumpt"] = c
+            prior = priors[f"{path.parent.name}_prior"] = evaluate_prior_corrected(
+                profile, path.parent, test, splits["validation"], tuple(extra))
+            for prof, _ in ((profile, test), *extra):
+                m = prior["metrics"].get(prof.eval_split)
+                if save and m is not None:
+                    save_metrics(prof.results_dir, f"{path.parent.name}_prior", m)
+                    if prof is not profile:
+                        write_summary(prof.results_dir, words)
             if save:
                 save_metrics(results, f"{path.parent.name}_cumpt", c["metrics"])
     if curves:
@@ -302,7 +319,7 @@ def report(profile: Profile, save: bool = True) -> dict:
         "Paired bootstrap over test queries (same resample for both methods), A - B; p two-sided "
         f"(she_lib.metrics.paired_bootstrap, {profile.bootstrap_samples} resamples).\n\n"
         + (sig.to_markdown(index=False) if len(sig) else "(no pairs)") + "\n")
-    return {"cumpt": curves, "summary": summary, "significance": sig, "predictions": preds}
+    return {"cumpt": curves, "prior": priors, "summary": summary, "significance": sig, "predictions": preds}
 
 
 # ------------------------------------------------------------------------------------ methods
@@ -355,7 +372,7 @@ def eval_frame(profile: Profile, splits: dict[str, pd.DataFrame]) -> pd.DataFram
 
 def external_set(profile: Profile, folder: str | Path) -> tuple[Profile, pd.DataFrame]:
     """A whole ESCI folder as an evaluation set: its curated pairs (no pair caps; the evidence column where the
-    profile shows it) and the profile that scores them: split ``external_<name>``, prediction caches off, runs under
+    profile shows it) and the profile that scores them: split ``external_<name>`` (read-outs cached in the run folder), runs under
     ``runs_dir/external_<name>``, results in ``results_dir/<name>/`` (never the profile's own table)."""
     name = Path(os.path.abspath(folder)).name
     df, _ = curate(load_dataset(profile, folder), profile.replace(max_pairs=None, max_pairs_per_query=None))
@@ -424,7 +441,7 @@ def main(argv=None) -> int:
 
 def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> dict[str, dict]:
     """Score a saved run: a lexical model, or a peft adapter / full checkpoint of the profile's base.
-    An LLM run is read in the reasoning order its ``run.json`` records; ``first_token`` reads the grade
+    An LLM run is read in the reasoning order and with the prompt (evidence line or not) its ``run.json`` records; ``first_token`` reads the grade
     before any reasoning, so a ``steps_first`` run is read by decoding only."""
     run = Path(run)
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
@@ -435,7 +452,12 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> 
         preds = pd.DataFrame({"example_id": df["example_id"], "pred": model.predict(df)})
         return {run.name: score(df, preds, profile, split=profile.eval_split, model=str(run), scoring="classifier",
                                 run=info)}
-    profile = profile.replace(order=info.get("order", profile.order))
+    profile = profile.replace(order=info.get("order", profile.order),
+                              prompt_evidence=info.get("prompt_evidence", profile.prompt_evidence))
+    if profile.prompt_evidence and "evidence" not in df:  # read in the prompt the run was trained on
+        df = with_evidence(df)
+    elif not profile.prompt_evidence and "evidence" in df:
+        df = df.drop(columns="evidence")
     modes = [m for m in modes if profile.order == "grade_first" or m != "first_token"] or ["generate"]
     from .modeling import load_run
 

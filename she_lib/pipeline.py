@@ -181,7 +181,7 @@ class Pipeline:
         from .evaluate import report
         from .rl_report import finished_rl_runs, write_report
 
-        report(self.profile)
+        report(self.profile, extra=tuple(self._extra.values()))
         if finished_rl_runs(self.profile.runs_dir):
             write_report(self.profile)
 

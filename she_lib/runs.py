@@ -99,7 +99,8 @@ def fit(trainer, run: Path, last: str | None, meter: Meter, profile, config, **i
     trainer.save_model(str(run))  # every rank: gathers FSDP / ZeRO-3 shards; rank 0 writes adapter + tokenizer
     if is_main_process():
         (run / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    out = {**info, "profile": profile.name, "config": _jsonable(config),
+    out = {**info, "profile": profile.name, "prompt_evidence": bool(getattr(profile, "prompt_evidence", False)),
+           "config": _jsonable(config),
            "global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps,
            "finished": trainer.state.global_step >= trainer.state.max_steps,
            "resumed_from": Path(last).name if last else None,

@@ -228,3 +228,23 @@ def test_evaluate_an_exported_adapter_folder_on_smoke(tmp_path, monkeypatch, cap
                                                          "run.json", "train_log.json"]
     assert main(["--run", str(shipped), "--profile", "smoke", "--mode", "first_token", "--limit", "8"]) == 0
     assert "tiny-sft_first_token" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("trained_with", [True, False])
+def test_runs_are_read_with_the_prompt_they_were_trained_on(tmp_path, smoke, monkeypatch, trained_with):
+    from she_lib import evaluate
+
+    run = tmp_path / "sft"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"kind": "sft", "order": "grade_first", "prompt_evidence": trained_with}))
+    seen = []
+    monkeypatch.setattr("she_lib.modeling.load_run", lambda r, p: type("P", (), {"model": None, "tokenizer": None}))
+    monkeypatch.setattr(evaluate, "predict_llm", lambda m, t, df, p, mode, cache: seen.append(
+        (p.prompt_evidence, df["evidence"].tolist() if "evidence" in df else None)) or
+        pd.DataFrame({"example_id": df["example_id"], "pred": "Exact"}))
+    df = pd.DataFrame({"example_id": ["1"], "label": ["Exact"], "query": ["red shoes"],
+                       "matched_terms": [["red"]], "missing_terms": [["shoes"]], "negation_hits": [[]]})
+    evaluate.evaluate_run(run, smoke, df, modes=("first_token",))
+    evaluate.evaluate_run(run, smoke, df.assign(evidence="x"), modes=("first_token",))
+    expect = (True, ["found: red; missing: shoes"]) if trained_with else (False, None)
+    assert seen == [expect, (True, ["x"]) if trained_with else expect]
