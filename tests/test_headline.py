@@ -1,7 +1,8 @@
 """The headline table: which rows it keeps, its exact cells, and the README's copy refreshed between markers."""
 import json
+from pathlib import Path
 
-from she_lib.headline import BEGIN, END, main
+from she_lib.headline import BEGIN, END, headline_markdown, main, refresh
 
 
 def row(f1, lo, hi, scoring="first_token", profile="cpu-full", split="test", made_by=None,
@@ -68,3 +69,11 @@ def test_headline_table_cells_and_readme_refresh(tmp_path):
     main(["--results", str(results), "--readme", str(readme)])  # idempotent
     assert readme.read_text() == f"# title\n\n{BEGIN}\n{table}{END}\n\nafter\n"
 
+
+def test_readme_and_results_hold_the_current_table():
+    """The committed copies match the committed metrics files (after new results: python -m she_lib.headline)."""
+    repo = Path(__file__).resolve().parent.parent
+    table = headline_markdown(repo / "results")
+    readme = (repo / "README.md").read_text()
+    assert refresh(readme, table) == readme, "README's table is stale: run python -m she_lib.headline"
+    assert (repo / "results" / "headline.md").read_text().endswith("\n\n" + table)
