@@ -127,7 +127,7 @@ def paired_bootstrap(y_true, pred_a, pred_b, groups, labels, n_samples: int | No
 
 
 TRAINED_FROM_SFT = ("dpo", "grpo", "srpo", "agrl")  # methods that start from the SFT model
-ON_GRPO = ("srpo", "agrl")  # methods whose issue goal is stated against GRPO (same variant, seed and read-out)
+ON_GRPO = ("srpo", "agrl")  # methods whose goal is stated against GRPO (same variant, seed and read-out)
 _METHOD = re.compile(r"^(?P<family>sft|dpo|grpo|srpo|agrl)(?P<variant>(?:_(?!s\d+(?:_|$)|first_token$|cumpt$)[a-z]+)*)"
                      r"(?:_s(?P<seed>\d+))?(?P<readout>_first_token|_cumpt)?$")
 
@@ -152,7 +152,7 @@ def method_key(family: str, variant: str = "", seed: int = 0, readout: str = "")
 def default_pairs(methods) -> list[tuple[str, str]]:
     """Pairs to test, in this order: every method against ``lexical``; each method trained from the SFT model
     (``<family>[_<variant>][_s<seed>][_first_token|_cumpt]``, family in ``TRAINED_FROM_SFT``) against ``sft`` in
-    the same read-out; SRPO and AGRL against GRPO of the same variant, seed and read-out (the issues' goals); each
+    the same read-out; SRPO and AGRL against GRPO of the same variant, seed and read-out (their stated goals); each
     CumPT read-out against its argmax read-out."""
     methods = list(methods)
     have = set(methods)
