@@ -4,7 +4,7 @@
 # stage resumes where it stopped (trainer checkpoints, JSON-lines caches of samples and predictions) and a
 # finished stage is reused, so re-running this script after an interruption continues the work.
 #   lane A: CoT SFT grade_first -> test split (first token + decoding) -> DPO on pass@N pairs -> test split
-#   lane B: CoT SFT steps_first -> test split (decoding) -> GenRM (issue 5; samples the SFT run)
+#   lane B: CoT SFT steps_first -> test split (decoding) -> GenRM (samples the SFT run)
 # Logs: logs/cpu-full_lane_{a,b}.log. Results: results/metrics.json, results/summary.md, results/figures/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cpu-full RL table (issues 6/7): GRPO, SRPO and AGRL from the cpu-full SFT run, seeds 0 and 1, evaluated on the
+# The cpu-full RL table: GRPO, SRPO and AGRL from the cpu-full SFT run, seeds 0 and 1, evaluated on the
 # test split and merged into results/metrics.json. Two single-threaded lanes share the 2 cores (one OpenMP thread per
 # process). Every run resumes from its last checkpoint, a finished run is reused and evaluations resume from their
 # prediction caches, so re-running this script continues the table. Logs: logs/cpu-full_rl_{a,b}.log.

@@ -1,4 +1,4 @@
-"""The README's inspector picture: one rollout group of an RL run's rollouts.jsonl, exported as static HTML by
+"""The inspector picture of docs/results.md: one rollout group of an RL run's rollouts.jsonl, exported as static HTML by
 she_lib.inspector and rendered by headless chromium.
 
     .venv/bin/python scripts/inspector_screenshot.py --run runs/cpu-full/srpo --out results/inspector.png

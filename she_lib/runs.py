@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 
 class Meter(TrainerCallback):
-    """Wall time and non-padding tokens of this session's training loop (a resumed run counts its own)."""
+    """Wall time and non-padding tokens of this process's training loop (a resumed run counts its own)."""
 
     def on_train_begin(self, args, state, control, **kw):
         self.t0, self.tokens0 = time.time(), state.num_input_tokens_seen

@@ -1,4 +1,4 @@
-"""Scale-out (issue 9).
+"""Scale-out.
 
 * The shipped ``accelerate`` configs parse and build the SFT trainer: the environment a launched script sees is
   computed with accelerate's own launcher code (:func:`launch_env`), so each config is read exactly as
