@@ -4,9 +4,10 @@ decision?  ``python scripts/sft_ablation.py [--variants plain weighted] [--threa
 Each variant is the cpu-full SFT config (480 train pairs, one epoch of batch 8 = 60 steps) with the overrides in
 VARIANTS (and, for PROMPT_EVIDENCE, the facts in the prompt), trained into ``runs/ablation/<variant>`` (resumable),
 read by first token on the esci_us test split and on all of data_samples/esci_us_wide, and read again with per-grade
-biases tuned on validation (she_lib.prior_correction; rows ``<run>_prior``). A finished variant is only re-read. Rows go to ``results/ablation/metrics.json`` (and ``esci_us_wide/``), each with
-its run identity; the table to ``results/ablation/summary.md``. Run variants side by side, one thread each, on a
-2-core CPU: ``python scripts/sft_ablation.py --variants plain & python scripts/sft_ablation.py --variants weighted``.
+biases tuned on 32 validation pairs a query (she_lib.prior_correction; rows ``<run>_prior``). A finished variant is
+only re-read. Rows go to ``results/ablation/metrics.json`` (and ``esci_us_wide/``), each with its run identity; the
+table to ``results/ablation/summary.md``. Run variants side by side, one thread each, on a 2-core CPU:
+``python scripts/sft_ablation.py --variants plain & python scripts/sft_ablation.py --variants weighted``.
 """
 from __future__ import annotations
 
@@ -67,10 +68,11 @@ def prior_rows(pipe, run) -> None:
     on the esci_us test split and on every extra folder: rows ``<run>_prior``."""
     from she_lib.evaluate import eval_frame, save_metrics, write_summary
     from she_lib.labels import get_scale
-    from she_lib.prior_correction import evaluate_prior_corrected
+    from she_lib.prior_correction import PriorCorrectionConfig, evaluate_prior_corrected
 
     test, extra = eval_frame(pipe.profile, pipe.splits), tuple(pipe.extra_sets().values())
-    out = evaluate_prior_corrected(pipe.profile, run, test, pipe.splits["validation"], extra)
+    out = evaluate_prior_corrected(pipe.profile, run, test, pipe.splits["validation"], extra,
+                                   PriorCorrectionConfig(validation_pairs_per_query=32))
     print(run.name, "prior biases", out["biases"], "validation macro-F1", round(out["validation_macro_f1"], 3))
     for prof, _ in ((pipe.profile, test), *extra):
         if prof.eval_split in out["metrics"]:
