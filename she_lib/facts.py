@@ -97,7 +97,9 @@ def tokens(text: str) -> list[str]:
 
 @functools.lru_cache(maxsize=1 << 20)  # words repeat across millions of rows
 def stem(word: str) -> str:
-    """Crude plural stripping: ies -> y; (s|x|z|ch|sh)es -> drop es; s -> drop (not ss)."""
+    """Crude plural stripping: 's -> drop; ies -> y; (s|x|z|ch|sh)es -> drop es; s -> drop (not ss)."""
+    if word.endswith("'s"):  # "men's" = "mens" = "men"
+        word = word[:-2]
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
     if len(word) > 4 and word.endswith("es") and word[:-2].endswith(("s", "x", "z", "ch", "sh")):
@@ -232,6 +234,36 @@ def negation_facts(query: str, listing: str) -> tuple[list[str], list[str]]:
         elif words and all(stem(w) in stated for w in words):
             hits += words
     return _unique(hits), _unique(w for w in met if w not in hits)
+
+
+def head_term(terms) -> str | None:
+    """The query's head word guess: its last content term that is not an audience or number word."""
+    terms = list(terms)
+    for t in reversed(terms):
+        if t not in AUDIENCE and not any(ch.isdigit() for ch in t):
+            return t
+    return terms[-1] if terms else None
+
+
+def spec_facts(f) -> dict:
+    """What the listing states about each spec of the query, from the facts columns of ``f``.
+
+    The specs are the query terms other than the head word (:func:`head_term`, the item itself: the type step's
+    business), then the negated terms, written "no X". Each spec is ``met`` (a matched term; an excluded term the
+    listing states absent: ``negation_met``), ``fails`` (an excluded term the listing states: ``negation_hits``)
+    or ``unstated`` (a query term the listing does not name; an excluded term it neither states nor states
+    absent). Returns head, head_found and the three lists, in query order."""
+    terms, matched = list(f["query_terms"]), set(f["matched_terms"])
+    hits, met_neg = set(f["negation_hits"]), set(f.get("negation_met", ()))
+    head = head_term(terms)
+    out = {"head": head, "head_found": head is not None and head in matched, "met": [], "unstated": [],
+           "fails": []}
+    for t in terms:
+        if t != head:
+            out["met" if t in matched else "unstated"].append(t)
+    for t in f["negated_terms"]:
+        out["fails" if t in hits else "met" if t in met_neg else "unstated"].append(f"no {t}")
+    return out
 
 
 def example_facts(row) -> dict:
