@@ -16,8 +16,9 @@ Components of one (example, completion) pair, each in [0, 1] (unweighted):
     judge     the grade the <judge> step states is the <grade>
     claims    every checkable claim about the example holds: the words of <query> are in the query (and its
               ``excludes:`` are negated there), the words of <product> are in the title/brand/colour/category,
-              the ``matches:`` words of <type> are in the record, no ``fails:`` word of <attr> is a query term the
-              product has (the verifier's record checks, run with no label)
+              the ``matches:`` words of <type> are in the record (its ``lacks:`` words are not), the query terms
+              <attr> lists as ``met:`` / ``unstated:`` / ``fails:`` are so in the facts (the verifier's record
+              checks, run with no label)
 
 The four rules (RULES) never read the human label: ``type`` and ``attr`` look the (<grade>, verdict) pair up
 in the verifier's own tables (``VerifierConfig.type_truth`` / ``attr_truth``, the ESCI definitions of
