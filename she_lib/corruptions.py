@@ -11,9 +11,9 @@ that it becomes false for the example; that step is labelled incorrect, every ot
 * ``grade``         a flipped grade: <grade> and the judgement both name another grade (seeded; the judge
                     text is the teacher's for that grade). The judge step is the one labelled incorrect;
                     the grade's own truth is the outcome, not a step.
-* ``contradiction`` a step contradicting an earlier one: <attr> says a word fails that <type> listed as a
-                    match (and the record has); with no such word, the judgement states a grade other
-                    than <grade> (which stays right).
+* ``contradiction`` a step contradicting the evidence: <attr> says a query term fails that the record has
+                    (a matched term, not an excluded one it states); with no such word, the judgement
+                    states a grade other than <grade> (which stays right).
 
 Every corrupted step is one the offline verifier marks incorrect (tested on the data), so corruption
 labels and verifier truth agree by construction. Seeded: :func:`corrupt_frame` is a function of its seed.

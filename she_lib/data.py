@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Profile
-from .facts import add_facts
+from .facts import FACTS_VERSION, add_facts
 from .labels import GradeScale, get_scale
 
 TEXT_COLUMNS = ("query", "title", "brand", "colour", "category", "bullets", "description")
@@ -388,7 +388,7 @@ def curate(df: pd.DataFrame, profile: Profile) -> tuple[pd.DataFrame, dict]:
             total += int(counts[k])
         df = df[df["query_key"].isin(keep)]
     df = add_facts(df.reset_index(drop=True))
-    report.update(rows_out=len(df), queries=int(df["query_key"].nunique()))
+    report.update(rows_out=len(df), queries=int(df["query_key"].nunique()), facts_version=FACTS_VERSION)
     return df, report
 
 
@@ -443,14 +443,25 @@ def with_evidence(df: pd.DataFrame) -> pd.DataFrame:
                                                                  df["negation_hits"])])
 
 
+def _current(out: Path) -> bool:
+    """The processed splits in ``out`` exist and their facts are of this FACTS_VERSION (curation_report.json)."""
+    if not all((out / f"{s}.parquet").exists() for s in SPLITS):
+        return False
+    try:
+        return json.loads((out / "curation_report.json").read_text()).get("facts_version") == FACTS_VERSION
+    except (OSError, ValueError):
+        return False
+
+
 def load_splits(profile: Profile) -> dict[str, pd.DataFrame]:
-    """Read the processed splits written by notebook 01 (built on the fly if absent). In a multi-process launch
-    rank 0 builds and writes them first, then the other ranks read them."""
+    """Read the processed splits written by notebook 01 (built on the fly if absent, or rebuilt if their facts are
+    of another FACTS_VERSION). In a multi-process launch rank 0 builds and writes them first, then the other ranks
+    read them."""
     from .distributed import main_process_first
 
     out = Path(profile.processed_dir)
     with main_process_first():
-        if not all((out / f"{s}.parquet").exists() for s in SPLITS):
+        if not _current(out):
             splits = prepare_splits(profile)[0]
         else:
             splits = {s: pd.read_parquet(out / f"{s}.parquet") for s in SPLITS}

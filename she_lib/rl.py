@@ -32,7 +32,7 @@ METHODS = ("grpo", "srpo", "agrl")
 
 RECORD_COLUMNS = ("example_id", "query", "title", "brand", "colour", "category", "bullets", "description", "label",
                   "query_terms", "negated_terms", "product_type", "matched_terms", "missing_terms", "negation_hits",
-                  "evidence")  # evidence: only where the profile sets prompt_evidence
+                  "negation_met", "evidence")  # evidence: only where the profile sets prompt_evidence
 
 
 def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Path = "rl", **overrides) -> SRPOConfig:

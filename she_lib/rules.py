@@ -11,12 +11,14 @@ Components of one (example, completion) pair, each in [0, 1] (unweighted):
               rank = ``GradeScale.grades`` (ESCI: Exact 4 > Substitute 3 > Complement 2 > Irrelevant 1, the
               Taobao order of DESIGN.md), K = the scale's number of grades
     type      the <type> verdict is allowed by the rationale's own <grade>
-    attr      the <attr> verdict is allowed by the rationale's own <grade>
+    attr      the <attr> verdict is allowed by the rationale's own <grade> and follows from the example's facts: it is
+              the verifier's ``expected_attr_verdict`` for that grade (the facts verdict where the grade allows it)
     judge     the grade the <judge> step states is the <grade>
     claims    every checkable claim about the example holds: the words of <query> are in the query (and its
               ``excludes:`` are negated there), the words of <product> are in the title/brand/colour/category,
-              the ``matches:`` words of <type> are in the record, no ``fails:`` word of <attr> is a query term the
-              product has (the verifier's record checks, run with no label)
+              the ``matches:`` words of <type> are in the record (its ``lacks:`` words are not), the query terms
+              <attr> lists as ``met:`` / ``unstated:`` / ``fails:`` are so in the facts (the verifier's record
+              checks, run with no label)
 
 The four rules (RULES) never read the human label: ``type`` and ``attr`` look the (<grade>, verdict) pair up
 in the verifier's own tables (``VerifierConfig.type_truth`` / ``attr_truth``, the ESCI definitions of
@@ -25,9 +27,12 @@ incorrect breaks the rule; correct or undecided is consistent. So, for ESCI:
 
     <grade>      <type> verdicts that break the rule              <attr> verdicts that break the rule
     Exact        substitutable / complementary / unrelated type   some specs fail, not decisive
-    Substitute   complementary / unrelated type                   all specs met, not decisive
+    Substitute   complementary / unrelated type                   not decisive
     Complement   same / substitutable / unrelated type            (none)
     Irrelevant   complementary type                               (none)
+
+and an attr verdict of the facts' vocabulary (all specs met / some specs unstated / some specs fail) other than
+the one the facts give for that grade breaks it too (e.g. "all specs met" when the listing does not name a spec).
 
 Each rule is ``consistent`` (reward 1), ``broken`` (reward 0) or ``unverifiable`` (reward
 ``unverifiable_reward``, default 0: no credit for a rule that cannot be checked):
@@ -76,7 +81,7 @@ import numpy as np
 
 from .labels import GradeScale, get_scale
 from .schema import ParsedRationale, completion_text, parse
-from .verifier import CORRECT, INCORRECT, VerifierConfig, verify
+from .verifier import CORRECT, FACT_VERDICTS, INCORRECT, VerifierConfig, expected_attr_verdict, facts_of, verify
 
 RULES = ("type", "attr", "judge", "claims")  # the consistency rules; none reads the human label
 COMPONENTS = ("format", "label", "distance", *RULES)  # unweighted, each in [0, 1]
@@ -173,9 +178,17 @@ def type_rule(parsed: ParsedRationale, config: RuleRewardConfig) -> RuleCheck:
     return _table_rule(parsed, "type", config.verifier.type_truth)
 
 
-def attr_rule(parsed: ParsedRationale, config: RuleRewardConfig) -> RuleCheck:
-    """The attribute verdict is allowed by the stated grade (e.g. "some specs fail" with Exact breaks it)."""
-    return _table_rule(parsed, "attr", config.verifier.attr_truth)
+def attr_rule(parsed: ParsedRationale, config: RuleRewardConfig, example=None) -> RuleCheck:
+    """The attribute verdict is allowed by the stated grade (e.g. "some specs fail" with Exact breaks it) and, given
+    the example, is the one its facts give for that grade (e.g. "all specs met" with an unstated spec breaks it)."""
+    check = _table_rule(parsed, "attr", config.verifier.attr_truth)
+    verdict = parsed.steps["attr"].verdict if "attr" in parsed.steps else None
+    if check.status != CONSISTENT or example is None or verdict not in FACT_VERDICTS:
+        return check
+    want = expected_attr_verdict(facts_of(example), parsed.grade, config.verifier.attr_truth)
+    if want is not None and verdict != want:
+        return RuleCheck(BROKEN, f"'{verdict}' contradicts the facts, which give '{want}' for {parsed.grade}")
+    return check
 
 
 def judge_rule(parsed: ParsedRationale) -> RuleCheck:
@@ -215,7 +228,7 @@ def rule_checks(example, completion, scale: GradeScale | str = "esci",
     config = config or RuleRewardConfig()
     scale = get_scale(scale) if isinstance(scale, str) else scale
     parsed = completion if isinstance(completion, ParsedRationale) else parse(completion_text(completion), scale)
-    rules = {"type": type_rule(parsed, config), "attr": attr_rule(parsed, config), "judge": judge_rule(parsed),
+    rules = {"type": type_rule(parsed, config), "attr": attr_rule(parsed, config, example), "judge": judge_rule(parsed),
              "claims": claims_rule(example, parsed, scale, config)}
     return RuleChecks(parsed, rules, _gold(example, scale), parsed.parsed)
 

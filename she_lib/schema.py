@@ -7,8 +7,8 @@ papers' deployed order; serving can read the first answer token)::
     <query>wants: pants; specs: carhartt, double, front, men</query>
     <product>Pants by Carhartt, Brown</product>
     <type>same type; matches: pants</type>
-    <attr>some specs fail; missing: double, front</attr>
-    <judge>Substitute: same type but some specs fail</judge>
+    <attr>some specs unstated; unstated: double, front; met: carhartt, men</attr>
+    <judge>Substitute: could serve instead, but an unstated spec differs</judge>
 
 Think-then-respond (``steps_first``) writes the five steps first and ``<grade>`` last. The five steps
 (STEPS) are query understanding, product understanding, product-type match, attribute match and the
@@ -32,7 +32,9 @@ STEP_TITLES = {"query": "query understanding", "product": "product understanding
 GRADE_TAG = "grade"
 ORDERS = ("grade_first", "steps_first")
 TYPE_VERDICTS = ("same type", "substitutable type", "complementary type", "unrelated type")
-ATTR_VERDICTS = ("all specs met", "some specs fail", "not decisive")
+# "some specs unstated": the listing does not name a spec (unconfirmed, compatible with Exact); "some specs fail":
+# it contradicts one (states an excluded term); see she_lib.verifier for what each label allows
+ATTR_VERDICTS = ("all specs met", "some specs unstated", "some specs fail", "not decisive")
 _ELEMENT = re.compile(r"<(grade|query|product|type|attr|judge)>(.*?)</\1>", re.S)
 
 

@@ -12,19 +12,34 @@ Rules (``VerifierConfig`` holds every table and word list):
 * type    its verdict (TYPE_VERDICTS) against the label, by TYPE_TRUTH (ESCI definitions, DESIGN.md):
           Exact: same type; Substitute: same or substitutable; Complement: complementary; Irrelevant:
           unrelated (same/substitutable type undecided: a central aspect may fail; complementary is wrong).
-          Record check: every word listed after ``matches:`` must occur in the product record.
-* attr    its verdict (ATTR_VERDICTS) by ATTR_TRUTH: Exact: all specs met; Substitute: some specs fail;
-          Complement / Irrelevant: not decisive (every verdict undecided).
-          Record check: a word listed after ``fails:`` that is a query term the product has (facts'
-          ``matched_terms``) and not a negated term it mentions (``negation_hits``) is a false claim.
+          The lexical facts do not decide a type (a product may name the query's item and be an accessory
+          for it, or name it by a synonym). Record checks: every word after ``matches:`` must occur in the
+          product record, no word after ``lacks:`` may.
+* attr    its verdict (ATTR_VERDICTS) must follow from the facts and be allowed by the label. The facts
+          verdict (:func:`facts_attr_verdict`, from she_lib.facts.spec_facts): "some specs fail" if the listing
+          states an excluded term (a negation hit), else "some specs unstated" if some spec is unstated (a query
+          term it does not name, an exclusion it does not confirm), else "all specs met". ATTR_TRUTH says which
+          verdicts each label allows (Exact: met or unstated; Substitute: unstated or fail, met undecided since
+          the type may be what differs; Complement / Irrelevant: every verdict undecided). The verdict to write is
+          :func:`expected_attr_verdict`: the facts verdict when the label allows it (decided by the facts), else
+          (evidence and label disagree: an Exact pair whose listing states an excluded term) the allowed verdict
+          nearest to it in FACT_VERDICTS order, "some specs unstated" (forced by the label: the human judged the
+          mention no violation). A verdict the label rules out is incorrect; a facts verdict other than the
+          expected one is incorrect; "not decisive" (no facts claim) is judged by the label table alone.
+          Record checks, on words that are query terms (others are not checkable): ``met:`` words must be
+          matched terms or exclusions the listing states absent, ``unstated:`` words terms it does not name or
+          exclusions it does not confirm, ``fails:`` words exclusions it states (a matched term is "the product
+          has it").
 * product every content word must occur in the product's title, brand, colour or category.
 * query   every content word must occur in the query; words after ``excludes:`` must be negated terms
           of the query, words after ``wants:`` / ``specs:`` must not be negated-only terms.
 
 Combining inside a step: any failed check -> incorrect; else type/attr are correct iff their verdict is
 decided correct (a verdict outside the closed vocabulary is unknown), query/product are correct iff they
-state at least one checkable word; otherwise unknown. Words are compared as stems (she_lib.facts);
-stop words and ``filler_words`` (list keys, "none", "unclear", "unknown item") are not claims.
+state at least one checkable word; otherwise unknown. A label without a row in the tables (the rules' claims
+check passes none) decides no verdict: only the record checks count. Words are compared as stems
+(she_lib.facts); stop words and ``filler_words`` (list keys, "no", "none", "unclear", "unknown item") are
+not claims.
 
 Bad input: text that is not a string or holds no tagged element is ``unparsable`` (every step unknown,
 status missing, grade incorrect). A missing step is unknown with status ``missing``; a repeated step is
@@ -37,7 +52,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .facts import STOPWORDS, example_facts, stem, tokens
+from .facts import STOPWORDS, example_facts, spec_facts, stem, tokens
 from .labels import GradeScale, get_scale
 from .schema import STEPS, ParsedRationale, parse
 
@@ -52,13 +67,34 @@ TYPE_TRUTH = {  # label -> type verdict -> truth (DESIGN.md table); Partial is W
     "Irrelevant": {"same type": _U, "substitutable type": _U, "complementary type": _X, "unrelated type": _C},
     "Partial": {"same type": _C, "substitutable type": _C, "complementary type": _U, "unrelated type": _X},
 }
-ATTR_TRUTH = {
-    "Exact": {"all specs met": _C, "some specs fail": _X, "not decisive": _X},
-    "Substitute": {"all specs met": _X, "some specs fail": _C, "not decisive": _X},
-    "Complement": {"all specs met": _U, "some specs fail": _U, "not decisive": _U},
-    "Irrelevant": {"all specs met": _U, "some specs fail": _U, "not decisive": _U},
-    "Partial": {"all specs met": _X, "some specs fail": _C, "not decisive": _X},
+ATTR_TRUTH = {  # label -> attr verdict -> truth by the label alone (the facts decide within what it allows)
+    "Exact": {"all specs met": _C, "some specs unstated": _C, "some specs fail": _X, "not decisive": _X},
+    "Substitute": {"all specs met": _U, "some specs unstated": _C, "some specs fail": _C, "not decisive": _X},
+    "Complement": {"all specs met": _U, "some specs unstated": _U, "some specs fail": _U, "not decisive": _U},
+    "Irrelevant": {"all specs met": _U, "some specs unstated": _U, "some specs fail": _U, "not decisive": _U},
+    "Partial": {"all specs met": _U, "some specs unstated": _C, "some specs fail": _C, "not decisive": _X},
 }
+FACT_VERDICTS = ("all specs met", "some specs unstated", "some specs fail")  # the attr verdicts facts decide, mild first
+
+
+def facts_attr_verdict(f) -> str:
+    """The attribute verdict the facts state: a spec fails > a spec is unstated > all met (module docstring)."""
+    spec = spec_facts(f)
+    return FACT_VERDICTS[2] if spec["fails"] else FACT_VERDICTS[1] if spec["unstated"] else FACT_VERDICTS[0]
+
+
+def expected_attr_verdict(f, label, table: dict | None = None) -> str | None:
+    """The attribute verdict consistent with the facts and the label: the facts verdict if the label allows it, else
+    the allowed verdict of FACT_VERDICTS nearest to it (the milder on a tie). None if ``table`` has no row for the
+    label or the label allows none of them."""
+    row = (ATTR_TRUTH if table is None else table).get(label)
+    if not row:
+        return None
+    k = FACT_VERDICTS.index(facts_attr_verdict(f))
+    for j in sorted(range(len(FACT_VERDICTS)), key=lambda j: (abs(j - k), j)):
+        if row.get(FACT_VERDICTS[j], _U) != _X:
+            return FACT_VERDICTS[j]
+    return None
 
 
 @dataclass(frozen=True)
@@ -68,7 +104,8 @@ class VerifierConfig:
     product_fields: tuple[str, ...] = ("title", "brand", "colour", "category")  # product-step claims
     record_fields: tuple[str, ...] = ("title", "brand", "colour", "category", "bullets")  # "matches:" claims
     filler_words: frozenset = frozenset(
-        {"wants", "specs", "excludes", "matches", "fails", "none", "unclear", "unknown", "item"})
+        {"wants", "specs", "excludes", "matches", "lacks", "met", "unstated", "fails", "no", "none", "unclear",
+         "unknown", "item"})
 
 
 @dataclass(frozen=True)
@@ -102,12 +139,15 @@ def _stems(text: str) -> set[str]:
     return {stem(t) for t in tokens(str(text))}
 
 
+_KEYS = ("wants", "specs", "excludes", "matches", "lacks", "met", "unstated", "fails")
+
+
 def _parts(text: str) -> dict[str, str]:
     """``"v; key: a, b; key2: c"`` -> {"": "v", "key": "a, b", "key2": "c"} (later keys win)."""
     out = {}
     for part in text.split(";"):
         key, sep, value = part.partition(":")
-        if sep and key.strip().lower() in ("wants", "specs", "excludes", "matches", "fails"):
+        if sep and key.strip().lower() in _KEYS:
             out[key.strip().lower()] = value
         else:
             out[""] = (out.get("", "") + " " + part).strip()
@@ -163,17 +203,48 @@ def check_product(text: str, ex, config: VerifierConfig) -> StepTruth:
 
 
 def check_type(step, ex, label: str, config: VerifierConfig) -> StepTruth:
-    have = _record(ex, config.record_fields)
+    have, parts = _record(ex, config.record_fields), _parts(step.text)
     failed = [f"claims a match on '{w}', which the product record lacks"
-              for w in _claims(_parts(step.text).get("matches", ""), config) if stem(w) not in have]
+              for w in _claims(parts.get("matches", ""), config) if stem(w) not in have]
+    failed += [f"claims the product lacks '{w}', but its record has it"
+               for w in _claims(parts.get("lacks", ""), config) if stem(w) in have]
     return _combine(_verdict(step, config.type_truth, label, "type"), failed)
 
 
+def _attr_verdict(step, f: dict, label: str, table: dict) -> StepTruth:
+    """An attr verdict against the label's row of ``table`` and the facts (module docstring)."""
+    if step.verdict is None:
+        return StepTruth(UNKNOWN, "no attribute verdict from the closed vocabulary")
+    row = table.get(label, {})
+    truth = row.get(step.verdict, UNKNOWN)
+    if truth == INCORRECT:
+        return StepTruth(INCORRECT, f"'{step.verdict}' contradicts the label {label}")
+    if not row or step.verdict not in FACT_VERDICTS:
+        how = {CORRECT: "fits", UNKNOWN: "is not decided by"}[truth]
+        return StepTruth(truth, f"'{step.verdict}' {how} the label {label}")
+    want, facts = expected_attr_verdict(f, label, table), facts_attr_verdict(f)
+    if step.verdict != want:
+        return StepTruth(INCORRECT, f"the facts say '{want}'" + ("" if want == facts else
+                                                                   f" (the label rules out '{facts}')"))
+    if want == facts:
+        return StepTruth(CORRECT, f"'{want}' follows from the facts and fits the label {label}")
+    return StepTruth(CORRECT, f"'{want}' is what the label {label} allows nearest to the facts' '{facts}'")
+
+
 def check_attr(step, f: dict, label: str, config: VerifierConfig) -> StepTruth:
-    has = {stem(t) for t in f["matched_terms"]} - {stem(t) for t in f["negation_hits"]}
-    failed = [f"claims '{w}' fails, but the product has it"
-              for w in _claims(_parts(step.text).get("fails", ""), config) if stem(w) in has]
-    return _combine(_verdict(step, config.attr_truth, label, "attribute"), failed)
+    st = lambda ts: {stem(t) for t in ts}  # noqa: E731
+    parts, asked = _parts(step.text), st([*f["query_terms"], *f["negated_terms"]])
+    matched, hits, absent = st(f["matched_terms"]), st(f["negation_hits"]), st(f.get("negation_met", ()))
+    unstated = st(f["missing_terms"]) | (st(f["negated_terms"]) - absent)
+    claims = lambda key: [w for w in _claims(parts.get(key, ""), config) if stem(w) in asked]  # noqa: E731
+    failed = [f"claims '{w}' fails, but the product has it" if stem(w) in matched else
+              f"claims '{w}' fails, but the listing does not state it" for w in claims("fails")
+              if stem(w) not in hits]
+    failed += [f"claims '{w}' is met, which the listing does not state" for w in claims("met")
+               if stem(w) not in matched | absent]
+    failed += [f"claims '{w}' is unstated, but the listing states it" for w in claims("unstated")
+               if stem(w) not in unstated]
+    return _combine(_attr_verdict(step, f, label, config.attr_truth), failed)
 
 
 def check_judge(parsed: ParsedRationale, label: str) -> StepTruth:
@@ -199,6 +270,13 @@ def step_status(parsed: ParsedRationale) -> dict[str, str]:
             "repeated" if f"repeated step <{s}>" in parsed.errors else "ok" for s in STEPS}
 
 
+def facts_of(ex) -> dict:
+    """``ex`` itself if it carries the facts columns, else its facts computed from the record."""
+    if all(k in ex for k in ("query_terms", "negated_terms", "matched_terms", "negation_hits")):
+        return ex
+    return example_facts({c: ex.get(c) or "" for c in ("query", "title", "brand", "colour", "category", "bullets")})
+
+
 def verify(ex, rationale: str | ParsedRationale, scale: GradeScale | str = "esci",
            config: VerifierConfig | None = None) -> Verification:
     """Truth of every step of ``rationale`` for example ``ex`` (a mapping with the record and ``label``;
@@ -210,8 +288,7 @@ def verify(ex, rationale: str | ParsedRationale, scale: GradeScale | str = "esci
     if not parsed.steps and parsed.grade_span is None:
         unknown = StepTruth(UNKNOWN, "unparsable")
         return Verification({s: unknown for s in STEPS}, StepTruth(INCORRECT, "unparsable"), status, parsed, True)
-    f = ex if all(k in ex for k in ("query_terms", "negated_terms", "matched_terms", "negation_hits")) \
-        else example_facts({c: ex.get(c) or "" for c in ("query", "title", "brand", "colour", "category", "bullets")})
+    f = facts_of(ex)
     rules = {"query": lambda st: check_query(st.text, ex, f, config),
              "product": lambda st: check_product(st.text, ex, config),
              "type": lambda st: check_type(st, ex, label, config),

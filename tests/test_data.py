@@ -182,6 +182,19 @@ def test_prepare_and_load_splits(smoke):
         pd.testing.assert_frame_equal(splits[s][["example_id", "label"]], again[s][["example_id", "label"]])
 
 
+def test_splits_with_facts_of_another_version_are_rebuilt(smoke):
+    from pathlib import Path
+
+    prepare_splits(smoke)
+    out = Path(smoke.processed_dir)
+    stale = pd.read_parquet(out / "train.parquet").drop(columns=["negation_met"])
+    stale.to_parquet(out / "train.parquet", index=False)
+    report = json.loads((out / "curation_report.json").read_text())
+    (out / "curation_report.json").write_text(json.dumps({**report, "facts_version": 1}))
+    assert "negation_met" in load_splits(smoke)["train"]  # rebuilt, not read
+    assert json.loads((out / "curation_report.json").read_text())["facts_version"] == report["facts_version"]
+
+
 def test_facts_exact():
     assert split_query("nike shoes men without laces") == (["nike", "shoes", "men"], ["laces"])
     assert split_query("lights without wiring with switch") == (["lights", "switch"], ["wiring"])
@@ -189,7 +202,8 @@ def test_facts_exact():
     f = example_facts({"query": "leather belts without buckles", "title": "Leather Belt with Buckle",
                        "brand": "X", "colour": "", "category": "Clothing > Belts", "bullets": ""})
     assert f == {"query_terms": ["leather", "belts"], "negated_terms": ["buckles"], "product_type": "Belts",
-                 "matched_terms": ["leather", "belts"], "missing_terms": [], "negation_hits": ["buckles"]}
+                 "matched_terms": ["leather", "belts"], "missing_terms": [], "negation_hits": ["buckles"],
+                 "negation_met": []}
     g = example_facts({"query": "red mug", "title": "Big Blue Cup, ceramic", "brand": "", "colour": "",
                        "category": "", "bullets": ""})
     assert g["product_type"] == "Big Blue Cup" and g["missing_terms"] == ["red", "mug"]

@@ -9,15 +9,17 @@ from she_lib.schema import STEPS, render_rationale
 RECORD = {"query": "leather belt without buckle", "title": "Levi's Men's Leather Belt, Brown", "brand": "Levi's",
           "colour": "Brown", "category": "Clothing > Men > Belts", "bullets": "Genuine leather with a metal buckle",
           "description": ""}
+# the bullets state the excluded buckle, which Exact rules out: the attr verdict is "some specs unstated" (verifier)
+ATTR_OK = "some specs unstated; unstated: no buckle"
 OK = {"query": "wants: belt; specs: leather; excludes: buckle", "product": "Belts by Levi's, Brown",
-      "type": "same type; matches: leather, belt", "attr": "all specs met", "judge": "Exact: same type, every spec met"}
+      "type": "same type; matches: leather, belt", "attr": ATTR_OK, "judge": "Exact: same type, unstated specs taken as met"}
 COMPLEMENT = {**OK, "type": "complementary type; matches: belt", "attr": "not decisive",
               "judge": "Complement: used with belt"}
 
 A = render_rationale(OK, "Exact")  # every step decided correct
 B = render_rationale(COMPLEMENT, "Complement")  # for a Complement pair: attr undecided -> GenRM
 C = render_rationale({**OK, "product": "Belts by Nike, Brown", "judge": "Substitute: could serve"}, "Substitute")
-D = A.replace("<attr>all specs met</attr>\n", "")  # attr missing
+D = A.replace(f"<attr>{ATTR_OK}</attr>\n", "")  # attr missing
 E = A.replace("<type>", "<type>same type</type>\n<type>", 1)  # type repeated
 F = "Exact, I think."  # unparsable
 G = {A: [.9] * 5, B: [.9, .8, .7, .3, .6], C: [.8, .6, .9, .9, .1], D: [.9] * 5, E: [.9] * 5}

@@ -13,9 +13,12 @@ from she_lib.schema import render_rationale
 RECORD = {"example_id": "q1:p1", "query": "leather belt without buckle", "title": "Levi's Men's Leather Belt, Brown",
           "brand": "Levi's", "colour": "Brown", "category": "Clothing > Men > Belts",
           "bullets": "Genuine leather with a metal buckle", "description": ""}
+# the bullets state the excluded buckle: the facts say "some specs fail", which Exact rules out, so the attr verdict
+# for <grade>Exact is the nearest one Exact allows (verifier.expected_attr_verdict), with the buckle unstated
+ATTR_OK = "some specs unstated; unstated: no buckle"
 STEPS_OK = {"query": "wants: belt; specs: leather; excludes: buckle", "product": "Belts by Levi's, Brown",
-            "type": "same type; matches: leather, belt", "attr": "all specs met",
-            "judge": "Exact: same type, every spec met"}
+            "type": "same type; matches: leather, belt", "attr": ATTR_OK,
+            "judge": "Exact: same type, unstated specs taken as met"}
 SUBST = {"attr": "some specs fail; fails: buckle", "judge": "Substitute: could serve instead, but some specs fail"}
 W = RuleRewardConfig()  # w_format 0.1, w_label 1, w_distance 0.2, w_k 0.2
 FULL = 0.1 + 1.0 + 0.2 + 4 * 0.2  # 2.1
@@ -113,6 +116,20 @@ def test_failed_spec_with_exact_breaks_the_attr_rule():
     assert status(rat("Substitute", **SUBST)) == ALL_OK
 
 
+def test_attr_verdict_the_facts_contradict_breaks_the_attr_rule():
+    text = rat(attr="all specs met")  # Exact: the facts give "some specs unstated" (the stated buckle, see ATTR_OK)
+    assert status(text) == {**ALL_OK, "attr": BROKEN}
+    assert rule_checks(ex(), text).rules["attr"].reason == \
+        "'all specs met' contradicts the facts, which give 'some specs unstated' for Exact"
+    assert status(rat("Complement", attr="all specs met", judge="Complement: x"))["attr"] == BROKEN  # facts: fail
+    unstated = ex(bullets="Genuine leather")  # the buckle neither stated nor stated absent
+    assert rule_checks(unstated, rat()).rules["attr"].status == CONSISTENT
+    assert rule_checks(unstated, rat(attr="all specs met")).rules["attr"].status == BROKEN
+    met = ex(bullets="Genuine leather, no buckle")  # stated absent: every spec met
+    assert rule_checks(met, rat(attr="all specs met; met: leather, no buckle")).rules["attr"].status == CONSISTENT
+    assert rule_checks(met, rat()).rules["attr"].status == BROKEN
+
+
 @pytest.mark.parametrize("steps, reason", [
     ({"product": "Belts by Nike, Brown"}, "product: 'nike' is not in the product's title/brand/colour/category"),
     ({"product": "Belts by Levi's, Black"}, "product: 'black' is not in the product's title/brand/colour/category"),
@@ -166,7 +183,7 @@ def test_verdict_outside_the_vocabulary_is_unverifiable():
 
 
 def test_missing_steps_and_nothing_checkable():
-    no_attr = rat().replace("<attr>all specs met</attr>\n", "")
+    no_attr = rat().replace(f"<attr>{ATTR_OK}</attr>\n", "")
     assert status(no_attr) == {**ALL_OK, "attr": UNVERIFIABLE}
     assert rule_checks(ex(), no_attr).rules["attr"].reason == "no <attr> step"
     c = comps(no_attr)
