@@ -75,7 +75,7 @@ class AdaptiveReplay:
         self.config = config or AGRLConfig()
         if self.config.hint not in HINTS:
             raise ValueError(f"unknown hint {self.config.hint!r}; choose one of {HINTS}")
-        self.scale = get_scale(scale) if isinstance(scale, str) else scale
+        self.scale = get_scale(scale)
         self.order = order
         self.fails: dict[str, int] = {}
         self.guided_visits: dict[str, int] = {}

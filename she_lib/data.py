@@ -220,7 +220,7 @@ def _map_distinct(s: pd.Series, fn) -> pd.Series:
 def load_esci(folder, locale: str | None = "us", scale: str | GradeScale = "esci",
               bad_rows: str = "raise") -> pd.DataFrame:
     """Load the official ESCI layout from ``folder`` into the schema (see module docstring)."""
-    folder, scale = Path(folder), get_scale(scale) if isinstance(scale, str) else scale
+    folder, scale = Path(folder), get_scale(scale)
     ex_path, pr_path = _find(folder, "shopping_queries_dataset_examples"), _find(folder, "shopping_queries_dataset_products")
     ex = read_table(ex_path, ("query_id", "query", "product_id", "esci_label"), columns=ESCI_EXAMPLE_COLUMNS)
     products = _open_products(pr_path)
@@ -284,7 +284,7 @@ def load_wands(folder, scale: str | GradeScale = "wands", bad_rows: str = "raise
 
     WANDS has no brand column; colour is read from ``product_features`` (``key:value|...``, the first
     key containing 'color'); category is ``category hierarchy`` with '/' turned into ' > '."""
-    folder, scale = Path(folder), get_scale(scale) if isinstance(scale, str) else scale
+    folder, scale = Path(folder), get_scale(scale)
     q = read_table(folder / "query.csv", ("query_id", "query"), sep="\t")
     p = read_table(folder / "product.csv", ("product_id", "product_name"), sep="\t")
     lab = read_table(folder / "label.csv", ("query_id", "product_id", "label"), sep="\t")

@@ -388,7 +388,7 @@ def demo_group(ex, tokenizer, scale="esci", genrm=None, seed: int = 0, order: st
     from .rationales import teacher_rationale
     from .srpo import OutcomeReward, completion_step_spans, step_advantages, token_advantages
 
-    scale = get_scale(scale) if isinstance(scale, str) else scale
+    scale = get_scale(scale)
     ex = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in dict(ex).items()}
     rng = random.Random(seed)
     other = next(w for w in scale.words if w != ex["label"])

@@ -116,7 +116,7 @@ def build_sft_dataset(df: pd.DataFrame, scale: GradeScale | str, order: str = "g
 
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; choose one of {ORDERS}")
-    scale = get_scale(scale) if isinstance(scale, str) else scale
+    scale = get_scale(scale)
     if "rationale" not in df.columns:
         df = add_teacher_rationales(df, order)
     rows = [{"prompt": build_messages(r, scale, order),

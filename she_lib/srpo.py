@@ -73,7 +73,7 @@ class OutcomeReward:
     A TRL reward function (``prompts, completions, label, **columns -> list[float]``); GRPO and SRPO share it."""
 
     def __init__(self, scale: GradeScale | str = "esci", format_weight: float = 0.1):
-        self.scale = get_scale(scale) if isinstance(scale, str) else scale
+        self.scale = get_scale(scale)
         self.format_weight = format_weight
         self.__name__ = "outcome"
 
@@ -157,7 +157,7 @@ class SRPOTrainer(GRPOTrainer):
     def __init__(self, *args, examiner: Examiner | None = None, replay=None, rollout_log: str | Path | None = None,
                  scale: GradeScale | str = "esci", **kwargs):
         super().__init__(*args, **kwargs)
-        self.scale = get_scale(scale) if isinstance(scale, str) else scale
+        self.scale = get_scale(scale)
         self.examiner = examiner or Examiner(None, HybridConfig(), self.scale)
         self.replay, self.rollout_log, self._generations = replay, rollout_log, 0
 
