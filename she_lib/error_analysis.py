@@ -175,7 +175,8 @@ def rationale_rows(preds_with_completion: pd.DataFrame, df: pd.DataFrame) -> lis
 
 def decoded_predictions(profile, methods) -> dict[str, pd.DataFrame]:
     """method -> its decoded prediction cache (example_id, completion, pred) for the methods that decode."""
-    from .evaluate import prediction_files, read_predictions
+    from .evaluate import prediction_files
+    from .predictions import read_predictions
 
     files = prediction_files(profile)
     out = {}

@@ -152,7 +152,7 @@ def save_genrm_results(profile: Profile, metrics: dict, exam: dict, run: Path, p
     """Merge ``genrm`` into ``results_dir/metrics.json``; write ``genrm_report.json`` and the calibration plot."""
     import matplotlib.pyplot as plt
 
-    from .evaluate import save_metrics
+    from .results import save_metrics
     from .provenance import machine
 
     info = json.loads((Path(run) / "run.json").read_text())

@@ -98,7 +98,8 @@ class Pipeline:
     def score(self, run: Path, modes=None, test: bool = True) -> None:
         """A saved run on the test split (unless ``test`` is False) and on every extra evaluation folder, saved with
         summaries."""
-        from .evaluate import evaluate_run, report_run, save_metrics, write_summary
+        from .evaluate import evaluate_run, report_run
+        from .results import save_metrics, write_summary
         from .labels import get_scale
 
         modes = modes or self.profile.eval_trained_modes
@@ -141,7 +142,8 @@ class Pipeline:
         self.score(self.sft_run)
 
     def zero_shot(self):
-        from .evaluate import eval_frame, evaluate_zero_shot, write_summary
+        from .evaluate import eval_frame, evaluate_zero_shot
+        from .results import write_summary
         from .labels import get_scale
 
         evaluate_zero_shot(self.profile, eval_frame(self.profile, self.splits), progress=False)

@@ -110,7 +110,8 @@ def grade_shift(profile, runs=("sft", "dpo")) -> pd.DataFrame:
     position and the share of pairs whose argmax is each grade, from the cached read-outs
     (she_lib.evaluate.prediction_files). ``runs`` are always listed first, then every finished RL run. A collapse
     onto one grade shows as its share going to 1."""
-    from .evaluate import prediction_files, read_predictions
+    from .evaluate import prediction_files
+    from .predictions import read_predictions
     from .labels import get_scale
 
     words, files = get_scale(profile.grade_scale).words, prediction_files(profile)

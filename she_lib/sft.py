@@ -206,9 +206,9 @@ def _cot_sft_trainer_class():
 
 
 def grade_macro_f1(model, tokenizer, df: pd.DataFrame, profile: Profile) -> float:
-    """Macro-F1 of the first-token grade read-out (evaluate.predict_llm, no cache) on ``df``; the tokenizer's padding
+    """Macro-F1 of the first-token grade read-out (predictions.predict_llm, no cache) on ``df``; the tokenizer's padding
     side and the model's train mode are put back afterwards."""
-    from .evaluate import predict_llm
+    from .predictions import predict_llm
     from .metrics import classification_metrics
 
     side, training = tokenizer.padding_side, model.training

@@ -120,7 +120,8 @@ def test_evaluate_cumpt_tunes_on_validation_and_applies_to_test(smoke, monkeypat
 def test_report_regenerates_tables_and_figures(smoke, monkeypatch, capsys):
     """``python -m she_lib.evaluate --report``'s function on caches written here (no model runs)."""
     from she_lib.data import load_splits
-    from she_lib.evaluate import eval_frame, report, save_metrics, score
+    from she_lib.evaluate import eval_frame, report
+    from she_lib.results import save_metrics, score
 
     splits = load_splits(smoke)
     test, val = eval_frame(smoke, splits), splits["validation"]
