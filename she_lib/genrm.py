@@ -13,7 +13,8 @@ Because the earlier verdicts are filled with ``correct``, s_k = P(step k correct
 correct): the reading a first-error (critical step) rule needs. The left-padded batch keeps only the
 logits of the five verdict positions (``logits_to_keep``), so a batch costs one prefill and no decoding.
 
-Evaluation, the examiner report and the whole job (``python -m she_lib.genrm``) are in she_lib.genrm_eval.
+The job's data, held-out evaluation and examiner report are in she_lib.genrm_eval; :func:`run_genrm` runs the
+whole job (``python -m she_lib.genrm``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import pandas as pd
 import torch
 
 from .config import Profile, get_profile
-from .genrm_data import build_genrm_dataset, genrm_messages, verdict_text, verdict_token_ids
+from .genrm_data import build_genrm_dataset, complete, genrm_messages, verdict_text, verdict_token_ids
+from .genrm_eval import build_data, evaluate_genrm, examiner_report, save_genrm_results
 from .schema import STEPS
 
 
@@ -182,12 +184,32 @@ def train_genrm(profile: Profile, config: GenRMConfig, train_rows: pd.DataFrame,
     return run
 
 
+# ------------------------------------------------------------------------------------------ job
+def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict | None = None,
+              name: str = "genrm") -> dict:
+    """Steps 1-5 of she_lib.genrm_eval's module doc; returns the saved entry and every intermediate."""
+    from .data import load_splits
+
+    config = config or GenRMConfig.for_profile(profile)
+    splits = splits if splits is not None else load_splits(profile)
+    train, held, source = build_data(profile, config, splits, name)
+    run = train_genrm(profile, config, complete(train), name)
+    from .distributed import is_main_process
+
+    if not is_main_process():  # under accelerate launch: rank 0 evaluates and writes the results
+        return {"run": run, "metrics": None}
+    genrm = GenRM.load(run, profile, config)
+    metrics, scores = evaluate_genrm(genrm, held, config)
+    exam = examiner_report(held, scores, genrm, profile)
+    entry = save_genrm_results(profile, metrics, exam, run, source)
+    return {"metrics": entry, "step_metrics": metrics, "examiner": exam, "run": run, "train": train, "held": held,
+            "scores": scores}
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> int:
     """``python -m she_lib.genrm --profile cpu-full``: build data, train (resumes), evaluate, write results."""
     import argparse
-
-    from .genrm_eval import run_genrm
 
     ap = argparse.ArgumentParser(prog="python -m she_lib.genrm", description=main.__doc__)
     ap.add_argument("--profile", default="cpu")

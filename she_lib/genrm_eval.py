@@ -1,4 +1,5 @@
-"""GenRM job: data, training, held-out evaluation, examiner report (``python -m she_lib.genrm``, notebook 03).
+"""The GenRM job's data and held-out evaluation; :func:`she_lib.genrm.run_genrm` runs the steps in order
+(``python -m she_lib.genrm``, notebook 03).
 
 1. :func:`build_data` - train rows from the train split (teacher + corruptions + *complete* verifier-labelled
    policy samples), held-out rows from the validation split (the same sources; policy steps labelled
@@ -19,17 +20,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .config import Profile
 from .examiner import Examiner, HybridConfig, TableScorer
-from .genrm import GenRM, GenRMConfig, train_genrm
 from .genrm_data import complete, labelled_rows, policy_rows
 from .sampling import sample_cache, sample_rationales
 from .labels import get_scale
 from .schema import STEPS
+
+if TYPE_CHECKING:  # annotations only: she_lib.genrm imports this module
+    from .genrm import GenRM, GenRMConfig
 
 
 def load_policy_model(profile: Profile, run_name: str):
@@ -172,24 +176,3 @@ def save_genrm_results(profile: Profile, metrics: dict, exam: dict, run: Path, p
     ax = plot_calibration(metrics, results / "figures" / "03_genrm_calibration.png")
     plt.close(ax.figure)
     return entry
-
-
-def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict | None = None,
-              name: str = "genrm") -> dict:
-    """Steps 1-5 of the module doc; returns the saved entry and every intermediate."""
-    from .data import load_splits
-
-    config = config or GenRMConfig.for_profile(profile)
-    splits = splits if splits is not None else load_splits(profile)
-    train, held, source = build_data(profile, config, splits, name)
-    run = train_genrm(profile, config, complete(train), name)
-    from .distributed import is_main_process
-
-    if not is_main_process():  # under accelerate launch: rank 0 evaluates and writes the results
-        return {"run": run, "metrics": None}
-    genrm = GenRM.load(run, profile, config)
-    metrics, scores = evaluate_genrm(genrm, held, config)
-    exam = examiner_report(held, scores, genrm, profile)
-    entry = save_genrm_results(profile, metrics, exam, run, source)
-    return {"metrics": entry, "step_metrics": metrics, "examiner": exam, "run": run, "train": train, "held": held,
-            "scores": scores}

@@ -174,8 +174,7 @@ class Pipeline:
         self.score(self.runs["dpo"])
 
     def genrm(self):
-        from .genrm import GenRMConfig
-        from .genrm_eval import run_genrm
+        from .genrm import GenRMConfig, run_genrm
 
         run_genrm(self.profile, GenRMConfig.for_profile(self.profile), self.splits)
 
