@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import Profile, get_profile
+from .config import Profile, get_profile, stage_budget
 from .labels import get_scale
 from .rationales import teacher_rationale
 from .schema import build_messages
@@ -61,22 +61,10 @@ class DPOBaselineConfig:
 
     @classmethod
     def for_profile(cls, profile: Profile | str, **overrides) -> "DPOBaselineConfig":
-        """Per profile. A DPO pair costs about 2.7 SFT chats (policy forward+backward on chosen and rejected,
-        reference forward on both); sampling costs one prefill per prompt plus N x ~100 decoded tokens."""
+        """The profile's DPO budget (the ``dpo`` entry of she_lib.config.TABLE), then ``overrides``."""
         profile = get_profile(profile)
         base = dict(max_length=profile.max_seq_length, seed=profile.seed)
-        per = {
-            "smoke": dict(n_samples=2, sample_limit=6, max_new_tokens=16, sample_batch_size=3, max_steps=2,
-                          per_device_batch_size=2, grad_accum=1, bf16=False),
-            "cpu": dict(sample_limit=16),  # 16 prompts x 4 samples: the pass@k demo and <= 16 pairs
-            "cpu-full": dict(sample_limit=96),
-            "gpu-offline": dict(n_samples=4, sample_limit=256, sample_batch_size=64, per_device_batch_size=16,
-                                save_steps=100, logging_steps=10),
-            "gpu": dict(n_samples=8, sample_limit=2048, sample_batch_size=64, per_device_batch_size=8,
-                        save_steps=100, logging_steps=10),
-            "colab": dict(n_samples=8, sample_limit=1024, sample_batch_size=32, save_steps=100, logging_steps=10),
-        }.get(profile.name, {})
-        return cls(**{**base, **per, **overrides})
+        return cls(**{**base, **stage_budget(profile, "dpo"), **overrides})
 
 
 # ------------------------------------------------------------------------------------------- pairs

@@ -1,7 +1,7 @@
 """RL runs of the three methods on one machinery: ``train_rl(profile, "grpo" | "srpo" | "agrl", sft_run)``.
 
 * budgets: :func:`rl_config` (an :class:`she_lib.srpo.SRPOConfig` per method and profile) and :func:`curriculum_for`
-  (the prompt set's pool, sampling and stages, she_lib.curriculum);
+  (the prompt set's pool, sampling and stages, she_lib.curriculum), from the profile table of she_lib.config;
 * the prompt set: :func:`rl_prompts` (pass rates from the shared sample cache of the SFT run);
 * the trainer: ``grpo`` -> TRL's ``GRPOTrainer`` with she_lib.srpo's ``OutcomeReward``; ``srpo`` -> ``SRPOTrainer``
   with the hybrid examiner's step rewards; ``agrl`` -> ``SRPOTrainer`` with she_lib.rules' rule reward, she_lib.agrl's
@@ -23,7 +23,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from .config import Profile, get_profile
+from .config import Profile, get_profile, stage_budget
 from .examiner import Examiner, HybridConfig
 from .labels import get_scale
 from .srpo import OutcomeReward, SRPOConfig, SRPOTrainer
@@ -36,30 +36,16 @@ RECORD_COLUMNS = ("example_id", "query", "title", "brand", "colour", "category",
 
 
 def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Path = "rl", **overrides) -> SRPOConfig:
-    """The SRPOConfig of a method and profile. One optimizer step = ``prompts_per_step`` prompts x G rollouts
+    """The SRPOConfig of a method and profile: the ``rl`` entry of she_lib.config.TABLE over the defaults here, then
+    ``overrides``. One optimizer step = ``prompts_per_step`` prompts x G rollouts
     (``per_device_train_batch_size`` = their product / the number of processes of the launch). ``grpo`` sets process_weight 0 (and trains with
     TRL's plain GRPOTrainer); CPU runs train fp32 without gradient checkpointing and without a reference model
     (beta = 0 saves a forward pass per step; set beta for the KL term)."""
     if method not in METHODS:
         raise ValueError(f"unknown RL method {method!r}; choose one of {METHODS}")
     profile = get_profile(profile)
-    per = {
-        "smoke": dict(num_generations=2, prompts_per_step=2, max_completion_length=16, logging_steps=1, save_steps=2),
-        # CPU: 2 prompts x 4 rollouts of <= 128 tokens (a rationale is ~110) per step, lr 5e-5 so that ~12 LoRA steps
-        # can move the policy; on a 2-core AVX2 CPU one step takes ~1.5-2 min (training the 8 chats dominates)
-        "cpu": dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1, save_steps=2,
-                    learning_rate=5e-5),
-        "cpu-full": dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1,
-                         save_steps=1, learning_rate=5e-5),
-        "gpu-offline": dict(num_generations=8, prompts_per_step=8, max_completion_length=128, logging_steps=1,
-                            save_steps=12, beta=0.02),
-        "gpu": dict(num_generations=8, prompts_per_step=16, max_completion_length=256, logging_steps=5, save_steps=50,
-                    beta=0.02),
-        "colab": dict(num_generations=8, prompts_per_step=8, max_completion_length=256, logging_steps=5,
-                      save_steps=50, beta=0.02),
-    }.get(profile.name, {})
-    merged = {**per, **overrides}
-    vllm = merged.pop("vllm", "auto" if profile.name in ("gpu", "colab") else "off")
+    merged = {**stage_budget(profile, "rl"), **overrides}
+    vllm = merged.pop("vllm", "off")
     merged.update(vllm_settings(vllm))
     g, pps = merged.pop("num_generations", 4), merged.pop("prompts_per_step", 4)
     from .distributed import world_size
@@ -228,23 +214,12 @@ def _args_key(args: SRPOConfig) -> dict:
 
 
 def curriculum_for(profile: Profile | str, **overrides):
-    """Pool, sampling and stage budgets per profile (she_lib.curriculum.CurriculumConfig)."""
+    """The RL prompt set's pool, sampling and stages (she_lib.curriculum.CurriculumConfig): the ``curriculum`` entry
+    of she_lib.config.TABLE, then ``overrides``."""
     from .curriculum import CurriculumConfig
 
     profile = get_profile(profile)
-    per = {
-        # the tiny random model never writes a grade: every prompt is always wrong, so the prompt set is the
-        # difficulty filter's fallback (min_prompts of the pool), the path a weak SFT model takes; one stage of 2 steps
-        "smoke": dict(pool_limit=6, k_samples=2, max_new_tokens=16, sample_batch_size=3, min_prompts=4,
-                      boundaries=(), stage_steps=(2,), per_query_cap=None),
-        "cpu": dict(pool_limit=16, k_samples=4, stage_steps=(1, 1, 1)),  # = DPO's 16 sampled prompts (shared cache)
-        # the pool is DPO's 96 sampled prompts (same settings: the shared sample cache serves both)
-        "cpu-full": dict(pool_limit=96, k_samples=4, stage_steps=(4, 4, 4)),
-        "gpu-offline": dict(pool_limit=256, k_samples=4, sample_batch_size=64, stage_steps=(4, 4, 4)),
-        "gpu": dict(pool_limit=4096, k_samples=8, sample_batch_size=64, stage_steps=(100, 100, 100)),
-        "colab": dict(pool_limit=1024, k_samples=8, sample_batch_size=32, stage_steps=(40, 40, 40)),
-    }.get(profile.name, {})
-    return CurriculumConfig(**{**per, **overrides})  # seed 0: RL seeds share one prompt set
+    return CurriculumConfig(**{**stage_budget(profile, "curriculum"), **overrides})  # seed 0: RL seeds share one prompt set
 
 
 class StageLogger(TrainerCallback):

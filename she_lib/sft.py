@@ -44,7 +44,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import Profile, get_profile
+from .config import Profile, get_profile, stage_budget
 from .labels import GradeScale, get_scale
 from .rationales import add_teacher_rationales
 from .schema import ORDERS, build_messages
@@ -78,35 +78,10 @@ class CoTSFTConfig:
 
     @classmethod
     def for_profile(cls, profile: Profile | str, **overrides) -> "CoTSFTConfig":
-        """Defaults per profile; a chat is ~310 tokens (prompt ~210, rationale ~100). Measured on the 2-core
-        CPU (README): SmolLM2-135M LoRA trains at ~220-240 tok/s in bf16 autocast, ~10 s per step of 8 chats."""
+        """The profile's SFT budget (the ``sft`` entry of she_lib.config.TABLE), then ``overrides``."""
         profile = get_profile(profile)
         base = dict(order=profile.order, max_length=profile.max_seq_length, seed=profile.seed)
-        per = {
-            # a few steps on the tiny model, fp32 so tests are exact
-            "smoke": dict(max_steps=4, per_device_batch_size=4, logging_steps=1, save_steps=2, bf16=False,
-                          train_limit=16, eval_limit=8),
-            # the main job: 320 pairs, one epoch = 40 steps of 8 chats (1,371 s in fp32 on a 2-core AVX2-only CPU;
-            # loss 0.84 / 0.78, pass@1 0.016: too weak to sample RL prompts from, README). 480 pairs / 60 steps
-            # (loss 0.41, what cpu-full trains) took 611 s in bf16 on an AVX512-BF16 CPU, ~34 min in fp32 here
-            "cpu": dict(train_limit=320, epochs=1, logging_steps=5, save_steps=10, eval_limit=32),
-            # the results table: 480 pairs, one epoch of batch 8 = 60 optimizer steps (the cpu job's SFT before it was
-            # cut to 40, which learned the format: loss 0.43), checkpoint every 10. A first cpu-full budget of 320
-            # pairs in 20 steps of 16 stopped at loss 1.46 and wrote unparsable rationales (README). On an AVX2-only
-            # 2-core CPU, one thread per run so both orders train side by side, a run takes ~75 min (~33 tokens/s,
-            # ~310 tokens a chat); on the AVX512-BF16 machine of the cpu job, ~11 min.
-            "cpu-full": dict(train_limit=480, epochs=1, logging_steps=1, save_steps=10, eval_steps=30,
-                             eval_limit=32),
-            # every train pair, one epoch of batch 32 (115 steps, ~135 s on an H200 with Unsloth: 2 epochs took 292 s
-            # and left no time for RL), the checkpoint kept by validation grade macro-F1 (512 pairs, every 50 steps)
-            "gpu-offline": dict(epochs=1, per_device_batch_size=32, logging_steps=10, save_steps=50, eval_steps=50,
-                                eval_limit=256, class_balance=0.5, grade_eval_limit=512, select_by_grade_f1=True),
-            "gpu": dict(epochs=2, per_device_batch_size=16, logging_steps=10, save_steps=200, eval_limit=512,
-                        gradient_checkpointing=True),
-            "colab": dict(epochs=2, per_device_batch_size=8, grad_accum=2, logging_steps=10, save_steps=200,
-                          eval_limit=256, gradient_checkpointing=True),
-        }.get(profile.name, {})
-        return cls(**{**base, **per, **overrides})
+        return cls(**{**base, **stage_budget(profile, "sft"), **overrides})
 
 
 # ------------------------------------------------------------------------------------------- data

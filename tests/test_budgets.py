@@ -60,6 +60,18 @@ def test_every_profile_resolves_to_the_snapshot(monkeypatch):
             assert got[name][part] == want[name][part], (name, part)
 
 
+def test_one_table_entry_per_profile_holds_every_stage():
+    from she_lib.config import PROFILES, STAGES, TABLE, get_profile, stage_budget
+
+    assert set(TABLE) == set(PROFILES) and all(set(entry) == {"profile", *STAGES} for entry in TABLE.values())
+    budget = stage_budget("cpu", "sft")
+    budget["train_limit"] = 1  # a copy: the table is not changed through it
+    assert stage_budget(get_profile("cpu"), "sft")["train_limit"] == 320
+    assert stage_budget(get_profile("cpu").replace(name="mine"), "rl") == {}  # not in the table: the config defaults
+    with pytest.raises(KeyError, match="unknown stage"):
+        stage_budget("cpu", "ppo")
+
+
 if __name__ == "__main__":  # rewrite the snapshot (after a deliberate budget change)
     mp = pytest.MonkeyPatch()
     SNAPSHOT.write_text(json.dumps(resolve_all(mp), indent=1, sort_keys=True) + "\n")
