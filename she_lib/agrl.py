@@ -68,7 +68,7 @@ def guided_messages(example, scale: GradeScale, order: str, hint: str = "steps")
 
 
 class AdaptiveReplay:
-    """State and hooks of the replay; :class:`she_lib.srpo.SRPOTrainer` calls ``prepare_inputs`` before generation
+    """State and hooks of the replay; :class:`she_lib.srpo_trainer.SRPOTrainer` calls ``prepare_inputs`` before generation
     and ``adjust_outputs`` after scoring."""
 
     def __init__(self, config: AGRLConfig | None = None, scale: GradeScale | str = "esci", order: str = "grade_first"):

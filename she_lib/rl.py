@@ -1,9 +1,9 @@
 """RL runs of the three methods on one machinery: ``train_rl(profile, "grpo" | "srpo" | "agrl", sft_run)``.
 
-* budgets: :func:`rl_config` (an :class:`she_lib.srpo.SRPOConfig` per method and profile) and :func:`curriculum_for`
+* budgets: :func:`rl_config` (an :class:`she_lib.srpo_config.SRPOConfig` per method and profile) and :func:`curriculum_for`
   (the prompt set's pool, sampling and stages, she_lib.curriculum), from the profile table of she_lib.config;
 * the prompt set: :func:`rl_prompts` (pass rates from the shared sample cache of the SFT run);
-* the trainer: ``grpo`` -> TRL's ``GRPOTrainer`` with she_lib.srpo's ``OutcomeReward``; ``srpo`` -> ``SRPOTrainer``
+* the trainer: ``grpo`` -> TRL's ``GRPOTrainer`` with she_lib.rewards' ``OutcomeReward``; ``srpo`` -> she_lib.srpo_trainer's ``SRPOTrainer``
   with the hybrid examiner's step rewards; ``agrl`` -> ``SRPOTrainer`` with she_lib.rules' rule reward, she_lib.agrl's
   replay and process weight 0;
 * the run folder: she_lib.runs (resume from the last checkpoint, reuse a finished run); ``data_report.json``,
@@ -26,7 +26,9 @@ from trl import GRPOTrainer
 from .config import Profile, get_profile, stage_budget
 from .examiner import Examiner, HybridConfig
 from .labels import get_scale
-from .srpo import OutcomeReward, SRPOConfig, SRPOTrainer
+from .rewards import OutcomeReward
+from .srpo_config import SRPOConfig
+from .srpo_trainer import SRPOTrainer
 
 METHODS = ("grpo", "srpo", "agrl")
 
