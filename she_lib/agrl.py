@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from .labels import GradeScale, get_scale
+from .rationales import teacher_steps
 from .schema import build_messages
 
 HINTS = ("grade", "steps")
@@ -54,8 +55,6 @@ def hint_text(example, hint: str = "steps") -> str:
         raise ValueError(f"unknown hint {hint!r}; choose one of {HINTS}")
     text = f"Hint: the correct grade is {example['label']}."
     if hint == "steps":
-        from .rationales import teacher_steps
-
         steps = teacher_steps(example)
         text += f" Product-type match: {steps['type'].split(';')[0]}. Attribute match: {steps['attr'].split(';')[0]}."
     return text

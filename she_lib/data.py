@@ -41,8 +41,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .config import Profile
+from .distributed import main_process_first
 from .facts import add_facts
 from .labels import GradeScale, get_scale
 
@@ -84,8 +88,6 @@ def read_table(path: Path, required: tuple[str, ...], sep: str = ",", columns: t
     if not path.exists():
         raise DataError(path, None, None, "file not found")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         names = pq.read_schema(path).names
         _check_columns(path, names, required, sep)
         return pd.read_parquet(path, columns=[c for c in names if c in columns] if columns else None)
@@ -111,8 +113,6 @@ def _open_products(path: Path):
     """The ESCI products file: a text file read whole; of a parquet file (streamed later) the columns are checked."""
     if path.suffix != ".parquet":
         return read_table(path, ("product_id", "product_title"))
-    import pyarrow.parquet as pq
-
     _check_columns(path, pq.read_schema(path).names, ("product_id", "product_title"), ",")
     return path
 
@@ -126,10 +126,6 @@ def _select_products(source, ids: pd.Series, locale: str | None, batch_rows: int
         if locale and "product_locale" in source.columns:
             keep &= source["product_locale"] == locale
         return source[keep]
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     f = pq.ParquetFile(source)  # closed on return: the reader keeps buffers while open
     columns = [c for c in f.schema_arrow.names if c in ESCI_PRODUCT_COLUMNS]
     wanted = pa.array(ids.dropna().unique()).cast(f.schema_arrow.field("product_id").type)
@@ -446,8 +442,6 @@ def with_evidence(df: pd.DataFrame) -> pd.DataFrame:
 def load_splits(profile: Profile) -> dict[str, pd.DataFrame]:
     """Read the processed splits written by notebook 01 (built on the fly if absent). In a multi-process launch
     rank 0 builds and writes them first, then the other ranks read them."""
-    from .distributed import main_process_first
-
     out = Path(profile.processed_dir)
     with main_process_first():
         if not all((out / f"{s}.parquet").exists() for s in SPLITS):

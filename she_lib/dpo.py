@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -28,9 +29,15 @@ import pandas as pd
 import torch
 
 from .config import Profile, get_profile, stage_budget
+from .data import load_splits
+from .distributed import is_main_process
+from .evaluate import report_run
 from .labels import get_scale
+from .modeling import load_run
 from .rationales import teacher_rationale
+from .sampling import pass_at_report, sample_cache, sample_rationales
 from .schema import build_messages
+from .sft import _precision, _sample
 
 
 @dataclass
@@ -104,8 +111,6 @@ def build_pairs(df: pd.DataFrame, samples: pd.DataFrame, profile: Profile,
 def dpo_args(config: DPOBaselineConfig, output_dir: str | Path):
     from trl import DPOConfig
 
-    from .sft import _precision
-
     bf16, fp16 = _precision(config.bf16)
     return DPOConfig(
         output_dir=str(output_dir), report_to="none", use_cpu=not torch.cuda.is_available(), bf16=bf16, fp16=fp16,
@@ -125,10 +130,6 @@ def train_dpo(profile: Profile, sft_run: str | Path, config: DPOBaselineConfig |
     from trl import DPOTrainer
 
     from . import runs
-    from .data import load_splits
-    from .modeling import load_run
-    from .sampling import pass_at_report, sample_cache, sample_rationales
-    from .sft import _sample
     from .trl_compat import ensure_trl_cpu_support
 
     config = config or DPOBaselineConfig.for_profile(profile)
@@ -148,8 +149,6 @@ def train_dpo(profile: Profile, sft_run: str | Path, config: DPOBaselineConfig |
                                                    config.seed), progress=progress)
     pass_at = pass_at_report(samples)
     pairs, report = build_pairs(df, samples, profile, config.teacher_fallback)
-    from .distributed import is_main_process
-
     if is_main_process():
         run.mkdir(parents=True, exist_ok=True)
         (run / "pairs_report.json").write_text(json.dumps({"pass_at": pass_at, "pairs": report}, indent=2))
@@ -172,8 +171,6 @@ def train_dpo(profile: Profile, sft_run: str | Path, config: DPOBaselineConfig |
 
 def main(argv=None) -> int:
     """``python -m she_lib.dpo --profile cpu-full --sft runs/cpu-full/sft [--evaluate first_token generate]``"""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m she_lib.dpo", description="DPO on pass@N pairs (resumable)")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--sft", required=True, help="the SFT run folder to sample from and start at")
@@ -184,15 +181,11 @@ def main(argv=None) -> int:
     sft_info = json.loads((Path(args.sft) / "run.json").read_text())
     profile = get_profile(args.profile, order=sft_info.get("order", "grade_first"))
     run = train_dpo(profile, args.sft, name=args.name)
-    from .distributed import is_main_process
-
     if not is_main_process():  # under accelerate launch: rank 0 reports and evaluates, in one process
         return 0
     info = json.loads((run / "run.json").read_text())
     print(json.dumps({k: info[k] for k in ("pass_at", "pairs", "global_step", "train_loss", "seconds")}, indent=1))
     if args.evaluate:
-        from .evaluate import report_run
-
         report_run(run, profile, args.evaluate, args.save)
     return 0
 

@@ -29,6 +29,7 @@ from .config import Profile, get_profile
 from .cumpt import evaluate_cumpt, plot_cumpt
 from .data import curate, load_dataset, load_splits, with_evidence
 from .labels import get_scale
+from .lexical import LexicalBaseline, LexicalConfig
 from .metrics import UNPARSED, default_pairs, significance_table
 from .predictions import (MODES, method_name, per_query, predict_llm, prediction_cache, prediction_seconds,
                           read_predictions)
@@ -74,8 +75,6 @@ def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress
 
 def evaluate_lexical(profile: Profile, splits: dict[str, pd.DataFrame], save: bool = True) -> dict:
     """Fit the lexical baseline on train, save it under runs/, score it on the eval split."""
-    from .lexical import LexicalBaseline, LexicalConfig
-
     t0 = time.time()
     model = LexicalBaseline(LexicalConfig(seed=profile.seed)).fit(splits["train"])
     fit_s = time.time() - t0
@@ -101,8 +100,6 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> 
     run = Path(run)
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     if info.get("kind") == "lexical" or (run / "lexical.joblib").exists():
-        from .lexical import LexicalBaseline
-
         model = LexicalBaseline.load(run / "lexical.joblib")
         preds = pd.DataFrame({"example_id": df["example_id"], "pred": model.predict(df)})
         return {run.name: score(df, preds, profile, split=profile.eval_split, model=str(run), scoring="classifier",

@@ -18,6 +18,7 @@ whole job (``python -m she_lib.genrm``).
 """
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,9 +28,13 @@ import pandas as pd
 import torch
 
 from .config import Profile, get_profile, stage_budget
+from .data import load_splits
+from .distributed import is_main_process
 from .genrm_data import build_genrm_dataset, complete, genrm_messages, verdict_text, verdict_token_ids
 from .genrm_eval import build_data, evaluate_genrm, examiner_report, save_genrm_results
+from .modeling import load_policy
 from .schema import STEPS
+from .sft import CoTSFTConfig, sft_trainer
 
 
 @dataclass
@@ -77,8 +82,6 @@ class GenRMConfig:
 
     def sft_config(self, order: str):
         """The ``CoTSFTConfig`` that carries these training fields into ``sft.sft_trainer``."""
-        from .sft import CoTSFTConfig
-
         keys = ("epochs", "max_steps", "learning_rate", "per_device_batch_size", "grad_accum", "warmup_ratio",
                 "max_length", "logging_steps", "save_steps", "save_total_limit", "seed", "bf16")
         return CoTSFTConfig(order=order, lr_scheduler=self.lr_scheduler, train_limit=None, eval_limit=None,
@@ -101,8 +104,6 @@ class GenRM:
     def load(cls, run: str | Path, profile: Profile, config: GenRMConfig | None = None) -> "GenRM":
         """The profile's base model with the adapter of ``run`` merged in."""
         from peft import PeftModel
-
-        from .modeling import load_policy
 
         config = config or GenRMConfig.for_profile(profile)
         policy = load_policy(profile)
@@ -145,7 +146,6 @@ def train_genrm(profile: Profile, config: GenRMConfig, train_rows: pd.DataFrame,
                 resume: bool = True, callbacks: list | None = None) -> Path:
     """LoRA SFT of the GenRM on ``train_rows`` (complete rows only); resumable run folder ``runs_dir/name``."""
     from . import runs
-    from .sft import sft_trainer
 
     run = Path(profile.runs_dir) / name
     key = {**asdict(config), "train_rows": len(train_rows)}  # a run is reused for the same config and data size
@@ -166,14 +166,10 @@ def train_genrm(profile: Profile, config: GenRMConfig, train_rows: pd.DataFrame,
 def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict | None = None,
               name: str = "genrm") -> dict:
     """Steps 1-5 of she_lib.genrm_eval's module doc; returns the saved entry and every intermediate."""
-    from .data import load_splits
-
     config = config or GenRMConfig.for_profile(profile)
     splits = splits if splits is not None else load_splits(profile)
     train, held, source = build_data(profile, config, splits, name)
     run = train_genrm(profile, config, complete(train), name)
-    from .distributed import is_main_process
-
     if not is_main_process():  # under accelerate launch: rank 0 evaluates and writes the results
         return {"run": run, "metrics": None}
     genrm = GenRM.load(run, profile, config)
@@ -187,8 +183,6 @@ def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict 
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> int:
     """``python -m she_lib.genrm --profile cpu-full``: build data, train (resumes), evaluate, write results."""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m she_lib.genrm", description=main.__doc__)
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--name", default="genrm")

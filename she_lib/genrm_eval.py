@@ -24,12 +24,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import f1_score
 
 from .config import Profile
 from .examiner import Examiner, HybridConfig, TableScorer
 from .genrm_data import complete, labelled_rows, policy_rows
-from .sampling import sample_cache, sample_rationales
 from .labels import get_scale
+from .modeling import load_policy, load_run
+from .provenance import machine
+from .results import save_metrics
+from .sampling import sample_cache, sample_rationales
 from .schema import STEPS
 
 if TYPE_CHECKING:  # annotations only: she_lib.genrm imports this module
@@ -38,8 +43,6 @@ if TYPE_CHECKING:  # annotations only: she_lib.genrm imports this module
 
 def load_policy_model(profile: Profile, run_name: str):
     """(model, tokenizer, source): the run ``runs_dir/run_name`` (``modeling.load_run``) if it exists, else the base."""
-    from .modeling import load_policy, load_run
-
     run = Path(profile.runs_dir) / run_name
     if not (run / "adapter_config.json").exists():
         policy = load_policy(profile)
@@ -78,9 +81,6 @@ def build_data(profile: Profile, config: GenRMConfig, splits: dict, name: str = 
 
 def step_metrics(labels, scores, threshold: float = 0.5, bins: int = 10) -> dict:
     """Accuracy, F1 and calibration over the labelled steps (label >= 0) of [n, len(STEPS)] arrays."""
-    from sklearn.calibration import calibration_curve
-    from sklearn.metrics import f1_score
-
     labels, scores = np.asarray(labels).reshape(-1, len(STEPS)), np.asarray(scores, float).reshape(-1, len(STEPS))
     mask = labels >= 0
     y, p, col = labels[mask].astype(int), scores[mask], np.nonzero(mask)[1]
@@ -155,9 +155,6 @@ def plot_calibration(metrics: dict, path: str | Path | None = None, ax=None):
 def save_genrm_results(profile: Profile, metrics: dict, exam: dict, run: Path, policy_source: str) -> dict:
     """Merge ``genrm`` into ``results_dir/metrics.json``; write ``genrm_report.json`` and the calibration plot."""
     import matplotlib.pyplot as plt
-
-    from .results import save_metrics
-    from .provenance import machine
 
     info = json.loads((Path(run) / "run.json").read_text())
     entry = {k: metrics.get(k) for k in ("step_accuracy", "step_f1", "step_macro_f1", "ece", "brier", "n_steps",

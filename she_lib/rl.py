@@ -12,7 +12,9 @@
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -20,13 +22,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
+from . import runs
+from .agrl import AdaptiveReplay, AGRLConfig
 from .config import Profile, get_profile, stage_budget
+from .curriculum import CurriculumConfig, build_rl_prompts, save_report
+from .data import load_splits
+from .distributed import is_main_process, world_size
+from .evaluate import report_run
 from .examiner import Examiner, HybridConfig
+from .genrm import GenRM
 from .labels import get_scale
+from .modeling import load_run
 from .rewards import OutcomeReward
+from .rl_report import run_name
+from .rules import RuleReward, RuleRewardConfig
+from .sampling import cache_covers, sample_cache, sample_rationales
+from .schema import build_messages
+from .sft import _precision, _sample
 from .srpo_config import SRPOConfig
 from .srpo_trainer import SRPOTrainer
 
@@ -50,12 +66,8 @@ def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Pa
     vllm = merged.pop("vllm", "off")
     merged.update(vllm_settings(vllm))
     g, pps = merged.pop("num_generations", 4), merged.pop("prompts_per_step", 4)
-    from .distributed import world_size
-
     per_device = per_device_rollouts(g, pps, world_size())
     cpu = not torch.cuda.is_available()
-    from .sft import _precision
-
     bf16, fp16 = _precision("auto")
     base = dict(output_dir=str(output_dir), report_to="none", use_cpu=cpu, bf16=bf16, fp16=fp16,
                 gradient_checkpointing=not cpu, num_generations=g, per_device_train_batch_size=per_device,
@@ -78,8 +90,6 @@ def vllm_settings(vllm: str) -> dict:
     GPU); ``server`` (a separate ``trl vllm-serve --model <merged SFT checkpoint>`` process); ``auto`` = colocate
     when vllm is installed and CUDA is present, else off. The step spans are read from the completion token ids
     whatever produced them (:func:`token_char_offsets`), so SRPO's step rewards need nothing vLLM-specific."""
-    import importlib.util
-
     if vllm == "auto":
         vllm = "colocate" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "off"
     if vllm == "off":
@@ -91,17 +101,11 @@ def vllm_settings(vllm: str) -> dict:
 
 def prompts_per_step(args: SRPOConfig) -> int:
     """Prompts per optimizer step over all processes."""
-    from .distributed import world_size
-
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size() // args.num_generations
 
 
 def rl_dataset(df: pd.DataFrame, profile: Profile):
     """``datasets.Dataset`` of {"prompt": [system, user], record columns..., "stage"} in the given order."""
-    from datasets import Dataset
-
-    from .schema import build_messages
-
     scale = get_scale(profile.grade_scale)
     cols = [c for c in (*RECORD_COLUMNS, "stage", "pass_rate") if c in df.columns]
     rows = []
@@ -124,10 +128,7 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
        with the examiner's step rewards; ``agrl`` -> :class:`SRPOTrainer` with she_lib.rules' rule reward and
        she_lib.agrl's adaptive guided replay (process_weight as configured; 0 = AGRL on GRPO's advantages).
        ``max_steps`` is the curriculum's step count; the rollout log goes to ``rollouts.jsonl``."""
-    from . import runs
-    from .curriculum import save_report
-    from .modeling import load_run
-    from .trl_compat import ensure_trl_cpu_support
+    from .trl_compat import ensure_trl_cpu_support  # patches TRL on import: only where a trainer is built
 
     name = name or method
     run, sft_run = Path(profile.runs_dir) / name, Path(sft_run)
@@ -146,8 +147,6 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
     args.max_steps = report["curriculum"]["steps"]
     last = runs.start(run, profile, key)
     last = last if resume else None
-    from .distributed import is_main_process, world_size
-
     if is_main_process():
         save_report(report, run / "data_report.json")
     policy = load_run(sft_run, profile if torch.cuda.is_available() else profile.replace(dtype="float32"))
@@ -163,9 +162,6 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
         trainer = SRPOTrainer(reward_funcs=[OutcomeReward(scale)], examiner=examiner, scale=scale,
                               rollout_log=run / "rollouts.jsonl", **common)
     else:
-        from .agrl import AdaptiveReplay, AGRLConfig
-        from .rules import RuleReward, RuleRewardConfig
-
         trainer = SRPOTrainer(reward_funcs=[RuleReward(RuleRewardConfig(), scale)], examiner=examiner, scale=scale,
                               replay=AdaptiveReplay(AGRLConfig(), scale, profile.order),
                               rollout_log=run / "rollouts.jsonl", **common)
@@ -184,12 +180,6 @@ def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step:
     """The RL prompt set in training order and its report (she_lib.curriculum): the pool's pass rates come from
     ``k_samples`` rationales per prompt sampled from the SFT run, in the shared sample cache (sampling.sample_cache):
     every RL method and seed shares them, and so does DPO when it samples the same prompts the same way."""
-    from .curriculum import build_rl_prompts
-    from .data import load_splits
-    from .modeling import load_run
-    from .sampling import cache_covers, sample_cache, sample_rationales
-    from .sft import _sample
-
     curriculum = curriculum or curriculum_for(profile)
     splits = splits if splits is not None else load_splits(profile)
     pool = _sample(splits["train"], curriculum.pool_limit, curriculum.seed)
@@ -218,8 +208,6 @@ def _args_key(args: SRPOConfig) -> dict:
 def curriculum_for(profile: Profile | str, **overrides):
     """The RL prompt set's pool, sampling and stages (she_lib.curriculum.CurriculumConfig): the ``curriculum`` entry
     of she_lib.config.TABLE, then ``overrides``."""
-    from .curriculum import CurriculumConfig
-
     profile = get_profile(profile)
     return CurriculumConfig(**{**stage_budget(profile, "curriculum"), **overrides})  # seed 0: RL seeds share one prompt set
 
@@ -241,8 +229,6 @@ class StageLogger(TrainerCallback):
 def main(argv=None) -> int:
     """``python -m she_lib.rl --method srpo --profile cpu-full --sft runs/cpu-full/sft [--seed 1] [--stage-order
     balanced] [--evaluate ...]``"""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m she_lib.rl", description="GRPO / SRPO / AGRL from an SFT run")
     ap.add_argument("--method", choices=METHODS, default="srpo")
     ap.add_argument("--profile", default="cpu")
@@ -261,24 +247,16 @@ def main(argv=None) -> int:
     profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
     examiner = None
     if a.genrm:
-        from .genrm import GenRM
-
         examiner = Examiner(GenRM.load(a.genrm, profile), HybridConfig(), profile.grade_scale)
-    from .rl_report import run_name
-
     name = a.name or run_name(a.method, a.seed, a.stage_order)
     args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}))
     run = train_rl(profile, a.method, a.sft, args, curriculum_for(profile, stage_order=a.stage_order), name=name,
                    examiner=examiner, progress=True)
-    from .distributed import is_main_process
-
     if not is_main_process():
         return 0
     info = json.loads((run / "run.json").read_text())
     print(json.dumps({k: info.get(k) for k in ("kind", "global_step", "train_loss", "seconds")}, indent=1))
     if a.evaluate:
-        from .evaluate import report_run
-
         report_run(run, profile, a.evaluate, a.save)
     return 0
 

@@ -37,6 +37,7 @@ past ``max_steps`` (it checks the limit only after a step).
 """
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,13 @@ import pandas as pd
 import torch
 
 from .config import Profile, get_profile, stage_budget
+from .data import load_splits
+from .distributed import is_main_process
+from .evaluate import report_run
 from .labels import GradeScale, get_scale
+from .metrics import classification_metrics
+from .modeling import load_policy, resolve_dtype, unsloth_available
+from .predictions import predict_llm
 from .rationales import add_teacher_rationales
 from .schema import ORDERS, build_messages
 
@@ -183,9 +190,6 @@ def _cot_sft_trainer_class():
 def grade_macro_f1(model, tokenizer, df: pd.DataFrame, profile: Profile) -> float:
     """Macro-F1 of the first-token grade read-out (predictions.predict_llm, no cache) on ``df``; the tokenizer's padding
     side and the model's train mode are put back afterwards."""
-    from .predictions import predict_llm
-    from .metrics import classification_metrics
-
     side, training = tokenizer.padding_side, model.training
     preds = predict_llm(model, tokenizer, df, profile.replace(order="grade_first"), "first_token", None, False)
     tokenizer.padding_side = side
@@ -198,8 +202,6 @@ def _precision(bf16: bool | str) -> tuple[bool, bool]:
     (bf16 on CUDA with bf16 support, else fp16 (a T4); bf16 on a CPU with fast bf16; else fp32)."""
     if bf16 != "auto":
         return bool(bf16), False
-    from .modeling import resolve_dtype
-
     dtype = resolve_dtype("auto")
     return dtype == torch.bfloat16, dtype == torch.float16
 
@@ -230,7 +232,6 @@ def sft_trainer(profile: Profile, config: CoTSFTConfig, train_ds, output_dir: st
                 callbacks: list | None = None, grade_eval: pd.DataFrame | None = None):
     """The ``CoTSFTTrainer`` of a run: model per profile, LoRA, the CPU fallback for TRL's fused LM head;
     ``grade_eval`` (validation rows) turns on the first-token grade macro-F1 at each evaluation."""
-    from .modeling import load_policy, unsloth_available
     from .trl_compat import ensure_trl_cpu_support
 
     if unsloth_available(profile):  # CUDA + unsloth: FastLanguageModel with LoRA already on (untested here)
@@ -251,8 +252,6 @@ def train_sft(profile: Profile, config: CoTSFTConfig | None = None, splits: dict
               name: str = "sft", resume: bool = True, callbacks: list | None = None) -> Path:
     """LoRA CoT SFT of the profile's model; returns the run folder ``runs_dir/name`` (see she_lib.runs)."""
     from . import runs
-    from .data import load_splits
-    from .modeling import unsloth_available
 
     config = config or CoTSFTConfig.for_profile(profile)
     run = Path(profile.runs_dir) / name
@@ -280,8 +279,6 @@ def train_sft(profile: Profile, config: CoTSFTConfig | None = None, splits: dict
 
 def main(argv=None) -> int:
     """``python -m she_lib.sft --profile cpu [--order steps_first] [--name sft] [--evaluate first_token]``"""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m she_lib.sft", description="LoRA CoT SFT (resumes a stopped run)")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--order", choices=ORDERS, default=None)
@@ -295,14 +292,10 @@ def main(argv=None) -> int:
     profile = get_profile(args.profile, **({"order": args.order} if args.order else {}))
     limit = dict(max_steps=args.max_steps, eval_limit=None, save_steps=10 ** 6) if args.max_steps else {}
     run = train_sft(profile, CoTSFTConfig.for_profile(profile, **limit), name=args.name)
-    from .distributed import is_main_process
-
     if not is_main_process():  # under accelerate launch: rank 0 reports and evaluates, in one process
         return 0
     print(json.dumps({k: v for k, v in json.loads((run / "run.json").read_text()).items() if k != "config"}))
     if args.evaluate:
-        from .evaluate import report_run
-
         report_run(run, profile, args.evaluate, args.save)
     return 0
 

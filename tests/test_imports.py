@@ -1,4 +1,5 @@
-"""The modules of she_lib import one another without a circle, counting imports inside functions too.
+"""How she_lib's modules import: no circle among them, and an import inside a function only where it keeps a module
+light.
 
 The graph is read from the source (the AST of every module), not from an interpreter, so an import inside a
 function that runs only on one path counts as much as one at the top. Imports under ``if TYPE_CHECKING:`` are left
@@ -47,6 +48,65 @@ def import_graph(folder: Path = PACKAGE) -> dict[str, dict[str, int]]:
     return graph
 
 
+# packages worth loading only where they are used (seconds to import, or optional)
+HEAVY = {"torch", "transformers", "trl", "peft", "unsloth", "datasets", "accelerate", "safetensors", "vllm",
+         "matplotlib", "ipywidgets", "papermill"}
+# she_lib imports kept inside functions for another reason than weight
+LOCAL_BY_DESIGN = {(m, "trl_compat"): "importing trl_compat imports and patches TRL: only where a trainer is built"
+                   for m in ("sft", "dpo", "rl")}
+
+
+def _top_level(tree: ast.Module):
+    """The import statements that run when the module is imported (top level, also inside a top-level if / try)."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, (ast.If, ast.Try)) and not _type_checking_only(node):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _packages(node) -> set[str]:
+    """Third-party / standard-library top packages an import statement names."""
+    if isinstance(node, ast.ImportFrom):
+        return set() if node.level or node.module.startswith("she_lib") else {node.module.split(".")[0]}
+    return {a.name.split(".")[0] for a in node.names if not a.name.startswith("she_lib")}
+
+
+def heavy_on_import(folder: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the HEAVY packages that ``import she_lib.<module>`` loads, through its own top-level imports and
+    those of the she_lib modules they import."""
+    trees = {p.stem: ast.parse(p.read_text()) for p in folder.glob("*.py") if p.stem != "__init__"}
+    own, uses = {}, {}
+    for name, tree in trees.items():
+        nodes = list(_top_level(tree))
+        own[name] = set().union(*map(_packages, nodes)) & HEAVY if nodes else set()
+        uses[name] = {t for n in nodes for t, _ in _imports(n, set(trees))}
+    out = {}
+    for name in trees:
+        seen, todo = {name}, [name]
+        while todo:
+            for t in uses[todo.pop()] - seen:
+                seen.add(t)
+                todo.append(t)
+        out[name] = set().union(*(own[m] for m in seen))
+    return out
+
+
+def local_imports(folder: Path = PACKAGE):
+    """(module, line, she_lib module or None, third-party packages) of every import inside a function."""
+    modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+    for name in sorted(modules):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        top = {id(n) for n in _top_level(tree)}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
+                yield from ((name, node.lineno, t, set()) for t, _ in _imports(node, modules))
+                if _packages(node):
+                    yield name, node.lineno, None, _packages(node)
+
+
 def find_cycle(graph: dict[str, dict]) -> list[str] | None:
     """One circle [a, b, ..., a] of ``graph`` (depth-first search), or None."""
     state, path = {}, []
@@ -74,6 +134,24 @@ def test_no_import_circle():
     assert {"evaluate", "cumpt", "genrm", "genrm_eval", "srpo"} <= set(graph)
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(f"{a} (line {graph[a][b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
+
+
+def test_imports_inside_functions_keep_a_module_light():
+    """An import inside a function loads a HEAVY package the module does not load already (or is named in
+    LOCAL_BY_DESIGN with its reason); every other import belongs at the top of the module."""
+    heavy, type_checking = heavy_on_import(), set()
+    for name in heavy:
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        type_checking |= {(name, n.lineno) for node in tree.body if _type_checking_only(node) for n in ast.walk(node)
+                          if isinstance(n, (ast.Import, ast.ImportFrom))}
+    wrong = []
+    for name, line, target, packages in local_imports():
+        if (name, line) in type_checking:
+            continue
+        adds = heavy[target] - heavy[name] if target else packages & HEAVY - heavy[name]
+        if not adds and (name, target) not in LOCAL_BY_DESIGN:
+            wrong.append(f"she_lib/{name}.py:{line} imports {target or ', '.join(sorted(packages))}")
+    assert not wrong, "imports that belong at the top of their module:\n" + "\n".join(wrong)
 
 
 def test_the_check_finds_a_circle_through_a_local_import(tmp_path):
