@@ -92,7 +92,7 @@ class Profile:
     # read-outs for trained runs in notebook 05; the cpu job scores its SFT run by first token only
     # (decoding 795 rationales of ~100 tokens takes ~20 min here), cpu-full decodes too
     eval_trained_modes: tuple[str, ...] = ("generate", "first_token")
-    # decoding only: score trained runs on k pairs of every eval query, drawn by a seeded hash (evaluate.per_query;
+    # decoding only: score trained runs on k pairs of every eval query, drawn by a seeded hash (predictions.per_query;
     # None = all pairs); the first-token read-out always takes the whole split. Decoding is ~50x the cost of a
     # first-token read.
     eval_generate_per_query: int | None = None

@@ -52,6 +52,7 @@ def external_set(profile: Profile, folder: str | Path) -> tuple[Profile, pd.Data
                            results_dir=str(Path(profile.results_dir) / name)), (
         with_evidence(df) if profile.prompt_evidence else df)
 
+
 # ---------------------------------------------------------------------------------------- methods
 def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress: bool = True,
                        save: bool = True) -> dict[str, dict]:
@@ -153,6 +154,7 @@ def report_run(run: Path, profile: Profile, modes, save: bool = False) -> dict[s
         write_summary(profile.results_dir, get_scale(profile.grade_scale).words)
     return results
 
+
 # ------------------------------------------------------------------------------ saved predictions
 def prediction_files(profile: Profile) -> dict[str, Path]:
     """method -> its existing prediction cache on the eval split: lexical, zero-shot and every policy run, each
@@ -217,6 +219,7 @@ def report(profile: Profile, save: bool = True) -> dict:
         f"(she_lib.metrics.paired_bootstrap, {profile.bootstrap_samples} resamples).\n\n"
         + (sig.to_markdown(index=False) if len(sig) else "(no pairs)") + "\n")
     return {"cumpt": curves, "summary": summary, "significance": sig, "predictions": preds}
+
 
 # -------------------------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
