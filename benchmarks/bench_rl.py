@@ -37,7 +37,7 @@ def run_variant(name: str, tiny: bool, steps: int, prompts: int, g: int, tokens:
     from she_lib.labels import get_scale
     from she_lib.modeling import load_policy
     from she_lib.rl import rl_config, rl_dataset
-    from she_lib.srpo import OutcomeReward
+    from she_lib.rewards import OutcomeReward
     from she_lib.trl_compat import ensure_trl_cpu_support
 
     prof = get_profile("smoke" if tiny else "cpu")

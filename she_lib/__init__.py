@@ -3,6 +3,10 @@
 Unsloth must be imported before transformers/trl/peft to patch them, and it cannot be imported without
 a CUDA GPU: when unsloth is installed *and* CUDA is present, importing she_lib imports it first
 (set ``SHE_NO_UNSLOTH=1`` to skip). Everywhere else nothing happens here.
+
+Imports sit at the top of each module; one inside a function loads a heavy or optional package (torch,
+transformers, TRL, peft, datasets, matplotlib, ...) that the module does not load already, so ``import she_lib.x``
+stays light, and the modules import one another without a circle (tests/test_imports.py).
 """
 import importlib.util as _util
 import os as _os

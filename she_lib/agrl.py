@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from .labels import GradeScale, get_scale
+from .rationales import teacher_steps
 from .schema import build_messages
 
 HINTS = ("grade", "steps")
@@ -54,8 +55,6 @@ def hint_text(example, hint: str = "steps") -> str:
         raise ValueError(f"unknown hint {hint!r}; choose one of {HINTS}")
     text = f"Hint: the correct grade is {example['label']}."
     if hint == "steps":
-        from .rationales import teacher_steps
-
         steps = teacher_steps(example)
         text += f" Product-type match: {steps['type'].split(';')[0]}. Attribute match: {steps['attr'].split(';')[0]}."
     return text
@@ -68,14 +67,14 @@ def guided_messages(example, scale: GradeScale, order: str, hint: str = "steps")
 
 
 class AdaptiveReplay:
-    """State and hooks of the replay; :class:`she_lib.srpo.SRPOTrainer` calls ``prepare_inputs`` before generation
+    """State and hooks of the replay; :class:`she_lib.srpo_trainer.SRPOTrainer` calls ``prepare_inputs`` before generation
     and ``adjust_outputs`` after scoring."""
 
     def __init__(self, config: AGRLConfig | None = None, scale: GradeScale | str = "esci", order: str = "grade_first"):
         self.config = config or AGRLConfig()
         if self.config.hint not in HINTS:
             raise ValueError(f"unknown hint {self.config.hint!r}; choose one of {HINTS}")
-        self.scale = get_scale(scale) if isinstance(scale, str) else scale
+        self.scale = get_scale(scale)
         self.order = order
         self.fails: dict[str, int] = {}
         self.guided_visits: dict[str, int] = {}

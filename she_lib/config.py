@@ -3,7 +3,9 @@
 A profile fixes the model, the data and every budget of a run. Notebooks take one parameter,
 ``profile`` (papermill ``-p profile smoke``), and call :func:`get_profile`; everything else reads
 fields of the returned :class:`Profile`. Overrides are keyword arguments, so an ablation is
-``get_profile("cpu", eval_max_new_tokens=64)``, never an edited constant.
+``get_profile("cpu", eval_max_new_tokens=64)``, never an edited constant. A profile's whole budget, its Profile
+fields and the config of every stage (SFT, DPO, GenRM, RL, the RL prompt set), is one entry of :data:`TABLE`;
+each stage's ``for_profile`` reads its part (:func:`stage_budget`).
 
 Profiles
 --------
@@ -70,7 +72,7 @@ class Profile:
     # --- reasoning format ------------------------------------------------------------------------
     order: str = "grade_first"  # "grade_first" (respond-then-think) | "steps_first"
     sft_orders: tuple[str, ...] = ("grade_first", "steps_first")  # orders notebook 02 trains (and 05 scores)
-    # --- RL (notebook 04; budgets in she_lib.rl.rl_config / curriculum_for) ------------------------
+    # --- RL (notebook 04; the budgets are the rl and curriculum entries of TABLE) ------------------
     rl_methods: tuple[str, ...] = ("grpo", "srpo", "agrl")
     rl_seeds: tuple[int, ...] = (0,)  # RL seeds (LoRA init, sampling); every seed shares one prompt set
     # --- evaluation ------------------------------------------------------------------------------
@@ -90,7 +92,7 @@ class Profile:
     # read-outs for trained runs in notebook 05; the cpu job scores its SFT run by first token only
     # (decoding 795 rationales of ~100 tokens takes ~20 min here), cpu-full decodes too
     eval_trained_modes: tuple[str, ...] = ("generate", "first_token")
-    # decoding only: score trained runs on k pairs of every eval query, drawn by a seeded hash (evaluate.per_query;
+    # decoding only: score trained runs on k pairs of every eval query, drawn by a seeded hash (predictions.per_query;
     # None = all pairs); the first-token read-out always takes the whole split. Decoding is ~50x the cost of a
     # first-token read.
     eval_generate_per_query: int | None = None
@@ -112,36 +114,125 @@ class Profile:
         return dataclasses.asdict(self)
 
 
-PROFILES: dict[str, Profile] = {
-    "smoke": Profile(
-        name="smoke", model_source="tiny", dtype="float32", max_pairs_per_query=10, max_pairs=200, max_seq_length=384,
-        eval_limit=24, eval_batch_size=8, eval_max_new_tokens=24, zero_shot_max_new_tokens=16, bootstrap_samples=200,
-        llm_teacher_examples=8,
-        results_dir=str(REPO_ROOT / "results" / "smoke"), runs_dir=str(REPO_ROOT / "runs" / "smoke"),
-        processed_dir=str(REPO_ROOT / "data_processed" / "smoke")),
-    # the README's main job writes results/cpu/; the headline results/ is cpu-full's
-    # the main job runs one RL method (SRPO, <= 3 steps); the GRPO / SRPO / AGRL comparison is cpu-full's
-    # 16 pairs per query (hash order; the same queries and split, ~290 test pairs instead of 795) with its own
-    # processed splits: on a 2-core AVX2-only CPU (fp32) the job with every pair took over 2 hours
-    "cpu": Profile(name="cpu", runs_dir=str(REPO_ROOT / "runs" / "cpu"), eval_trained_modes=("first_token",),
-                   sft_orders=("grade_first",), results_dir=str(REPO_ROOT / "results" / "cpu"), rl_methods=("srpo",),
-                   max_pairs_per_query=16, processed_dir=str(REPO_ROOT / "data_processed" / "cpu"),
-                   llm_teacher_examples=8),
-    # decoded read-outs on 8 pairs of each of the 18 test queries (144 pairs): an AVX2-only 2-core CPU decodes
-    # an SFT rationale in ~7-12 s, so all 795 would take ~2 h per run
-    "cpu-full": Profile(name="cpu-full", runs_dir=str(REPO_ROOT / "runs" / "cpu-full"), eval_generate_per_query=8,
-                        rl_seeds=(0, 1)),
-    "gpu-offline": Profile(
-        name="gpu-offline", dtype="bfloat16", eval_batch_size=128, eval_generate_per_query=8,
-        extra_eval_dirs=(str(REPO_ROOT / "data_samples" / "esci_us_wide"),),
-        runs_dir=str(REPO_ROOT / "runs" / "gpu-offline"), results_dir=str(REPO_ROOT / "results" / "gpu")),
-    "gpu": Profile(
-        name="gpu", model_source="hub", model_name="Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16",
-        max_seq_length=1024, eval_batch_size=128, lora_r=32, lora_alpha=64, runs_dir=str(REPO_ROOT / "runs" / "gpu")),
-    "colab": Profile(
-        name="colab", model_source="hub", model_name="Qwen/Qwen2.5-0.5B-Instruct", dtype="auto",
-        max_seq_length=768, eval_batch_size=64, runs_dir=str(REPO_ROOT / "runs" / "colab")),
+# ---------------------------------------------------------------------------------------------- the profile table
+# One entry per profile, its whole budget on one screen: ``profile``, the Profile fields it sets over the defaults
+# above; then each stage's fields over the defaults of that stage's config: ``sft`` she_lib.sft.CoTSFTConfig,
+# ``dpo`` she_lib.dpo.DPOBaselineConfig, ``genrm`` she_lib.genrm.GenRMConfig, ``rl`` the arguments of
+# she_lib.rl.rl_config (SRPOConfig fields, plus num_generations x prompts_per_step rollouts per step and vllm),
+# ``curriculum`` she_lib.curriculum.CurriculumConfig (the RL prompt set). A chat is ~310 tokens (prompt ~210,
+# rationale ~100); a DPO pair costs about 2.7 SFT chats (policy forward + backward on chosen and rejected, reference
+# forward on both). Measured speeds per machine are in the README.
+TABLE: dict[str, dict[str, dict]] = {
+    "smoke": dict(  # a tiny random model and 200 pairs: every stage runs in seconds, in tests and CI
+        profile=dict(model_source="tiny", dtype="float32", max_pairs_per_query=10, max_pairs=200, max_seq_length=384,
+                     eval_limit=24, eval_batch_size=8, eval_max_new_tokens=24, zero_shot_max_new_tokens=16,
+                     bootstrap_samples=200, llm_teacher_examples=8,
+                     results_dir=str(REPO_ROOT / "results" / "smoke"), runs_dir=str(REPO_ROOT / "runs" / "smoke"),
+                     processed_dir=str(REPO_ROOT / "data_processed" / "smoke")),
+        # a few steps, fp32 so tests are exact
+        sft=dict(max_steps=4, per_device_batch_size=4, logging_steps=1, save_steps=2, bf16=False, train_limit=16,
+                 eval_limit=8),
+        dpo=dict(n_samples=2, sample_limit=6, max_new_tokens=16, sample_batch_size=3, max_steps=2,
+                 per_device_batch_size=2, grad_accum=1, bf16=False),
+        genrm=dict(teacher_pairs=8, corruptions_per_kind=2, policy_prompts=4, policy_samples=1,
+                   policy_max_new_tokens=24, eval_teacher_pairs=4, eval_corruptions_per_kind=1, eval_policy_prompts=2,
+                   max_steps=4, per_device_batch_size=4, logging_steps=1, save_steps=2, bf16=False, score_batch_size=8,
+                   policy_base_fallback=True),
+        rl=dict(num_generations=2, prompts_per_step=2, max_completion_length=16, logging_steps=1, save_steps=2),
+        # the tiny model never writes a grade, so every prompt is always wrong and the prompt set is the difficulty
+        # filter's fallback (min_prompts of the pool), the path a weak SFT model takes; one stage of 2 steps
+        curriculum=dict(pool_limit=6, k_samples=2, max_new_tokens=16, sample_batch_size=3, min_prompts=4,
+                        boundaries=(), stage_steps=(2,), per_query_cap=None),
+    ),
+    "cpu": dict(  # the README's main job: every stage at a demo budget on a 2-core CPU, results in results/cpu/
+        # 16 pairs per query (hash order; the same queries and split) with its own processed splits; one RL method
+        # (SRPO), the GRPO / SRPO / AGRL comparison is cpu-full's; the SFT run is scored by first token only
+        profile=dict(runs_dir=str(REPO_ROOT / "runs" / "cpu"), eval_trained_modes=("first_token",),
+                     sft_orders=("grade_first",), results_dir=str(REPO_ROOT / "results" / "cpu"), rl_methods=("srpo",),
+                     max_pairs_per_query=16, processed_dir=str(REPO_ROOT / "data_processed" / "cpu"),
+                     llm_teacher_examples=8),
+        # 320 pairs: one epoch = 40 steps of 8 chats
+        sft=dict(train_limit=320, epochs=1, logging_steps=5, save_steps=10, eval_limit=32),
+        dpo=dict(sample_limit=16),  # 16 prompts x 4 samples: the pass@k demo and <= 16 pairs
+        # <= 32 + 4 x 12 + 16 = 96 rows
+        genrm=dict(teacher_pairs=32, corruptions_per_kind=12, policy_prompts=16, policy_samples=1,
+                   eval_teacher_pairs=24, eval_corruptions_per_kind=8, eval_policy_prompts=12),
+        # 2 prompts x 4 rollouts of <= 128 tokens (a rationale is ~110) per step; lr 5e-5 so that a few LoRA steps
+        # can move the policy
+        rl=dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1, save_steps=2,
+                learning_rate=5e-5),
+        curriculum=dict(pool_limit=16, k_samples=4, stage_steps=(1, 1, 1)),  # the pool is DPO's 16 sampled prompts
+    ),
+    "cpu-full": dict(  # the results table (results/): the same model on the full train split
+        # decoded read-outs on 8 pairs of each test query (decoding is ~50x the cost of a first-token read)
+        profile=dict(runs_dir=str(REPO_ROOT / "runs" / "cpu-full"), eval_generate_per_query=8, rl_seeds=(0, 1)),
+        # 480 pairs, one epoch of batch 8 = 60 optimizer steps: enough to learn the format (20 steps of 16 were not)
+        sft=dict(train_limit=480, epochs=1, logging_steps=1, save_steps=10, eval_steps=30, eval_limit=32),
+        dpo=dict(sample_limit=96),
+        genrm={},  # GenRMConfig's defaults are cpu-full's (its docstring gives the row count)
+        rl=dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1, save_steps=1,
+                learning_rate=5e-5),
+        # the pool is DPO's 96 sampled prompts (same settings: the shared sample cache serves both)
+        curriculum=dict(pool_limit=96, k_samples=4, stage_steps=(4, 4, 4)),
+    ),
+    "gpu-offline": dict(  # SmolLM2-135M from the GGUF on one offline CUDA GPU, bf16, every stage in minutes
+        profile=dict(dtype="bfloat16", eval_batch_size=128, eval_generate_per_query=8,
+                     extra_eval_dirs=(str(REPO_ROOT / "data_samples" / "esci_us_wide"),),
+                     runs_dir=str(REPO_ROOT / "runs" / "gpu-offline"), results_dir=str(REPO_ROOT / "results" / "gpu")),
+        # every train pair, one epoch of batch 32 (a second left no time for RL), the checkpoint kept by validation
+        # grade macro-F1 (512 pairs, every 50 steps)
+        sft=dict(epochs=1, per_device_batch_size=32, logging_steps=10, save_steps=50, eval_steps=50, eval_limit=256,
+                 class_balance=0.5, grade_eval_limit=512, select_by_grade_f1=True),
+        dpo=dict(n_samples=4, sample_limit=256, sample_batch_size=64, per_device_batch_size=16, save_steps=100,
+                 logging_steps=10),
+        genrm=dict(teacher_pairs=512, corruptions_per_kind=128, policy_prompts=128, policy_samples=2,
+                   eval_teacher_pairs=128, eval_corruptions_per_kind=32, eval_policy_prompts=128,
+                   per_device_batch_size=32, save_steps=200, logging_steps=10, score_batch_size=64),
+        rl=dict(num_generations=8, prompts_per_step=8, max_completion_length=128, logging_steps=1, save_steps=12,
+                beta=0.02),
+        curriculum=dict(pool_limit=256, k_samples=4, sample_batch_size=64, stage_steps=(4, 4, 4)),
+    ),
+    "gpu": dict(  # a hub model by name through Unsloth (CUDA), bf16
+        profile=dict(model_source="hub", model_name="Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16",
+                     max_seq_length=1024, eval_batch_size=128, lora_r=32, lora_alpha=64,
+                     runs_dir=str(REPO_ROOT / "runs" / "gpu")),
+        sft=dict(epochs=2, per_device_batch_size=16, logging_steps=10, save_steps=200, eval_limit=512,
+                 gradient_checkpointing=True),
+        dpo=dict(n_samples=8, sample_limit=2048, sample_batch_size=64, per_device_batch_size=8, save_steps=100,
+                 logging_steps=10),
+        genrm=dict(teacher_pairs=None, corruptions_per_kind=1000, policy_prompts=1000, policy_samples=4,
+                   eval_teacher_pairs=None, eval_corruptions_per_kind=200, eval_policy_prompts=400, epochs=2,
+                   per_device_batch_size=16, save_steps=200, logging_steps=10, score_batch_size=64),
+        rl=dict(num_generations=8, prompts_per_step=16, max_completion_length=256, logging_steps=5, save_steps=50,
+                beta=0.02, vllm="auto"),
+        curriculum=dict(pool_limit=4096, k_samples=8, sample_batch_size=64, stage_steps=(100, 100, 100)),
+    ),
+    "colab": dict(  # like gpu, sized for a free Colab T4 (fp16, smaller batches)
+        profile=dict(model_source="hub", model_name="Qwen/Qwen2.5-0.5B-Instruct", dtype="auto", max_seq_length=768,
+                     eval_batch_size=64, runs_dir=str(REPO_ROOT / "runs" / "colab")),
+        sft=dict(epochs=2, per_device_batch_size=8, grad_accum=2, logging_steps=10, save_steps=200, eval_limit=256,
+                 gradient_checkpointing=True),
+        dpo=dict(n_samples=8, sample_limit=1024, sample_batch_size=32, save_steps=100, logging_steps=10),
+        genrm=dict(teacher_pairs=None, corruptions_per_kind=500, policy_prompts=400, policy_samples=2,
+                   eval_corruptions_per_kind=100, eval_policy_prompts=200, epochs=2, grad_accum=2, save_steps=200,
+                   logging_steps=10, score_batch_size=32),
+        rl=dict(num_generations=8, prompts_per_step=8, max_completion_length=256, logging_steps=5, save_steps=50,
+                beta=0.02, vllm="auto"),
+        curriculum=dict(pool_limit=1024, k_samples=8, sample_batch_size=32, stage_steps=(40, 40, 40)),
+    ),
 }
+STAGES = ("sft", "dpo", "genrm", "rl", "curriculum")
+
+PROFILES: dict[str, Profile] = {name: Profile(name=name, **entry["profile"]) for name, entry in TABLE.items()}
+
+
+def stage_budget(profile: Profile | str, stage: str) -> dict:
+    """The fields ``stage`` (one of :data:`STAGES`) takes for ``profile`` from :data:`TABLE`, a copy; empty for a
+    profile the table does not name (the stage config's defaults apply)."""
+    if stage not in STAGES:
+        raise KeyError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    name = profile.name if isinstance(profile, Profile) else profile
+    return dict(TABLE.get(name, {}).get(stage, {}))
 
 
 def get_profile(name: str | Profile = "cpu", **overrides) -> Profile:

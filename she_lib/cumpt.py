@@ -19,7 +19,7 @@ recall of "grade >= w_k" against "human grade >= w_k" (``precision@Exact`` is th
 
 Tuning: beta is the grid point with the highest validation macro-F1 (the smallest such beta on a tie), and
 is then applied unchanged to the test split. Validation read-outs cover the first
-``VALIDATION_PAIRS_PER_QUERY`` pairs of every validation query (evaluate.per_query; cached like any read-out).
+``VALIDATION_PAIRS_PER_QUERY`` pairs of every validation query (predictions.per_query; cached like any read-out).
 """
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .labels import get_scale
 from .metrics import metrics_from_confusion
+from .predictions import cached_predictions, per_query, predict_llm, prediction_cache, read_predictions
+from .results import score
 
 BETAS = np.round(np.arange(0.01, 1.0, 0.01), 2)  # the default grid, 0.01 .. 0.99
 VALIDATION_PAIRS_PER_QUERY = 8
@@ -111,11 +114,9 @@ def probabilities(preds: pd.DataFrame, words) -> np.ndarray:
 def validation_predictions(profile, folder: str | Path, df: pd.DataFrame) -> pd.DataFrame:
     """First-token read-outs of the model of ``folder`` (``zero_shot``: the base model; else a policy run) on
     ``df``, cached in ``folder`` under the validation split's name (computed once, then read)."""
-    from .evaluate import _cached, predict_llm, prediction_cache
-
     folder, prof = Path(folder), profile.replace(eval_split="validation")
     cache = prediction_cache(folder, prof, "first_token")
-    done = _cached(cache)
+    done = cached_predictions(cache)
     if all(e in done for e in df["example_id"]):
         return pd.DataFrame([done[e] for e in df["example_id"]])
     from .modeling import load_policy, load_run
@@ -128,11 +129,8 @@ def evaluate_cumpt(profile, folder: str | Path, test: pd.DataFrame, validation: 
                    betas=BETAS, seconds: float | None = None) -> dict:
     """CumPT on the first-token read-out of ``folder``: beta tuned on ``validation`` (its first
     VALIDATION_PAIRS_PER_QUERY pairs per query), applied to the cached test read-out. Returns the metrics
-    entry (evaluate.score; ``seconds``: pass the read-out's own, CumPT adds nothing measurable), the chosen beta, both sweeps and the argmax
+    entry (results.score; ``seconds``: pass the read-out's own, CumPT adds nothing measurable), the chosen beta, both sweeps and the argmax
     point; the test predictions are cached as ``predictions_<split>_cumpt_<order>.jsonl``."""
-    from .evaluate import prediction_cache, per_query, read_predictions, score
-    from .labels import get_scale
-
     folder, words = Path(folder), get_scale(profile.grade_scale).words
     test_preds = read_predictions(prediction_cache(folder, profile, "first_token")).loc[test["example_id"]]
     val = per_query(validation, VALIDATION_PAIRS_PER_QUERY)

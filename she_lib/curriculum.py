@@ -33,6 +33,7 @@ curriculum the selection is one stage in seeded random order.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -237,6 +238,4 @@ def build_rl_prompts(train: pd.DataFrame, samples: pd.DataFrame | None, config: 
 
 
 def save_report(report: dict, path: str | Path) -> None:
-    import json
-
     Path(path).write_text(json.dumps(report, indent=2, default=float))

@@ -41,8 +41,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .config import Profile
+from .distributed import main_process_first
 from .facts import FACTS_VERSION, add_facts
 from .labels import GradeScale, get_scale
 
@@ -84,8 +88,6 @@ def read_table(path: Path, required: tuple[str, ...], sep: str = ",", columns: t
     if not path.exists():
         raise DataError(path, None, None, "file not found")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         names = pq.read_schema(path).names
         _check_columns(path, names, required, sep)
         return pd.read_parquet(path, columns=[c for c in names if c in columns] if columns else None)
@@ -111,8 +113,6 @@ def _open_products(path: Path):
     """The ESCI products file: a text file read whole; of a parquet file (streamed later) the columns are checked."""
     if path.suffix != ".parquet":
         return read_table(path, ("product_id", "product_title"))
-    import pyarrow.parquet as pq
-
     _check_columns(path, pq.read_schema(path).names, ("product_id", "product_title"), ",")
     return path
 
@@ -126,10 +126,6 @@ def _select_products(source, ids: pd.Series, locale: str | None, batch_rows: int
         if locale and "product_locale" in source.columns:
             keep &= source["product_locale"] == locale
         return source[keep]
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     f = pq.ParquetFile(source)  # closed on return: the reader keeps buffers while open
     columns = [c for c in f.schema_arrow.names if c in ESCI_PRODUCT_COLUMNS]
     wanted = pa.array(ids.dropna().unique()).cast(f.schema_arrow.field("product_id").type)
@@ -220,7 +216,7 @@ def _map_distinct(s: pd.Series, fn) -> pd.Series:
 def load_esci(folder, locale: str | None = "us", scale: str | GradeScale = "esci",
               bad_rows: str = "raise") -> pd.DataFrame:
     """Load the official ESCI layout from ``folder`` into the schema (see module docstring)."""
-    folder, scale = Path(folder), get_scale(scale) if isinstance(scale, str) else scale
+    folder, scale = Path(folder), get_scale(scale)
     ex_path, pr_path = _find(folder, "shopping_queries_dataset_examples"), _find(folder, "shopping_queries_dataset_products")
     ex = read_table(ex_path, ("query_id", "query", "product_id", "esci_label"), columns=ESCI_EXAMPLE_COLUMNS)
     products = _open_products(pr_path)
@@ -284,7 +280,7 @@ def load_wands(folder, scale: str | GradeScale = "wands", bad_rows: str = "raise
 
     WANDS has no brand column; colour is read from ``product_features`` (``key:value|...``, the first
     key containing 'color'); category is ``category hierarchy`` with '/' turned into ' > '."""
-    folder, scale = Path(folder), get_scale(scale) if isinstance(scale, str) else scale
+    folder, scale = Path(folder), get_scale(scale)
     q = read_table(folder / "query.csv", ("query_id", "query"), sep="\t")
     p = read_table(folder / "product.csv", ("product_id", "product_name"), sep="\t")
     lab = read_table(folder / "label.csv", ("query_id", "product_id", "label"), sep="\t")
@@ -457,8 +453,6 @@ def load_splits(profile: Profile) -> dict[str, pd.DataFrame]:
     """Read the processed splits written by notebook 01 (built on the fly if absent, or rebuilt if their facts are
     of another FACTS_VERSION). In a multi-process launch rank 0 builds and writes them first, then the other ranks
     read them."""
-    from .distributed import main_process_first
-
     out = Path(profile.processed_dir)
     with main_process_first():
         if not _current(out):

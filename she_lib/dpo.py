@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -27,10 +28,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import Profile, get_profile
+from .config import Profile, get_profile, stage_budget
+from .data import load_splits
+from .distributed import is_main_process
+from .evaluate import report_run
 from .labels import get_scale
+from .modeling import load_run
 from .rationales import teacher_rationale
+from .sampling import pass_at_report, sample_cache, sample_rationales
 from .schema import build_messages
+from .sft import _precision, _sample
 
 
 @dataclass
@@ -61,22 +68,10 @@ class DPOBaselineConfig:
 
     @classmethod
     def for_profile(cls, profile: Profile | str, **overrides) -> "DPOBaselineConfig":
-        """Per profile. A DPO pair costs about 2.7 SFT chats (policy forward+backward on chosen and rejected,
-        reference forward on both); sampling costs one prefill per prompt plus N x ~100 decoded tokens."""
+        """The profile's DPO budget (the ``dpo`` entry of she_lib.config.TABLE), then ``overrides``."""
         profile = get_profile(profile)
         base = dict(max_length=profile.max_seq_length, seed=profile.seed)
-        per = {
-            "smoke": dict(n_samples=2, sample_limit=6, max_new_tokens=16, sample_batch_size=3, max_steps=2,
-                          per_device_batch_size=2, grad_accum=1, bf16=False),
-            "cpu": dict(sample_limit=16),  # 16 prompts x 4 samples: the pass@k demo and <= 16 pairs
-            "cpu-full": dict(sample_limit=96),
-            "gpu-offline": dict(n_samples=4, sample_limit=256, sample_batch_size=64, per_device_batch_size=16,
-                                save_steps=100, logging_steps=10),
-            "gpu": dict(n_samples=8, sample_limit=2048, sample_batch_size=64, per_device_batch_size=8,
-                        save_steps=100, logging_steps=10),
-            "colab": dict(n_samples=8, sample_limit=1024, sample_batch_size=32, save_steps=100, logging_steps=10),
-        }.get(profile.name, {})
-        return cls(**{**base, **per, **overrides})
+        return cls(**{**base, **stage_budget(profile, "dpo"), **overrides})
 
 
 # ------------------------------------------------------------------------------------------- pairs
@@ -116,8 +111,6 @@ def build_pairs(df: pd.DataFrame, samples: pd.DataFrame, profile: Profile,
 def dpo_args(config: DPOBaselineConfig, output_dir: str | Path):
     from trl import DPOConfig
 
-    from .sft import _precision
-
     bf16, fp16 = _precision(config.bf16)
     return DPOConfig(
         output_dir=str(output_dir), report_to="none", use_cpu=not torch.cuda.is_available(), bf16=bf16, fp16=fp16,
@@ -137,10 +130,6 @@ def train_dpo(profile: Profile, sft_run: str | Path, config: DPOBaselineConfig |
     from trl import DPOTrainer
 
     from . import runs
-    from .data import load_splits
-    from .modeling import load_run
-    from .sampling import pass_at_report, sample_cache, sample_rationales
-    from .sft import _sample
     from .trl_compat import ensure_trl_cpu_support
 
     config = config or DPOBaselineConfig.for_profile(profile)
@@ -160,8 +149,6 @@ def train_dpo(profile: Profile, sft_run: str | Path, config: DPOBaselineConfig |
                                                    config.seed), progress=progress)
     pass_at = pass_at_report(samples)
     pairs, report = build_pairs(df, samples, profile, config.teacher_fallback)
-    from .distributed import is_main_process
-
     if is_main_process():
         run.mkdir(parents=True, exist_ok=True)
         (run / "pairs_report.json").write_text(json.dumps({"pass_at": pass_at, "pairs": report}, indent=2))
@@ -184,8 +171,6 @@ def train_dpo(profile: Profile, sft_run: str | Path, config: DPOBaselineConfig |
 
 def main(argv=None) -> int:
     """``python -m she_lib.dpo --profile cpu-full --sft runs/cpu-full/sft [--evaluate first_token generate]``"""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m she_lib.dpo", description="DPO on pass@N pairs (resumable)")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--sft", required=True, help="the SFT run folder to sample from and start at")
@@ -196,15 +181,11 @@ def main(argv=None) -> int:
     sft_info = json.loads((Path(args.sft) / "run.json").read_text())
     profile = get_profile(args.profile, order=sft_info.get("order", "grade_first"))
     run = train_dpo(profile, args.sft, name=args.name)
-    from .distributed import is_main_process
-
     if not is_main_process():  # under accelerate launch: rank 0 reports and evaluates, in one process
         return 0
     info = json.loads((run / "run.json").read_text())
     print(json.dumps({k: info[k] for k in ("pass_at", "pairs", "global_step", "train_loss", "seconds")}, indent=1))
     if args.evaluate:
-        from .evaluate import report_run
-
         report_run(run, profile, args.evaluate, args.save)
     return 0
 

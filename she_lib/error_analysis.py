@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .evaluate import policy_runs, prediction_files
 from .examiner import Examiner, HybridConfig
 from .facts import STOPWORDS
 from .metrics import UNPARSED
+from .predictions import read_predictions
 from .schema import STEPS
 
 RL_KINDS = ("grpo", "srpo", "agrl")
@@ -145,8 +147,6 @@ def genrm_disagreements(rows, genrm, scale="esci", threshold: float = 0.5) -> tu
 # ---------------------------------------------------------------------------------------------- RL
 def rl_runs(profile) -> list[tuple[str, str | None]]:
     """(RL run name, the name of the run it started from or None) for every finished RL run of ``profile``."""
-    from .evaluate import policy_runs
-
     out = []
     for run in policy_runs(profile):
         info = json.loads((run / "run.json").read_text())
@@ -175,8 +175,6 @@ def rationale_rows(preds_with_completion: pd.DataFrame, df: pd.DataFrame) -> lis
 
 def decoded_predictions(profile, methods) -> dict[str, pd.DataFrame]:
     """method -> its decoded prediction cache (example_id, completion, pred) for the methods that decode."""
-    from .evaluate import prediction_files, read_predictions
-
     files = prediction_files(profile)
     out = {}
     for m in methods:

@@ -134,7 +134,7 @@ class Examiner:
 
     def __init__(self, genrm=None, config: HybridConfig | None = None, scale: GradeScale | str = "esci"):
         self.genrm, self.config = genrm, config or HybridConfig()
-        self.scale = get_scale(scale) if isinstance(scale, str) else scale
+        self.scale = get_scale(scale)
         if self.config.rule not in RULES:
             raise ValueError(f"unknown rule {self.config.rule!r}; choose one of {RULES}")
 

@@ -13,10 +13,12 @@ Because the earlier verdicts are filled with ``correct``, s_k = P(step k correct
 correct): the reading a first-error (critical step) rule needs. The left-padded batch keeps only the
 logits of the five verdict positions (``logits_to_keep``), so a batch costs one prefill and no decoding.
 
-Evaluation, the examiner report and the whole job (``python -m she_lib.genrm``) are in she_lib.genrm_eval.
+The job's data, held-out evaluation and examiner report are in she_lib.genrm_eval; :func:`run_genrm` runs the
+whole job (``python -m she_lib.genrm``).
 """
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,13 +27,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import Profile, get_profile
-from .genrm_data import build_genrm_dataset, genrm_messages, verdict_text, verdict_token_ids
+from .config import Profile, get_profile, stage_budget
+from .data import load_splits
+from .distributed import is_main_process
+from .genrm_data import build_genrm_dataset, complete, genrm_messages, verdict_text, verdict_token_ids
+from .genrm_eval import build_data, evaluate_genrm, examiner_report, save_genrm_results
+from .modeling import load_policy
 from .schema import STEPS
+from .sft import CoTSFTConfig, sft_trainer
 
 
 @dataclass
 class GenRMConfig:
+    """Data, training and scoring of the GenRM. The defaults are cpu-full's budget: rows = 280 teacher + 4 x 140
+    corruptions + <= 240 policy samples (2 x 120 prompts; only fully decided ones are kept) <= 1,080, of 296 tokens
+    on average (prompt + rationale ~95 + verdict lines 20)."""
     # data: train split to train on, validation split to evaluate on (never test)
     teacher_pairs: int | None = 280  # pairs whose teacher rationale is a row (all steps correct); None = all
     corruptions_per_kind: int = 140  # single-step corruptions per kind (corruptions.KINDS)
@@ -66,39 +76,12 @@ class GenRMConfig:
 
     @classmethod
     def for_profile(cls, profile: Profile | str, **overrides) -> "GenRMConfig":
-        """Per-profile budgets; the defaults are cpu-full's. Its arithmetic (SmolLM2-135M LoRA trains at ~230 tok/s
-        on the 2-core CPU): a row is 296 tokens on average (measured on the train split: prompt + rationale ~95 +
-        verdict lines 20; max 397 < max_length). Rows = 280 teacher + 4 x 140 corruptions + <= 240 policy samples
-        (2 x 120 prompts; only fully decided ones are kept) <= 1,080; one epoch = 1,080 x 296 / 230 ~ 1,390 s
-        ~ 23 min of training (~21 min if a quarter of the policy samples is dropped). Around it: sampling 240 + 120
-        policy rationales of <= 128 tokens (~1.5 s each, README) ~ 9 min, scoring ~420 held-out rationales
-        (forward only) ~ 2-3 min: about 35 min in all."""
+        """The profile's GenRM budget (the ``genrm`` entry of she_lib.config.TABLE), then ``overrides``."""
         profile = get_profile(profile)
-        per = {
-            "smoke": dict(teacher_pairs=8, corruptions_per_kind=2, policy_prompts=4, policy_samples=1,
-                          policy_max_new_tokens=24, eval_teacher_pairs=4, eval_corruptions_per_kind=1,
-                          eval_policy_prompts=2, max_steps=4, per_device_batch_size=4, logging_steps=1,
-                          save_steps=2, bf16=False, score_batch_size=8, policy_base_fallback=True),
-            # notebook 03 in the main job: <= 32 + 4 x 12 + 16 = 96 rows x 296 tokens ~ 2 min in bf16, ~8 in fp32
-            "cpu": dict(teacher_pairs=32, corruptions_per_kind=12, policy_prompts=16, policy_samples=1,
-                        eval_teacher_pairs=24, eval_corruptions_per_kind=8, eval_policy_prompts=12),
-            "cpu-full": {},
-            "gpu-offline": dict(teacher_pairs=512, corruptions_per_kind=128, policy_prompts=128, policy_samples=2,
-                                eval_teacher_pairs=128, eval_corruptions_per_kind=32, eval_policy_prompts=128,
-                                per_device_batch_size=32, save_steps=200, logging_steps=10, score_batch_size=64),
-            "gpu": dict(teacher_pairs=None, corruptions_per_kind=1000, policy_prompts=1000, policy_samples=4,
-                        eval_teacher_pairs=None, eval_corruptions_per_kind=200, eval_policy_prompts=400, epochs=2,
-                        per_device_batch_size=16, save_steps=200, logging_steps=10, score_batch_size=64),
-            "colab": dict(teacher_pairs=None, corruptions_per_kind=500, policy_prompts=400, policy_samples=2,
-                          eval_corruptions_per_kind=100, eval_policy_prompts=200, epochs=2, grad_accum=2,
-                          save_steps=200, logging_steps=10, score_batch_size=32),
-        }.get(profile.name, {})
-        return cls(**{**dict(seed=profile.seed), **per, **overrides})
+        return cls(**{**dict(seed=profile.seed), **stage_budget(profile, "genrm"), **overrides})
 
     def sft_config(self, order: str):
         """The ``CoTSFTConfig`` that carries these training fields into ``sft.sft_trainer``."""
-        from .sft import CoTSFTConfig
-
         keys = ("epochs", "max_steps", "learning_rate", "per_device_batch_size", "grad_accum", "warmup_ratio",
                 "max_length", "logging_steps", "save_steps", "save_total_limit", "seed", "bf16")
         return CoTSFTConfig(order=order, lr_scheduler=self.lr_scheduler, train_limit=None, eval_limit=None,
@@ -121,8 +104,6 @@ class GenRM:
     def load(cls, run: str | Path, profile: Profile, config: GenRMConfig | None = None) -> "GenRM":
         """The profile's base model with the adapter of ``run`` merged in."""
         from peft import PeftModel
-
-        from .modeling import load_policy
 
         config = config or GenRMConfig.for_profile(profile)
         policy = load_policy(profile)
@@ -165,7 +146,6 @@ def train_genrm(profile: Profile, config: GenRMConfig, train_rows: pd.DataFrame,
                 resume: bool = True, callbacks: list | None = None) -> Path:
     """LoRA SFT of the GenRM on ``train_rows`` (complete rows only); resumable run folder ``runs_dir/name``."""
     from . import runs
-    from .sft import sft_trainer
 
     run = Path(profile.runs_dir) / name
     key = {**asdict(config), "train_rows": len(train_rows)}  # a run is reused for the same config and data size
@@ -182,13 +162,27 @@ def train_genrm(profile: Profile, config: GenRMConfig, train_rows: pd.DataFrame,
     return run
 
 
+# ------------------------------------------------------------------------------------------ job
+def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict | None = None,
+              name: str = "genrm") -> dict:
+    """Steps 1-5 of she_lib.genrm_eval's module doc; returns the saved entry and every intermediate."""
+    config = config or GenRMConfig.for_profile(profile)
+    splits = splits if splits is not None else load_splits(profile)
+    train, held, source = build_data(profile, config, splits, name)
+    run = train_genrm(profile, config, complete(train), name)
+    if not is_main_process():  # under accelerate launch: rank 0 evaluates and writes the results
+        return {"run": run, "metrics": None}
+    genrm = GenRM.load(run, profile, config)
+    metrics, scores = evaluate_genrm(genrm, held, config)
+    exam = examiner_report(held, scores, genrm, profile)
+    entry = save_genrm_results(profile, metrics, exam, run, source)
+    return {"metrics": entry, "step_metrics": metrics, "examiner": exam, "run": run, "train": train, "held": held,
+            "scores": scores}
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> int:
     """``python -m she_lib.genrm --profile cpu-full``: build data, train (resumes), evaluate, write results."""
-    import argparse
-
-    from .genrm_eval import run_genrm
-
     ap = argparse.ArgumentParser(prog="python -m she_lib.genrm", description=main.__doc__)
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--name", default="genrm")

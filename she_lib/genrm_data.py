@@ -106,6 +106,6 @@ def complete(frame: pd.DataFrame) -> pd.DataFrame:
 def labelled_rows(df: pd.DataFrame, n_teacher: int | None, n_corrupt_per_kind: int, seed: int,
                   order: str = "grade_first", scale: GradeScale | str = "esci") -> pd.DataFrame:
     """Teacher rationales of ``n_teacher`` pairs + ``n_corrupt_per_kind`` corruptions of each kind."""
-    scale = get_scale(scale) if isinstance(scale, str) else scale
+    scale = get_scale(scale)
     return pd.concat([teacher_rows(df, n_teacher, seed, order),
                       corrupt_frame(df, n_corrupt_per_kind, seed, order, scale)], ignore_index=True)

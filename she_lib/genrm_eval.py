@@ -1,4 +1,5 @@
-"""GenRM job: data, training, held-out evaluation, examiner report (``python -m she_lib.genrm``, notebook 03).
+"""The GenRM job's data and held-out evaluation; :func:`she_lib.genrm.run_genrm` runs the steps in order
+(``python -m she_lib.genrm``, notebook 03).
 
 1. :func:`build_data` - train rows from the train split (teacher + corruptions + *complete* verifier-labelled
    policy samples), held-out rows from the validation split (the same sources; policy steps labelled
@@ -19,23 +20,29 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import f1_score
 
 from .config import Profile
 from .examiner import Examiner, HybridConfig, TableScorer
-from .genrm import GenRM, GenRMConfig, train_genrm
 from .genrm_data import complete, labelled_rows, policy_rows
-from .sampling import sample_cache, sample_rationales
 from .labels import get_scale
+from .modeling import load_policy, load_run
+from .provenance import machine
+from .results import save_metrics
+from .sampling import sample_cache, sample_rationales
 from .schema import STEPS
+
+if TYPE_CHECKING:  # annotations only: she_lib.genrm imports this module
+    from .genrm import GenRM, GenRMConfig
 
 
 def load_policy_model(profile: Profile, run_name: str):
     """(model, tokenizer, source): the run ``runs_dir/run_name`` (``modeling.load_run``) if it exists, else the base."""
-    from .modeling import load_policy, load_run
-
     run = Path(profile.runs_dir) / run_name
     if not (run / "adapter_config.json").exists():
         policy = load_policy(profile)
@@ -74,9 +81,6 @@ def build_data(profile: Profile, config: GenRMConfig, splits: dict, name: str = 
 
 def step_metrics(labels, scores, threshold: float = 0.5, bins: int = 10) -> dict:
     """Accuracy, F1 and calibration over the labelled steps (label >= 0) of [n, len(STEPS)] arrays."""
-    from sklearn.calibration import calibration_curve
-    from sklearn.metrics import f1_score
-
     labels, scores = np.asarray(labels).reshape(-1, len(STEPS)), np.asarray(scores, float).reshape(-1, len(STEPS))
     mask = labels >= 0
     y, p, col = labels[mask].astype(int), scores[mask], np.nonzero(mask)[1]
@@ -152,9 +156,6 @@ def save_genrm_results(profile: Profile, metrics: dict, exam: dict, run: Path, p
     """Merge ``genrm`` into ``results_dir/metrics.json``; write ``genrm_report.json`` and the calibration plot."""
     import matplotlib.pyplot as plt
 
-    from .evaluate import save_metrics
-    from .provenance import machine
-
     info = json.loads((Path(run) / "run.json").read_text())
     entry = {k: metrics.get(k) for k in ("step_accuracy", "step_f1", "step_macro_f1", "ece", "brier", "n_steps",
                                          "genrm_seconds_per_1000")}
@@ -172,24 +173,3 @@ def save_genrm_results(profile: Profile, metrics: dict, exam: dict, run: Path, p
     ax = plot_calibration(metrics, results / "figures" / "03_genrm_calibration.png")
     plt.close(ax.figure)
     return entry
-
-
-def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict | None = None,
-              name: str = "genrm") -> dict:
-    """Steps 1-5 of the module doc; returns the saved entry and every intermediate."""
-    from .data import load_splits
-
-    config = config or GenRMConfig.for_profile(profile)
-    splits = splits if splits is not None else load_splits(profile)
-    train, held, source = build_data(profile, config, splits, name)
-    run = train_genrm(profile, config, complete(train), name)
-    from .distributed import is_main_process
-
-    if not is_main_process():  # under accelerate launch: rank 0 evaluates and writes the results
-        return {"run": run, "metrics": None}
-    genrm = GenRM.load(run, profile, config)
-    metrics, scores = evaluate_genrm(genrm, held, config)
-    exam = examiner_report(held, scores, genrm, profile)
-    entry = save_genrm_results(profile, metrics, exam, run, source)
-    return {"metrics": entry, "step_metrics": metrics, "examiner": exam, "run": run, "train": train, "held": held,
-            "scores": scores}

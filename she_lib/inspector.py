@@ -1,17 +1,7 @@
 """Stepwise-reward inspector: an RL run's rollout groups, one rollout at a time, every step coloured by its reward.
 
-Input: the rollout log ``runs/<profile>/<run>/rollouts.jsonl`` that she_lib.srpo's trainer writes, one JSON object
-per rollout (ROLLOUT_KEYS)::
-
-    step, group, rollout            trainer global step, prompt index within that step, 0..G-1
-    example_id, query, title, label the pair and its human grade
-    completion, grade, correct      the rationale, its parsed grade (or null), grade == label
-    outcome_reward, outcome_advantage
-    steps                           the five step names (she_lib.schema.STEPS)
-    step_rewards                    {"verifier": [5], "genrm": [5], "combined": [5]}: a value in [0, 1] or null
-                                    (null list: no such reader)
-    step_sources, step_advantages, critical ("" | "first_error" | "discriminative")    one per step
-    tokens, token_advantages, token_steps     one per completion token (token_steps: step name or "")
+Input: the rollout log ``runs/<profile>/<run>/rollouts.jsonl`` that the SRPO trainer writes, one JSON object per
+rollout (keys and meaning: she_lib.rollout_log).
 
 Colours: a step reward r in [0, 1] is matplotlib's RdYlGn(r) (red: wrong, green: right; grey: no reading); a
 token advantage a is RdBu((1 + a / s) / 2) with s = max |a| over the group (red: pushed down, blue: pushed up).
@@ -29,16 +19,19 @@ from __future__ import annotations
 import html
 import json
 import math
+import random
 from pathlib import Path
 
 import numpy as np
 
-from .labels import ESCI
-from .schema import STEPS, parse
-
-ROLLOUT_KEYS = ("step", "group", "rollout", "example_id", "query", "title", "label", "completion", "grade", "correct",
-                "outcome_reward", "outcome_advantage", "steps", "step_rewards", "step_sources", "step_advantages",
-                "critical", "tokens", "token_advantages", "token_steps")
+from .corruptions import KINDS, corrupt
+from .examiner import Examiner, HybridConfig
+from .labels import ESCI, get_scale
+from .rationales import teacher_rationale
+from .rewards import OutcomeReward
+from .rollout_log import ROLLOUT_KEYS, rollout_record, token_steps
+from .schema import parse
+from .step_spans import completion_step_spans
 READERS = ("combined", "verifier", "genrm")
 NO_READING = "#d9d9d9"
 
@@ -378,17 +371,11 @@ def demo_group(ex, tokenizer, scale="esci", genrm=None, seed: int = 0, order: st
     scored by the hybrid examiner (``genrm`` optional; when given it reads every step) and credited like SRPO (she_lib.srpo: outcome reward,
     group-normalised outcome advantage, step advantages with critical steps, token advantages; the functions'
     default weights)."""
-    import random
-
     import torch
 
-    from .corruptions import KINDS, corrupt
-    from .examiner import Examiner, HybridConfig
-    from .labels import get_scale
-    from .rationales import teacher_rationale
-    from .srpo import OutcomeReward, completion_step_spans, step_advantages, token_advantages
+    from .srpo import step_advantages, token_advantages
 
-    scale = get_scale(scale) if isinstance(scale, str) else scale
+    scale = get_scale(scale)
     ex = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in dict(ex).items()}
     rng = random.Random(seed)
     other = next(w for w in scale.words if w != ex["label"])
@@ -400,32 +387,19 @@ def demo_group(ex, tokenizer, scale="esci", genrm=None, seed: int = 0, order: st
     reward = torch.tensor(OutcomeReward(scale)(None, [t for _, t in texts], [ex["label"]] * len(texts)))
     outcome = (reward - reward.mean()) / (reward.std() + 1e-4)  # TRL's group-normalised GRPO advantage
     steps, code = step_advantages(torch.tensor(exam.rewards), torch.tensor(exam.correct), len(texts))
-    critical = ("", "first_error", "discriminative")
     out = []
     for i, (origin, text) in enumerate(texts):
         ids = tokenizer(text, add_special_tokens=False).input_ids
         decoded, spans = completion_step_spans(ids, tokenizer, scale)
         adv = token_advantages(outcome[i:i + 1].double(), steps[i:i + 1], [spans], len(ids))[0]
-        token_steps = [""] * len(ids)
-        for s, (a, b) in spans.items():
-            token_steps[a:b] = [s] * (b - a)
-
-        def floats(a):
-            return [None if np.isnan(x) else round(float(x), 4) for x in a]
-
-        out.append({"step": 0, "group": 0, "rollout": i, "example_id": ex.get("example_id"), "query": ex["query"],
-                    "title": ex["title"], "label": ex["label"], "completion": decoded, "grade": parse(decoded, scale).grade,
-                    "correct": bool(exam.correct[i]), "outcome_reward": round(float(reward[i]), 4),
-                    "outcome_advantage": round(float(outcome[i]), 4), "steps": list(STEPS),
-                    "step_rewards": {"verifier": floats(exam.verifier[i]),
-                                     "genrm": floats(exam.genrm[i]) if genrm is not None else None,
-                                     "combined": floats(exam.rewards[i])},
-                    "step_sources": [str(s) for s in exam.sources[i]],
-                    "step_advantages": [round(float(x), 4) for x in steps[i]],
-                    "critical": [critical[int(c)] for c in code[i]],
-                    "tokens": [tokenizer.decode([t]) for t in ids],
-                    "token_advantages": [round(float(x), 4) for x in adv], "token_steps": token_steps,
-                    "origin": origin})
+        out.append(rollout_record(
+            step=0, group=0, rollout=i, example=ex, completion=decoded, grade=parse(decoded, scale).grade,
+            correct=exam.correct[i], outcome_reward=reward[i], outcome_advantage=outcome[i],
+            step_rewards={"verifier": exam.verifier[i], "genrm": exam.genrm[i] if genrm is not None else None,
+                          "combined": exam.rewards[i]},
+            step_sources=exam.sources[i], step_advantages=steps[i], critical=code[i],
+            tokens=[tokenizer.decode([t]) for t in ids], token_advantages=adv,
+            token_steps=token_steps(spans, len(ids)), origin=origin))
     return out
 
 

@@ -64,7 +64,10 @@ WANDS = GradeScale(
 SCALES: dict[str, GradeScale] = {"esci": ESCI, "wands": WANDS}
 
 
-def get_scale(name: str) -> GradeScale:
+def get_scale(name: str | GradeScale) -> GradeScale:
+    """The scale named ``name`` (a key of :data:`SCALES`); a :class:`GradeScale` is returned as it is."""
+    if isinstance(name, GradeScale):
+        return name
     if name not in SCALES:
         raise KeyError(f"unknown grade scale {name!r}; choose one of {sorted(SCALES)}")
     return SCALES[name]

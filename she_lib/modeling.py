@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .config import Profile
+from .distributed import world_size
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EOS_TOKEN, PAD_TOKEN = "<|im_end|>", "<|endoftext|>"
@@ -142,8 +144,6 @@ def lora_config(profile: Profile):
 
 def unsloth_available(profile: Profile) -> bool:
     """Unsloth for one CUDA process (multi-process launches use transformers + peft, the tested path)."""
-    from .distributed import world_size
-
     return (world_size() == 1 and profile.use_unsloth and profile.model_source != "tiny" and torch.cuda.is_available()
             and not os.environ.get("SHE_NO_UNSLOTH") and importlib.util.find_spec("unsloth") is not None)
 
@@ -199,8 +199,6 @@ def load_run(run: str | Path, profile: Profile) -> Policy:
     """The model of a saved run as a plain (merged) model: the profile's base with the run's LoRA adapter
     merged in, after the adapter its ``run.json`` names as ``init_adapter`` (a path relative to ``run``: DPO/RL
     runs start from an SFT run); or a full checkpoint saved in ``run``. The tokenizer is the base's."""
-    import json
-
     run = Path(run)
     if (run / "config.json").exists() and not (run / "adapter_config.json").exists():
         from transformers import AutoModelForCausalLM

@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import REPO_ROOT
+from .config import REPO_ROOT, get_profile
+from .provenance import job
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -43,9 +44,6 @@ def run_notebooks(profile: str = "cpu", only: list[str] | None = None, out_dir: 
     """Execute every notebook (or those whose name starts with one of ``only``) with ``profile`` and ``params``
     as papermill parameters; return seconds each."""
     import papermill as pm
-
-    from .config import get_profile
-    from .provenance import job
 
     command = " ".join(["python -m she_lib.notebooks --profile", profile, *(["--only", *only] if only else []),
                         *(f"--param {k}={json.dumps(v)}" for k, v in (params or {}).items())])

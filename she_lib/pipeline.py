@@ -22,6 +22,7 @@ machine and the command.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -29,6 +30,13 @@ import traceback
 from pathlib import Path
 
 from .config import Profile, get_profile
+from .data import load_splits
+from .evaluate import eval_frame, evaluate_lexical, evaluate_run, evaluate_zero_shot, external_set, report_run
+from .evaluate import report as evaluation_report
+from .labels import get_scale
+from .provenance import current_run, in_job, machine, start_run
+from .results import save_metrics, write_summary
+from .rl_report import finished_rl_runs, run_name, write_report
 
 STAGES = ("data", "lexical", "sft", "zero_shot", "grpo", "srpo", "agrl", "dpo", "genrm", "report", "speed")
 SPEED_STEPS = 40  # optimizer steps of the speed stage
@@ -68,8 +76,6 @@ class Pipeline:
 
     def _write(self) -> None:
         """``pipeline.json``; stages an earlier process of the same job (``$SHE_RUN``) recorded are kept."""
-        from .provenance import current_run
-
         path, run = Path(self.profile.results_dir) / "pipeline.json", current_run()
         path.parent.mkdir(parents=True, exist_ok=True)
         old = json.loads(path.read_text()) if path.exists() else {}
@@ -86,8 +92,6 @@ class Pipeline:
         """Folder name -> (profile scoring that folder as a whole, its curated frame): evaluate.external_set, the
         frame cut at ``eval_limit``; decoded read-outs there take one pair per query (673 on esci_us_wide: every
         query, a third of the cost)."""
-        from .evaluate import external_set
-
         out = {}
         for folder in self.profile.extra_eval_dirs:
             prof, df = external_set(self.profile, folder)
@@ -98,9 +102,6 @@ class Pipeline:
     def score(self, run: Path, modes=None, test: bool = True) -> None:
         """A saved run on the test split (unless ``test`` is False) and on every extra evaluation folder, saved with
         summaries."""
-        from .evaluate import evaluate_run, report_run, save_metrics, write_summary
-        from .labels import get_scale
-
         modes = modes or self.profile.eval_trained_modes
         if test:
             report_run(run, self.profile, modes, save=True)
@@ -111,8 +112,6 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------- stages
     def data(self):
-        from .data import load_splits
-
         self.splits, self._extra = load_splits(self.profile), self.extra_sets()
         sft = Path(self.profile.runs_dir) / "sft"
         if self.sft_run is None and (sft / "run.json").exists():  # trained by an earlier process of the job
@@ -120,8 +119,6 @@ class Pipeline:
 
     def lexical(self):
         """Fit and score the lexical baseline once; the extra folders are scored with the saved model."""
-        from .evaluate import evaluate_lexical
-
         evaluate_lexical(self.profile, self.splits)
         self.score(Path(self.profile.runs_dir) / "lexical", test=False)
 
@@ -141,9 +138,6 @@ class Pipeline:
         self.score(self.sft_run)
 
     def zero_shot(self):
-        from .evaluate import eval_frame, evaluate_zero_shot, write_summary
-        from .labels import get_scale
-
         evaluate_zero_shot(self.profile, eval_frame(self.profile, self.splits), progress=False)
         for prof, df in self._extra.values():
             evaluate_zero_shot(prof, df, ("first_token",), progress=False)
@@ -151,7 +145,6 @@ class Pipeline:
 
     def rl(self, method: str):
         from .rl import curriculum_for, rl_config, train_rl
-        from .rl_report import run_name
 
         if self.sft_run is None:
             raise RuntimeError("no SFT run to start from")
@@ -172,16 +165,12 @@ class Pipeline:
         self.score(self.runs["dpo"])
 
     def genrm(self):
-        from .genrm import GenRMConfig
-        from .genrm_eval import run_genrm
+        from .genrm import GenRMConfig, run_genrm
 
         run_genrm(self.profile, GenRMConfig.for_profile(self.profile), self.splits)
 
     def report(self):
-        from .evaluate import report
-        from .rl_report import finished_rl_runs, write_report
-
-        report(self.profile, extra=tuple(self._extra.values()))
+        evaluation_report(self.profile, extra=tuple(self._extra.values()))
         if finished_rl_runs(self.profile.runs_dir):
             write_report(self.profile)
 
@@ -190,7 +179,6 @@ class Pipeline:
         validation. scripts/gpu_run.sh runs it in its Unsloth process and in its plain one (Unsloth patches
         transformers when imported, so the plain row needs a process without it)."""
         from .modeling import unsloth_available
-        from .provenance import machine
         from .sft import CoTSFTConfig, train_sft
 
         backend = "unsloth" if unsloth_available(self.profile) else "transformers"
@@ -218,10 +206,6 @@ class Pipeline:
 
 def main(argv=None) -> int:
     """``python -m she_lib.pipeline --profile gpu-offline [--budget 480] [--stages sft grpo ...]``"""
-    import argparse
-
-    from .provenance import in_job, start_run
-
     ap = argparse.ArgumentParser(prog="python -m she_lib.pipeline", description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="gpu-offline")
     ap.add_argument("--budget", type=float, default=None, help="wall seconds; later stages are skipped past it")

@@ -26,6 +26,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from .cumpt import probabilities, validation_predictions
+from .labels import get_scale
+from .predictions import per_query, prediction_cache, read_predictions
+from .results import score
+
 
 @dataclass(frozen=True)
 class PriorCorrectionConfig:
@@ -75,10 +80,6 @@ def evaluate_prior_corrected(profile, folder: str | Path, test: pd.DataFrame, va
     read-outs (computed and cached once, like CumPT's), applied to ``test`` and to every ``(profile, frame)`` of
     ``extra`` whose first-token read-out is cached. Returns {"biases", "validation_macro_f1", "metrics": {split:
     evaluate.score entry}}; the test predictions are cached as ``predictions_<split>_prior_<order>.jsonl``."""
-    from .cumpt import probabilities, validation_predictions
-    from .evaluate import per_query, prediction_cache, read_predictions, score
-    from .labels import get_scale
-
     config = config or PriorCorrectionConfig()
     folder, words = Path(folder), get_scale(profile.grade_scale).words
     val = per_query(validation, config.validation_pairs_per_query)

@@ -2,8 +2,8 @@
 
 A job has one identity. The notebook runner (she_lib.notebooks) makes one with :func:`start_run` and passes it to
 its kernels in ``$SHE_RUN`` (JSON); any other process (a training or evaluation CLI) makes its own, once, on first
-use (:func:`current_run`). :func:`she_lib.evaluate.save_metrics` stamps each row it writes with the current
-identity, and :func:`she_lib.evaluate.write_summary` lists the runs under the table, marking inside a job every row
+use (:func:`current_run`). :func:`she_lib.results.save_metrics` stamps each row it writes with the current
+identity, and :func:`she_lib.results.write_summary` lists the runs under the table, marking inside a job every row
 that job did not make (:func:`run_labels`).
 """
 from __future__ import annotations

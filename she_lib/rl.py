@@ -1,9 +1,9 @@
 """RL runs of the three methods on one machinery: ``train_rl(profile, "grpo" | "srpo" | "agrl", sft_run)``.
 
-* budgets: :func:`rl_config` (an :class:`she_lib.srpo.SRPOConfig` per method and profile) and :func:`curriculum_for`
-  (the prompt set's pool, sampling and stages, she_lib.curriculum);
+* budgets: :func:`rl_config` (an :class:`she_lib.srpo_config.SRPOConfig` per method and profile) and :func:`curriculum_for`
+  (the prompt set's pool, sampling and stages, she_lib.curriculum), from the profile table of she_lib.config;
 * the prompt set: :func:`rl_prompts` (pass rates from the shared sample cache of the SFT run);
-* the trainer: ``grpo`` -> TRL's ``GRPOTrainer`` with she_lib.srpo's ``OutcomeReward``; ``srpo`` -> ``SRPOTrainer``
+* the trainer: ``grpo`` -> TRL's ``GRPOTrainer`` with she_lib.rewards' ``OutcomeReward``; ``srpo`` -> she_lib.srpo_trainer's ``SRPOTrainer``
   with the hybrid examiner's step rewards; ``agrl`` -> ``SRPOTrainer`` with she_lib.rules' rule reward, she_lib.agrl's
   replay and process weight 0;
 * the run folder: she_lib.runs (resume from the last checkpoint, reuse a finished run); ``data_report.json``,
@@ -12,7 +12,9 @@
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -20,13 +22,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from .config import Profile, get_profile
+from . import runs
+from .agrl import AdaptiveReplay, AGRLConfig
+from .config import Profile, get_profile, stage_budget
+from .curriculum import CurriculumConfig, build_rl_prompts, save_report
+from .data import load_splits
+from .distributed import is_main_process, world_size
+from .evaluate import report_run
 from .examiner import Examiner, HybridConfig
+from .genrm import GenRM
 from .labels import get_scale
-from .srpo import OutcomeReward, SRPOConfig, SRPOTrainer
+from .modeling import load_run
+from .rewards import OutcomeReward
+from .rl_report import run_name
+from .rules import RuleReward, RuleRewardConfig
+from .sampling import cache_covers, sample_cache, sample_rationales
+from .schema import build_messages
+from .sft import _precision, _sample
+from .srpo_config import SRPOConfig
+from .srpo_trainer import SRPOTrainer
 
 METHODS = ("grpo", "srpo", "agrl")
 
@@ -36,38 +54,20 @@ RECORD_COLUMNS = ("example_id", "query", "title", "brand", "colour", "category",
 
 
 def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Path = "rl", **overrides) -> SRPOConfig:
-    """The SRPOConfig of a method and profile. One optimizer step = ``prompts_per_step`` prompts x G rollouts
+    """The SRPOConfig of a method and profile: the ``rl`` entry of she_lib.config.TABLE over the defaults here, then
+    ``overrides``. One optimizer step = ``prompts_per_step`` prompts x G rollouts
     (``per_device_train_batch_size`` = their product / the number of processes of the launch). ``grpo`` sets process_weight 0 (and trains with
     TRL's plain GRPOTrainer); CPU runs train fp32 without gradient checkpointing and without a reference model
     (beta = 0 saves a forward pass per step; set beta for the KL term)."""
     if method not in METHODS:
         raise ValueError(f"unknown RL method {method!r}; choose one of {METHODS}")
     profile = get_profile(profile)
-    per = {
-        "smoke": dict(num_generations=2, prompts_per_step=2, max_completion_length=16, logging_steps=1, save_steps=2),
-        # CPU: 2 prompts x 4 rollouts of <= 128 tokens (a rationale is ~110) per step, lr 5e-5 so that ~12 LoRA steps
-        # can move the policy; on a 2-core AVX2 CPU one step takes ~1.5-2 min (training the 8 chats dominates)
-        "cpu": dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1, save_steps=2,
-                    learning_rate=5e-5),
-        "cpu-full": dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1,
-                         save_steps=1, learning_rate=5e-5),
-        "gpu-offline": dict(num_generations=8, prompts_per_step=8, max_completion_length=128, logging_steps=1,
-                            save_steps=12, beta=0.02),
-        "gpu": dict(num_generations=8, prompts_per_step=16, max_completion_length=256, logging_steps=5, save_steps=50,
-                    beta=0.02),
-        "colab": dict(num_generations=8, prompts_per_step=8, max_completion_length=256, logging_steps=5,
-                      save_steps=50, beta=0.02),
-    }.get(profile.name, {})
-    merged = {**per, **overrides}
-    vllm = merged.pop("vllm", "auto" if profile.name in ("gpu", "colab") else "off")
+    merged = {**stage_budget(profile, "rl"), **overrides}
+    vllm = merged.pop("vllm", "off")
     merged.update(vllm_settings(vllm))
     g, pps = merged.pop("num_generations", 4), merged.pop("prompts_per_step", 4)
-    from .distributed import world_size
-
     per_device = per_device_rollouts(g, pps, world_size())
     cpu = not torch.cuda.is_available()
-    from .sft import _precision
-
     bf16, fp16 = _precision("auto")
     base = dict(output_dir=str(output_dir), report_to="none", use_cpu=cpu, bf16=bf16, fp16=fp16,
                 gradient_checkpointing=not cpu, num_generations=g, per_device_train_batch_size=per_device,
@@ -90,8 +90,6 @@ def vllm_settings(vllm: str) -> dict:
     GPU); ``server`` (a separate ``trl vllm-serve --model <merged SFT checkpoint>`` process); ``auto`` = colocate
     when vllm is installed and CUDA is present, else off. The step spans are read from the completion token ids
     whatever produced them (:func:`token_char_offsets`), so SRPO's step rewards need nothing vLLM-specific."""
-    import importlib.util
-
     if vllm == "auto":
         vllm = "colocate" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "off"
     if vllm == "off":
@@ -103,17 +101,11 @@ def vllm_settings(vllm: str) -> dict:
 
 def prompts_per_step(args: SRPOConfig) -> int:
     """Prompts per optimizer step over all processes."""
-    from .distributed import world_size
-
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size() // args.num_generations
 
 
 def rl_dataset(df: pd.DataFrame, profile: Profile):
     """``datasets.Dataset`` of {"prompt": [system, user], record columns..., "stage"} in the given order."""
-    from datasets import Dataset
-
-    from .schema import build_messages
-
     scale = get_scale(profile.grade_scale)
     cols = [c for c in (*RECORD_COLUMNS, "stage", "pass_rate") if c in df.columns]
     rows = []
@@ -136,10 +128,7 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
        with the examiner's step rewards; ``agrl`` -> :class:`SRPOTrainer` with she_lib.rules' rule reward and
        she_lib.agrl's adaptive guided replay (process_weight as configured; 0 = AGRL on GRPO's advantages).
        ``max_steps`` is the curriculum's step count; the rollout log goes to ``rollouts.jsonl``."""
-    from . import runs
-    from .curriculum import save_report
-    from .modeling import load_run
-    from .trl_compat import ensure_trl_cpu_support
+    from .trl_compat import ensure_trl_cpu_support  # patches TRL on import: only where a trainer is built
 
     name = name or method
     run, sft_run = Path(profile.runs_dir) / name, Path(sft_run)
@@ -158,8 +147,6 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
     args.max_steps = report["curriculum"]["steps"]
     last = runs.start(run, profile, key)
     last = last if resume else None
-    from .distributed import is_main_process, world_size
-
     if is_main_process():
         save_report(report, run / "data_report.json")
     policy = load_run(sft_run, profile if torch.cuda.is_available() else profile.replace(dtype="float32"))
@@ -175,9 +162,6 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
         trainer = SRPOTrainer(reward_funcs=[OutcomeReward(scale)], examiner=examiner, scale=scale,
                               rollout_log=run / "rollouts.jsonl", **common)
     else:
-        from .agrl import AdaptiveReplay, AGRLConfig
-        from .rules import RuleReward, RuleRewardConfig
-
         trainer = SRPOTrainer(reward_funcs=[RuleReward(RuleRewardConfig(), scale)], examiner=examiner, scale=scale,
                               replay=AdaptiveReplay(AGRLConfig(), scale, profile.order),
                               rollout_log=run / "rollouts.jsonl", **common)
@@ -196,12 +180,6 @@ def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step:
     """The RL prompt set in training order and its report (she_lib.curriculum): the pool's pass rates come from
     ``k_samples`` rationales per prompt sampled from the SFT run, in the shared sample cache (sampling.sample_cache):
     every RL method and seed shares them, and so does DPO when it samples the same prompts the same way."""
-    from .curriculum import build_rl_prompts
-    from .data import load_splits
-    from .modeling import load_run
-    from .sampling import cache_covers, sample_cache, sample_rationales
-    from .sft import _sample
-
     curriculum = curriculum or curriculum_for(profile)
     splits = splits if splits is not None else load_splits(profile)
     pool = _sample(splits["train"], curriculum.pool_limit, curriculum.seed)
@@ -228,23 +206,10 @@ def _args_key(args: SRPOConfig) -> dict:
 
 
 def curriculum_for(profile: Profile | str, **overrides):
-    """Pool, sampling and stage budgets per profile (she_lib.curriculum.CurriculumConfig)."""
-    from .curriculum import CurriculumConfig
-
+    """The RL prompt set's pool, sampling and stages (she_lib.curriculum.CurriculumConfig): the ``curriculum`` entry
+    of she_lib.config.TABLE, then ``overrides``."""
     profile = get_profile(profile)
-    per = {
-        # the tiny random model never writes a grade: every prompt is always wrong, so the prompt set is the
-        # difficulty filter's fallback (min_prompts of the pool), the path a weak SFT model takes; one stage of 2 steps
-        "smoke": dict(pool_limit=6, k_samples=2, max_new_tokens=16, sample_batch_size=3, min_prompts=4,
-                      boundaries=(), stage_steps=(2,), per_query_cap=None),
-        "cpu": dict(pool_limit=16, k_samples=4, stage_steps=(1, 1, 1)),  # = DPO's 16 sampled prompts (shared cache)
-        # the pool is DPO's 96 sampled prompts (same settings: the shared sample cache serves both)
-        "cpu-full": dict(pool_limit=96, k_samples=4, stage_steps=(4, 4, 4)),
-        "gpu-offline": dict(pool_limit=256, k_samples=4, sample_batch_size=64, stage_steps=(4, 4, 4)),
-        "gpu": dict(pool_limit=4096, k_samples=8, sample_batch_size=64, stage_steps=(100, 100, 100)),
-        "colab": dict(pool_limit=1024, k_samples=8, sample_batch_size=32, stage_steps=(40, 40, 40)),
-    }.get(profile.name, {})
-    return CurriculumConfig(**{**per, **overrides})  # seed 0: RL seeds share one prompt set
+    return CurriculumConfig(**{**stage_budget(profile, "curriculum"), **overrides})  # seed 0: RL seeds share one prompt set
 
 
 class StageLogger(TrainerCallback):
@@ -264,8 +229,6 @@ class StageLogger(TrainerCallback):
 def main(argv=None) -> int:
     """``python -m she_lib.rl --method srpo --profile cpu-full --sft runs/cpu-full/sft [--seed 1] [--stage-order
     balanced] [--evaluate ...]``"""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m she_lib.rl", description="GRPO / SRPO / AGRL from an SFT run")
     ap.add_argument("--method", choices=METHODS, default="srpo")
     ap.add_argument("--profile", default="cpu")
@@ -284,24 +247,16 @@ def main(argv=None) -> int:
     profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
     examiner = None
     if a.genrm:
-        from .genrm import GenRM
-
         examiner = Examiner(GenRM.load(a.genrm, profile), HybridConfig(), profile.grade_scale)
-    from .rl_report import run_name
-
     name = a.name or run_name(a.method, a.seed, a.stage_order)
     args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}))
     run = train_rl(profile, a.method, a.sft, args, curriculum_for(profile, stage_order=a.stage_order), name=name,
                    examiner=examiner, progress=True)
-    from .distributed import is_main_process
-
     if not is_main_process():
         return 0
     info = json.loads((run / "run.json").read_text())
     print(json.dumps({k: info.get(k) for k in ("kind", "global_step", "train_loss", "seconds")}, indent=1))
     if a.evaluate:
-        from .evaluate import report_run
-
         report_run(run, profile, a.evaluate, a.save)
     return 0
 

@@ -10,13 +10,18 @@ deviation over seeds of the mean reward of the last ``tail`` logged steps.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .config import get_profile
+from .evaluate import prediction_files
+from .labels import get_scale
 from .metrics import method_key, parse_method
+from .predictions import read_predictions
 
 CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats)"),
           ("srpo/step_reward", "mean step reward"), ("completions/mean_length", "completion tokens"))
@@ -110,9 +115,6 @@ def grade_shift(profile, runs=("sft", "dpo")) -> pd.DataFrame:
     position and the share of pairs whose argmax is each grade, from the cached read-outs
     (she_lib.evaluate.prediction_files). ``runs`` are always listed first, then every finished RL run. A collapse
     onto one grade shows as its share going to 1."""
-    from .evaluate import prediction_files, read_predictions
-    from .labels import get_scale
-
     words, files = get_scale(profile.grade_scale).words, prediction_files(profile)
     names = list(runs) + [n for n in finished_rl_runs(profile.runs_dir) if n not in runs]
     rows = {}
@@ -142,8 +144,6 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
     ``rl_grade_shift.md`` (:func:`grade_shift`)."""
     import matplotlib.pyplot as plt
 
-    from .config import get_profile
-
     profile = get_profile(profile)
     results = Path(profile.results_dir)
     runs = finished_rl_runs(profile.runs_dir) if runs is None else runs
@@ -163,8 +163,6 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
 
 def main(argv=None) -> int:
     """``python -m she_lib.rl_report --profile cpu-full``: the RL figures and table from the finished runs."""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m she_lib.rl_report", description=main.__doc__)
     ap.add_argument("--profile", default="cpu")
     args = ap.parse_args(argv)

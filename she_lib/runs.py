@@ -14,12 +14,19 @@ run folder (she_lib.distributed); the others wait for it, so every rank returns 
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from .distributed import is_main_process, wait_for_everyone
 
 
 class Meter(TrainerCallback):
@@ -48,8 +55,6 @@ def finished(run: Path, profile, config) -> bool:
 def stamp(run: Path) -> str:
     """A short fingerprint of the model in ``run`` (hash of its ``run.json``; "base" without one): caches of
     samples drawn from a run carry it in their file name, so retraining the run never serves stale samples."""
-    import hashlib
-
     path = Path(run) / "run.json"
     return hashlib.sha1(path.read_bytes()).hexdigest()[:10] if path.exists() else "base"
 
@@ -59,12 +64,6 @@ def start(run: Path, profile=None, config=None) -> str | None:
 
     ``start.json`` records the profile and config the checkpoints belong to; checkpoints of another profile or
     config are deleted (with a message), never resumed: a changed budget starts afresh."""
-    import shutil
-
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from .distributed import is_main_process, wait_for_everyone
-
     run, ckpt = Path(run), Path(run) / "checkpoints"
     key = {"profile": getattr(profile, "name", profile), "config": _jsonable(config) if config is not None else None}
     if is_main_process():
@@ -83,8 +82,6 @@ def start(run: Path, profile=None, config=None) -> str | None:
 
 def fit(trainer, run: Path, last: str | None, meter: Meter, profile, config, **info) -> dict:
     """Train (from ``last`` if given), save adapter + tokenizer + log, write and return ``run.json``."""
-    from .distributed import is_main_process, wait_for_everyone
-
     run = Path(run)
     trainer.train(resume_from_checkpoint=last)
     log = trainer.state.log_history
@@ -118,9 +115,6 @@ def export_adapter(run: Path, out: Path, dtype=None) -> Path:
     """Copy a run's LoRA adapter to ``out`` with its weights cast to ``dtype`` (default bf16: half the bytes,
     what ``models/`` ships), plus ``adapter_config.json``, ``run.json`` and ``train_log.json``: a folder that
     ``python -m she_lib.evaluate --run <out>`` scores like the run itself."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
     run, out = Path(run), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = load_file(run / "adapter_model.safetensors")

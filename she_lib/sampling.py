@@ -23,7 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from .distributed import main_process_first
+from .inference import generate
 from .labels import GradeScale, get_scale
 from .schema import parse, render_prompt
 
@@ -92,8 +95,6 @@ def sample_rationales(model, tokenizer, df: pd.DataFrame, profile, n: int, max_n
 
     Under ``accelerate launch`` rank 0 samples and writes the cache first; the other ranks then read it (they
     write nothing; without a cache they sample the same chunks with the same seeds)."""
-    from .distributed import main_process_first
-
     with main_process_first():
         return _sample_rationales(model, tokenizer, df, profile, n, max_new_tokens, temperature, top_p, batch_size,
                                   seed, cache, chunk, progress)
@@ -101,10 +102,6 @@ def sample_rationales(model, tokenizer, df: pd.DataFrame, profile, n: int, max_n
 
 def _sample_rationales(model, tokenizer, df, profile, n, max_new_tokens, temperature, top_p, batch_size, seed, cache,
                        chunk, progress) -> pd.DataFrame:
-    from tqdm.auto import tqdm
-
-    from .inference import generate
-
     scale = get_scale(profile.grade_scale)
     cache = Path(cache) if cache else None
     done = {}

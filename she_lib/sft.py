@@ -37,6 +37,7 @@ past ``max_steps`` (it checks the limit only after a step).
 """
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import Profile, get_profile
+from .config import Profile, get_profile, stage_budget
+from .data import load_splits
+from .distributed import is_main_process
+from .evaluate import report_run
 from .labels import GradeScale, get_scale
+from .metrics import classification_metrics
+from .modeling import load_policy, resolve_dtype, unsloth_available
+from .predictions import predict_llm
 from .rationales import add_teacher_rationales
 from .schema import ORDERS, build_messages
 
@@ -78,35 +85,10 @@ class CoTSFTConfig:
 
     @classmethod
     def for_profile(cls, profile: Profile | str, **overrides) -> "CoTSFTConfig":
-        """Defaults per profile; a chat is ~310 tokens (prompt ~210, rationale ~100). Measured on the 2-core
-        CPU (README): SmolLM2-135M LoRA trains at ~220-240 tok/s in bf16 autocast, ~10 s per step of 8 chats."""
+        """The profile's SFT budget (the ``sft`` entry of she_lib.config.TABLE), then ``overrides``."""
         profile = get_profile(profile)
         base = dict(order=profile.order, max_length=profile.max_seq_length, seed=profile.seed)
-        per = {
-            # a few steps on the tiny model, fp32 so tests are exact
-            "smoke": dict(max_steps=4, per_device_batch_size=4, logging_steps=1, save_steps=2, bf16=False,
-                          train_limit=16, eval_limit=8),
-            # the main job: 320 pairs, one epoch = 40 steps of 8 chats (1,371 s in fp32 on a 2-core AVX2-only CPU;
-            # loss 0.84 / 0.78, pass@1 0.016: too weak to sample RL prompts from, README). 480 pairs / 60 steps
-            # (loss 0.41, what cpu-full trains) took 611 s in bf16 on an AVX512-BF16 CPU, ~34 min in fp32 here
-            "cpu": dict(train_limit=320, epochs=1, logging_steps=5, save_steps=10, eval_limit=32),
-            # the results table: 480 pairs, one epoch of batch 8 = 60 optimizer steps (the cpu job's SFT before it was
-            # cut to 40, which learned the format: loss 0.43), checkpoint every 10. A first cpu-full budget of 320
-            # pairs in 20 steps of 16 stopped at loss 1.46 and wrote unparsable rationales (README). On an AVX2-only
-            # 2-core CPU, one thread per run so both orders train side by side, a run takes ~75 min (~33 tokens/s,
-            # ~310 tokens a chat); on the AVX512-BF16 machine of the cpu job, ~11 min.
-            "cpu-full": dict(train_limit=480, epochs=1, logging_steps=1, save_steps=10, eval_steps=30,
-                             eval_limit=32),
-            # every train pair, one epoch of batch 32 (115 steps, ~135 s on an H200 with Unsloth: 2 epochs took 292 s
-            # and left no time for RL), the checkpoint kept by validation grade macro-F1 (512 pairs, every 50 steps)
-            "gpu-offline": dict(epochs=1, per_device_batch_size=32, logging_steps=10, save_steps=50, eval_steps=50,
-                                eval_limit=256, class_balance=0.5, grade_eval_limit=512, select_by_grade_f1=True),
-            "gpu": dict(epochs=2, per_device_batch_size=16, logging_steps=10, save_steps=200, eval_limit=512,
-                        gradient_checkpointing=True),
-            "colab": dict(epochs=2, per_device_batch_size=8, grad_accum=2, logging_steps=10, save_steps=200,
-                          eval_limit=256, gradient_checkpointing=True),
-        }.get(profile.name, {})
-        return cls(**{**base, **per, **overrides})
+        return cls(**{**base, **stage_budget(profile, "sft"), **overrides})
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -116,7 +98,7 @@ def build_sft_dataset(df: pd.DataFrame, scale: GradeScale | str, order: str = "g
 
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; choose one of {ORDERS}")
-    scale = get_scale(scale) if isinstance(scale, str) else scale
+    scale = get_scale(scale)
     if "rationale" not in df.columns:
         df = add_teacher_rationales(df, order)
     rows = [{"prompt": build_messages(r, scale, order),
@@ -206,11 +188,8 @@ def _cot_sft_trainer_class():
 
 
 def grade_macro_f1(model, tokenizer, df: pd.DataFrame, profile: Profile) -> float:
-    """Macro-F1 of the first-token grade read-out (evaluate.predict_llm, no cache) on ``df``; the tokenizer's padding
+    """Macro-F1 of the first-token grade read-out (predictions.predict_llm, no cache) on ``df``; the tokenizer's padding
     side and the model's train mode are put back afterwards."""
-    from .evaluate import predict_llm
-    from .metrics import classification_metrics
-
     side, training = tokenizer.padding_side, model.training
     preds = predict_llm(model, tokenizer, df, profile.replace(order="grade_first"), "first_token", None, False)
     tokenizer.padding_side = side
@@ -223,8 +202,6 @@ def _precision(bf16: bool | str) -> tuple[bool, bool]:
     (bf16 on CUDA with bf16 support, else fp16 (a T4); bf16 on a CPU with fast bf16; else fp32)."""
     if bf16 != "auto":
         return bool(bf16), False
-    from .modeling import resolve_dtype
-
     dtype = resolve_dtype("auto")
     return dtype == torch.bfloat16, dtype == torch.float16
 
@@ -255,7 +232,6 @@ def sft_trainer(profile: Profile, config: CoTSFTConfig, train_ds, output_dir: st
                 callbacks: list | None = None, grade_eval: pd.DataFrame | None = None):
     """The ``CoTSFTTrainer`` of a run: model per profile, LoRA, the CPU fallback for TRL's fused LM head;
     ``grade_eval`` (validation rows) turns on the first-token grade macro-F1 at each evaluation."""
-    from .modeling import load_policy, unsloth_available
     from .trl_compat import ensure_trl_cpu_support
 
     if unsloth_available(profile):  # CUDA + unsloth: FastLanguageModel with LoRA already on (untested here)
@@ -276,8 +252,6 @@ def train_sft(profile: Profile, config: CoTSFTConfig | None = None, splits: dict
               name: str = "sft", resume: bool = True, callbacks: list | None = None) -> Path:
     """LoRA CoT SFT of the profile's model; returns the run folder ``runs_dir/name`` (see she_lib.runs)."""
     from . import runs
-    from .data import load_splits
-    from .modeling import unsloth_available
 
     config = config or CoTSFTConfig.for_profile(profile)
     run = Path(profile.runs_dir) / name
@@ -305,8 +279,6 @@ def train_sft(profile: Profile, config: CoTSFTConfig | None = None, splits: dict
 
 def main(argv=None) -> int:
     """``python -m she_lib.sft --profile cpu [--order steps_first] [--name sft] [--evaluate first_token]``"""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m she_lib.sft", description="LoRA CoT SFT (resumes a stopped run)")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--order", choices=ORDERS, default=None)
@@ -320,14 +292,10 @@ def main(argv=None) -> int:
     profile = get_profile(args.profile, **({"order": args.order} if args.order else {}))
     limit = dict(max_steps=args.max_steps, eval_limit=None, save_steps=10 ** 6) if args.max_steps else {}
     run = train_sft(profile, CoTSFTConfig.for_profile(profile, **limit), name=args.name)
-    from .distributed import is_main_process
-
     if not is_main_process():  # under accelerate launch: rank 0 reports and evaluates, in one process
         return 0
     print(json.dumps({k: v for k, v in json.loads((run / "run.json").read_text()).items() if k != "config"}))
     if args.evaluate:
-        from .evaluate import report_run
-
         report_run(run, profile, args.evaluate, args.save)
     return 0
 

@@ -11,7 +11,8 @@ from she_lib.labels import get_scale
 from she_lib.rationales import teacher_rationale
 from she_lib.schema import user_prompt
 from she_lib.rl import rl_config, rl_dataset
-from she_lib.srpo import OutcomeReward, SRPOTrainer
+from she_lib.rewards import OutcomeReward
+from she_lib.srpo_trainer import SRPOTrainer
 
 SCALE = get_scale("esci")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.15

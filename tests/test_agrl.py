@@ -9,7 +9,7 @@ from she_lib.config import get_profile
 from she_lib.labels import get_scale
 from she_lib.rationales import teacher_rationale, teacher_steps
 from she_lib.schema import build_messages, user_prompt
-from she_lib.srpo import SRPOTrainer
+from she_lib.srpo_trainer import SRPOTrainer
 
 SCALE = get_scale("esci")
 

@@ -120,7 +120,8 @@ def test_evaluate_cumpt_tunes_on_validation_and_applies_to_test(smoke, monkeypat
 def test_report_regenerates_tables_and_figures(smoke, monkeypatch, capsys):
     """``python -m she_lib.evaluate --report``'s function on caches written here (no model runs)."""
     from she_lib.data import load_splits
-    from she_lib.evaluate import eval_frame, report, save_metrics, score
+    from she_lib.evaluate import eval_frame, report
+    from she_lib.results import save_metrics, score
 
     splits = load_splits(smoke)
     test, val = eval_frame(smoke, splits), splits["validation"]
@@ -142,10 +143,13 @@ def test_report_regenerates_tables_and_figures(smoke, monkeypatch, capsys):
     out = report(smoke)
     assert "CumPT: skipping sft_first_token" in capsys.readouterr().out
     metrics = json.loads((Path(smoke.results_dir) / "metrics.json").read_text())
-    assert set(metrics) == {"lexical", "zero_shot_cumpt"}
+    assert set(metrics) == {"lexical", "zero_shot_cumpt", "zero_shot_prior"}
     assert list(out["significance"][["A", "B"]].itertuples(index=False, name=None)) == [
-        ("zero_shot_first_token", "lexical"), ("zero_shot_cumpt", "lexical"), ("zero_shot_cumpt", "zero_shot_first_token")]
-    assert (out["significance"].loc[:1, "accuracy A-B"] < 0).all()  # nothing beats the perfect predictions
+        ("zero_shot_first_token", "lexical"), ("zero_shot_cumpt", "lexical"), ("zero_shot_prior", "lexical"),
+        ("zero_shot_cumpt", "zero_shot_first_token"), ("zero_shot_prior", "zero_shot_first_token")]
+    assert (out["significance"].loc[:2, "accuracy A-B"] < 0).all()  # nothing beats the perfect predictions
+    prior = out["prior"]["zero_shot_prior"]  # tuned on the 8 validation pairs a query CumPT reads, Exact's bias fixed
+    assert prior["biases"]["Exact"] == 0 and metrics["zero_shot_prior"]["scoring"] == "prior_corrected"
     summary = (Path(smoke.results_dir) / "summary.md").read_text()
     assert "zero_shot_cumpt" in summary and "ms / pair" in summary
     assert "zero_shot_cumpt" in (Path(smoke.results_dir) / "significance.md").read_text()

@@ -1,4 +1,5 @@
-"""Evaluation harness: scoring, metrics.json merging, resumable predictions, the CLI."""
+"""Evaluation harness (she_lib.evaluate, predictions, results): scoring, metrics.json merging, resumable predictions,
+the CLI."""
 import json
 from pathlib import Path
 
@@ -6,7 +7,9 @@ import pandas as pd
 import pytest
 
 from she_lib.data import load_splits
-from she_lib.evaluate import main, predict_llm, save_metrics, score
+from she_lib.evaluate import main
+from she_lib.predictions import predict_llm
+from she_lib.results import save_metrics, score
 
 
 def frame():
@@ -84,7 +87,7 @@ def test_write_summary_reads_every_method(tmp_path, smoke):
     m = score(frame(), preds, smoke, split="test", model="m", scoring="generate", seconds=1.0)
     save_metrics(tmp_path, "x", m)
     save_metrics(tmp_path, "y", dict(m, accuracy=0.5))
-    from she_lib.evaluate import write_summary
+    from she_lib.results import write_summary
     from she_lib.labels import ESCI
 
     t = write_summary(tmp_path, ESCI.words)
@@ -98,7 +101,7 @@ def test_report_marks_rows_of_another_run(tmp_path, smoke, monkeypatch):
     """A metrics file holding a row of an earlier run (another machine) and one of this job: the summary marks the
     earlier row in the table itself and names both runs under it; an unstamped row is marked too."""
     from she_lib import provenance
-    from she_lib.evaluate import write_summary
+    from she_lib.results import write_summary
     from she_lib.labels import ESCI
 
     m = score(frame(), pd.DataFrame({"example_id": list("abcd"), "pred": ["Exact"] * 4}), smoke, split="test")
@@ -139,7 +142,7 @@ def test_cli_saves_external_data_in_its_own_results_folder(tmp_path, monkeypatch
 
 
 def test_per_query_keeps_every_query():
-    from she_lib.evaluate import per_query
+    from she_lib.predictions import per_query
 
     df = pd.DataFrame({"query": ["a", "A", "a", "b", "c", "c"], "example_id": list("123456")})
     # sha1("0:<id>") begins 2725fd8c, 24977969, 1a6e9a54 for ids 1, 2, 3 of query "a" (compared lower-cased):
@@ -153,7 +156,7 @@ def test_per_query_keeps_every_query():
 
 
 def test_summary_skips_non_classifier_entries(tmp_path, smoke):
-    from she_lib.evaluate import write_summary
+    from she_lib.results import write_summary
 
     m = score(pd.DataFrame({"example_id": ["1"], "label": ["Exact"], "query": ["q"]}),
               pd.DataFrame({"example_id": ["1"], "pred": ["Exact"]}), smoke)
@@ -183,7 +186,7 @@ def test_prediction_seconds_survive_the_cache(tiny_policy, tmp_path):
 
     from she_lib.config import get_profile
     from she_lib.data import prepare_splits
-    from she_lib.evaluate import predict_llm, prediction_seconds
+    from she_lib.predictions import predict_llm, prediction_seconds
 
     prof = get_profile("smoke")
     df = prepare_splits(prof, write=False)[0]["test"].head(5)

@@ -19,6 +19,7 @@ def test_esci_mapping_follows_design_table():
         ESCI.word("X")
     with pytest.raises(KeyError, match="unknown grade scale"):
         get_scale("nope")
+    assert get_scale("wands") is WANDS and get_scale(ESCI) is ESCI  # a scale passes through: callers take either
 
 
 def test_metrics_hand_computed():

@@ -1,5 +1,6 @@
-"""SRPO (she_lib.srpo): exact advantages on hand-computed groups, token-span alignment for any generation backend,
-SRPO with process weight 0 == TRL's GRPO (loss and gradients), and GRPO / SRPO end to end on the smoke profile."""
+"""SRPO (she_lib.srpo, srpo_trainer, step_spans, rewards): exact advantages on hand-computed groups, token-span
+alignment for any generation backend, SRPO with process weight 0 == TRL's GRPO (loss and gradients), and GRPO / SRPO
+end to end on the smoke profile."""
 import json
 import math
 
@@ -12,8 +13,10 @@ from she_lib.labels import get_scale
 from she_lib.rationales import teacher_rationale
 from she_lib.schema import STEPS, parse
 from she_lib.rl import rl_config, train_rl
-from she_lib.srpo import (OutcomeReward, SRPOTrainer, completion_step_spans, step_advantages, token_advantages,
-                          token_char_offsets)
+from she_lib.rewards import OutcomeReward
+from she_lib.srpo import step_advantages, token_advantages
+from she_lib.srpo_trainer import SRPOTrainer
+from she_lib.step_spans import completion_step_spans, token_char_offsets
 from fakes import fake_trainer as _trainer
 from callbacks import StopAt
 

@@ -1,0 +1,18 @@
+"""SRPO's config: TRL's ``GRPOConfig`` plus the fields of SRPO's advantage (the formula: she_lib.srpo)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+
+@dataclass
+class SRPOConfig(GRPOConfig):
+    """TRL's GRPOConfig plus SRPO's advantage fields (each one a symbol of the formula in she_lib.srpo)."""
+    process_weight: float = field(default=1.0, metadata={"help": "lambda_p; 0 = vanilla GRPO"})
+    kappa_first_error: float = field(default=1.0, metadata={"help": "extra weight of a wrong rollout's first wrong step"})
+    kappa_discriminative: float = field(default=1.0, metadata={"help": "extra weight of a discriminative step"})
+    step_threshold: float = field(default=0.5, metadata={"help": "a step reward below it reads as a wrong step"})
+    process_credit: str = field(default="to_go", metadata={"help": "'to_go' (own + later steps) or 'step'"})
+    advantage_clip: float | None = field(default=None, metadata={"help": "clamp token advantages to +-clip"})
+    rollout_log_every: int = field(default=1, metadata={"help": "write rollouts.jsonl every k generations (0 = off)"})
