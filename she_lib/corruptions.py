@@ -96,7 +96,7 @@ def corrupt(ex, kind: str, rng: random.Random, scale: GradeScale | str = "esci",
     """One corruption of kind ``kind`` of the teacher rationale of ``ex`` (a row with the facts columns)."""
     if kind not in _MAKERS:
         raise ValueError(f"unknown corruption {kind!r}; choose one of {KINDS}")
-    scale = get_scale(scale) if isinstance(scale, str) else scale
+    scale = get_scale(scale)
     return _MAKERS[kind](ex, teacher_steps(ex, max_terms), rng, scale, max_terms)
 
 

@@ -60,7 +60,7 @@ Total (RuleRewardConfig's weights; gate G = 1[well formed and <grade> = gold]):
 
 Defaults (PAPERS §6.8, [I]): w_label 1.0, w_format 0.1, w_k 0.2 each, w_distance 0.2: a right, well-formed,
 fully consistent rationale earns 0.1 + 1 + 0.2 + 4 x 0.2 = 2.1. Under the default gate, with the rule and
-distance weights at 0, R is exactly she_lib.srpo's OutcomeReward (1[grade = gold] + 0.1 1[well formed]).
+distance weights at 0, R is exactly she_lib.rewards.OutcomeReward (1[grade = gold] + 0.1 1[well formed]).
 
 Bad output never raises. ``parsable`` = a <grade> could be read (schema's ``parsed``; evaluate's parse
 failures are the others): an unparsable completion (None, not text, empty, untagged, no readable grade) has
@@ -226,7 +226,7 @@ def rule_checks(example, completion, scale: GradeScale | str = "esci",
     check every rule of RULES for ``example`` (a mapping with the record and ``label``; facts are computed
     when the facts columns are absent)."""
     config = config or RuleRewardConfig()
-    scale = get_scale(scale) if isinstance(scale, str) else scale
+    scale = get_scale(scale)
     parsed = completion if isinstance(completion, ParsedRationale) else parse(completion_text(completion), scale)
     rules = {"type": type_rule(parsed, config), "attr": attr_rule(parsed, config, example), "judge": judge_rule(parsed),
              "claims": claims_rule(example, parsed, scale, config)}
@@ -266,7 +266,7 @@ def rule_rewards(example, completion, scale: GradeScale | str = "esci",
     [0, 1], before the gate), ``gate``, ``parsable``, ``violation`` and ``total`` (module docstring). Never raises
     on the completion; an example without a valid ``label`` raises (a data error)."""
     config = config or RuleRewardConfig()
-    scale = get_scale(scale) if isinstance(scale, str) else scale
+    scale = get_scale(scale)
     return rewards_from_checks(rule_checks(example, completion, scale, config), scale, config)
 
 
@@ -283,7 +283,7 @@ class RuleReward:
     def __init__(self, config: RuleRewardConfig | None = None, scale: GradeScale | str = "esci",
                  name: str = "rules", log_prefix: str = "rules/"):
         self.config = config or RuleRewardConfig()
-        self.scale = get_scale(scale) if isinstance(scale, str) else scale
+        self.scale = get_scale(scale)
         self.__name__ = name
         self.log_prefix = log_prefix
         self.last_components: list[dict[str, float]] = []
@@ -332,7 +332,7 @@ def rule_violation_rate(examples, completions, scale: GradeScale | str = "esci",
 
     Rates over no parsable rationale are None. Weights and the gate play no part (they shape the reward only)."""
     config = config or RuleRewardConfig()
-    scale = get_scale(scale) if isinstance(scale, str) else scale
+    scale = get_scale(scale)
     rows = examples.to_dict("records") if hasattr(examples, "to_dict") else list(examples)
     completions = list(completions)
     if len(rows) != len(completions):

@@ -282,7 +282,7 @@ def verify(ex, rationale: str | ParsedRationale, scale: GradeScale | str = "esci
     """Truth of every step of ``rationale`` for example ``ex`` (a mapping with the record and ``label``;
     the facts columns are computed when absent). Never raises on any rationale."""
     config = config or VerifierConfig()
-    scale = get_scale(scale) if isinstance(scale, str) else scale
+    scale = get_scale(scale)
     parsed = rationale if isinstance(rationale, ParsedRationale) else parse(rationale, scale)
     status, label = step_status(parsed), ex["label"]
     if not parsed.steps and parsed.grade_span is None:
@@ -303,7 +303,7 @@ def step_accuracy(examples, completions, scale: GradeScale | str = "esci", confi
     """Step accuracy of decoded rationales against the verifier: over the steps of STEPS it decides (correct or
     incorrect) in parsable rationales, the share that is correct; also per step and the verifier's coverage
     (decided / present steps). Unparsable rationales count in ``unparsable`` only. Rates over nothing are None."""
-    scale = get_scale(scale) if isinstance(scale, str) else scale
+    scale = get_scale(scale)
     rows = examples.to_dict("records") if hasattr(examples, "to_dict") else list(examples)
     decided = {s: [] for s in STEPS}
     present, unparsable = 0, 0

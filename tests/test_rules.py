@@ -244,7 +244,7 @@ def test_gate_with_zero_rule_weights_is_the_outcome_reward():
     for text in (rat(), WRONG, rat(judge="Substitute: x"), "<grade>Exact</grade>", None, "junk"):
         for gold in ESCI.words:
             got = rule_rewards(ex(gold), text, "esci", cfg)
-            want = float(got["label"]) + 0.1 * float(got["format"])  # she_lib.srpo.OutcomeReward
+            want = float(got["label"]) + 0.1 * float(got["format"])  # she_lib.rewards.OutcomeReward
             assert got["total"] == pytest.approx(want)
 
 
