@@ -6,8 +6,9 @@ Which rows (the rule, applied to ``results/metrics.json`` and every ``results/<f
 * rows of a demo profile (``smoke``, ``cpu``: a sample of the test split at a budget meant to exercise the code,
   e.g. ``results/cpu/``) are left out, and so are rows of other splits than ``test``;
 * per folder, each method's headline read-out: the ``classifier`` row of a non-LLM baseline, the ``first_token``
-  row of an LLM (``<method>_first_token``: all test pairs, one forward pass, the same read-out for every method).
-  Decoded and CumPT read-outs and seeds after the first (``_s1``...) stay in the folder's ``summary.md``; rows
+  row of an LLM (``<method>_first_token``: all test pairs, one forward pass, the same read-out for every method),
+  and where it exists the prior-corrected read-out of those probabilities (``<method>_prior``, biases tuned on
+  validation: she_lib.prior_correction) as a row of its own. Decoded and CumPT read-outs and seeds after the first (``_s1``...) stay in the folder's ``summary.md``; rows
   without a confidence interval (the GenRM's) are not classifiers;
 * the esci_us_wide cell is the same method's row in ``<folder>/esci_us_wide/metrics.json``, when there is one.
 
@@ -26,7 +27,7 @@ from pathlib import Path
 from .provenance import run_labels
 
 DEMO_PROFILES = ("smoke", "cpu")
-HEADLINE_SCORING = ("classifier", "first_token")
+HEADLINE_SCORING = ("classifier", "first_token", "prior_corrected")
 WIDE = "esci_us_wide"
 ORDER = ("lexical", "zero_shot", "sft", "dpo", "grpo", "srpo", "agrl")
 NAMES = {"lexical": "lexical baseline", "zero_shot": "zero-shot", "sft": "SFT", "dpo": "DPO", "grpo": "GRPO",
@@ -43,7 +44,7 @@ def _method(key: str, row: dict) -> str | None:
     if row.get("scoring") not in HEADLINE_SCORING or "macro_f1_ci" not in row:
         return None
     base = key[: -len("_first_token")] if key.endswith("_first_token") else key
-    return None if re.search(r"_s\d+$", base) else base
+    return None if re.search(r"_s\d+(_prior)?$", base) else base
 
 
 def _family(method: str) -> str | None:
@@ -52,8 +53,12 @@ def _family(method: str) -> str | None:
 
 
 def _label(method: str) -> str:
+    """``sft_evidence_prior`` -> ``SFT evidence, prior-corrected``."""
+    prior = method.endswith("_prior")
+    method = method[: -len("_prior")] if prior else method
     head = _family(method)
-    return method if head is None else " ".join([NAMES[head], *method[len(head) + 1:].split("_")]).strip()
+    name = method if head is None else " ".join([NAMES[head], *method[len(head) + 1:].split("_")]).strip()
+    return name + ", prior-corrected" * prior
 
 
 def _cell(row: dict | None) -> str:
