@@ -10,6 +10,17 @@ sampling ~100-token rationales after ~210-token prompts on a CPU.
 (``prefix`` = ``"<grade>"``), logits at the last position only, softmax restricted to the first token
 of each grade word: P(c | x) = exp(z_c) / sum_j exp(z_j) over the scale's grades. The grade words must
 start with distinct tokens (checked; SmolLM2: Ex / Subst / Com / Ir).
+
+Both share the batch's common prefix (``share_common_prefix``, the default): every prompt opens with the
+same chat-template system part (90 of ~210 tokens with SmolLM2's tokenizer), so the longest token prefix all
+prompts of a batch agree on is run once at batch size 1, its KV cache repeated to the batch, and only the
+suffixes are run. The cut is made on token ids, never on text, so it always falls on a boundary all rows
+share. The suffixes are left-padded *after* the prefix, ``[prefix | pads | suffix]``, with the pads masked
+out and position ids counted over real tokens only, so every real token sees the same keys at the same
+positions as in the plain left-padded batch ``[pads | prefix | suffix]``: the same probabilities up to float
+rounding and the same greedy tokens (tests/test_modeling_inference.py). Batches whose common prefix is shorter
+than ``MIN_COMMON_PREFIX`` tokens, of one prompt, or for a model whose forward Unsloth replaced (not checked
+with pads after a cached prefix) take the plain path.
 """
 from __future__ import annotations
 
@@ -34,6 +45,59 @@ def _positions(mask):
     return (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every row's positions start at 0
 
 
+MIN_COMMON_PREFIX = 16  # tokens; below this a separate batch-1 forward is not worth its overhead
+
+
+def common_prefix_length(rows: list[list[int]]) -> int:
+    """Tokens all ``rows`` share at the start, leaving every row at least one token of its own."""
+    if not rows:
+        return 0
+    first, n = rows[0], min(len(r) for r in rows) - 1
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def _supports_common_prefix(model) -> bool:
+    """False for a model whose forward Unsloth replaced: its fast paths are not checked against a cache with pads
+    after the prefix, so such a model takes the plain path."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return not any(str(getattr(type(m).forward, "__module__", "")).startswith("unsloth")
+                   for m in (model, base, getattr(base, "model", None)) if m is not None)
+
+
+def _encode_shared(model, tokenizer, texts, device):
+    """``(enc, cache)`` with the rows' common token prefix run once and its cache repeated to the batch, or
+    None when the prefix is too short. ``enc`` holds ``[prefix | left pads | suffix]`` ids and their mask; the
+    cache covers the prefix, ready for the suffix forward or ``generate``."""
+    if len(texts) < 2 or not _supports_common_prefix(model):
+        return None
+    rows = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    p = common_prefix_length(rows)
+    if p < MIN_COMMON_PREFIX:
+        return None
+    width = max(len(r) for r in rows) - p  # the longest suffix; shorter ones are left-padded after the prefix
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([r[:p] + [pad] * (width - len(r) + p) + r[p:] for r in rows], device=device)
+    mask = torch.tensor([[1] * p + [0] * (width - len(r) + p) + [1] * (len(r) - p) for r in rows], device=device)
+    # the prefix has no pads: positions 0..p-1, as in every row of the plain batch
+    cache = model(input_ids=ids[:1, :p], attention_mask=mask[:1, :p], use_cache=True,
+                  logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(len(rows))
+    return {"input_ids": ids, "attention_mask": mask}, cache
+
+
+def _extend(model, enc, cache, upto: int):
+    """Run ``enc``'s tokens from the cache's length up to column ``upto`` through ``model``; its output."""
+    ids, mask, start = enc["input_ids"], enc["attention_mask"], cache.get_seq_length()
+    return model(input_ids=ids[:, start:upto], attention_mask=mask[:, :upto],
+                 position_ids=_positions(mask)[:, start:upto], past_key_values=cache, use_cache=True,
+                 logits_to_keep=1)
+
+
 def _shared_prefill(model, enc, n: int) -> dict:
     """Inputs for ``generate`` with each prompt's cache computed once and repeated ``n`` times: the cache
     holds all prompt tokens but the last, which ``generate`` feeds as its first step."""
@@ -46,27 +110,51 @@ def _shared_prefill(model, enc, n: int) -> dict:
                 past_key_values=cache)
 
 
+def _common_prefill(model, enc, cache, n: int) -> dict:
+    """:func:`_shared_prefill` after a common prefix: the suffixes but their last token join ``cache``
+    (already the batch's), which is then repeated ``n`` times."""
+    width = enc["input_ids"].shape[1]
+    if width - cache.get_seq_length() > 1:
+        cache = _extend(model, enc, cache, width - 1).past_key_values
+    cache.batch_repeat_interleave(n)
+    return dict(input_ids=enc["input_ids"].repeat_interleave(n, 0),
+                attention_mask=enc["attention_mask"].repeat_interleave(n, 0), past_key_values=cache)
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], batch_size: int = 16, max_new_tokens: int = 128,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              num_return_sequences: int = 1, progress: bool = True, desc: str = "generate",
-             share_prefix: bool = True):
+             share_prefix: bool = True, share_common_prefix: bool = True, **generate_kwargs):
     """Completions for ``prompts`` (a list of str, or of lists when num_return_sequences > 1).
-    ``batch_size`` counts prompts; a batch decodes ``batch_size * num_return_sequences`` sequences."""
+    ``batch_size`` counts prompts; a batch decodes ``batch_size * num_return_sequences`` sequences.
+    ``share_prefix``: each prompt prefilled once for its n samples; ``share_common_prefix``: the batch's
+    common token prefix prefilled once for all its prompts (module docstring). Extra keyword arguments go to
+    HF ``generate`` (e.g. ``min_new_tokens``)."""
     model.eval()
     out: list = [None] * len(prompts)
     n, shared = num_return_sequences, share_prefix and num_return_sequences > 1
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=1 if shared else n,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **generate_kwargs)
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p)
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress)
     for idx in _batches(prompts, tokenizer, batch_size):
-        enc = _encode(tokenizer, [prompts[i] for i in idx], model.device)
-        if shared and enc["input_ids"].shape[1] > 1:  # a one-token prompt has nothing to share
-            ids = model.generate(**_shared_prefill(model, enc, n), **kwargs)
+        batch = [prompts[i] for i in idx]
+        common = _encode_shared(model, tokenizer, batch, model.device) if share_common_prefix else None
+        if common and shared:
+            enc = common[0]
+            ids = model.generate(**_common_prefill(model, enc, common[1], n), **kwargs)
+        elif common:  # HF generate repeats each row n times, then prefills the suffixes after the cached prefix
+            enc, cache = common
+            cache.batch_repeat_interleave(n)
+            ids = model.generate(**enc, past_key_values=cache, **{**kwargs, "num_return_sequences": n})
         else:
-            ids = model.generate(**enc, **{**kwargs, "num_return_sequences": n})
+            enc = _encode(tokenizer, batch, model.device)
+            if shared and enc["input_ids"].shape[1] > 1:  # a one-token prompt has nothing to share
+                ids = model.generate(**_shared_prefill(model, enc, n), **kwargs)
+            else:
+                ids = model.generate(**enc, **{**kwargs, "num_return_sequences": n})
         ids = ids[:, enc["input_ids"].shape[1]:]
         texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
         for k, i in enumerate(idx):
@@ -93,16 +181,24 @@ def grade_token_ids(tokenizer, words) -> list[int]:
 
 @torch.inference_mode()
 def grade_probabilities(model, tokenizer, prompts: list[str], words, prefix: str = "<grade>",
-                        batch_size: int = 32, progress: bool = True) -> np.ndarray:
-    """[n, len(words)] probabilities of each grade at the answer position (no decoding)."""
+                        batch_size: int = 32, progress: bool = True, share_common_prefix: bool = True) -> np.ndarray:
+    """[n, len(words)] probabilities of each grade at the answer position (no decoding). ``share_common_prefix``:
+    the batch's common token prefix is run once (module docstring)."""
     model.eval()
     ids = torch.tensor(grade_token_ids(tokenizer, words))
     texts = [p + prefix for p in prompts]
     out = np.zeros((len(texts), len(ids)), dtype=np.float64)
     bar = tqdm(total=len(texts), desc="first-token", disable=not progress)
     for idx in _batches(texts, tokenizer, batch_size):
-        enc = _encode(tokenizer, [texts[i] for i in idx], model.device)
-        logits = model(**enc, position_ids=_positions(enc["attention_mask"]), logits_to_keep=1).logits[:, -1, :].float()
+        batch = [texts[i] for i in idx]
+        common = _encode_shared(model, tokenizer, batch, model.device) if share_common_prefix else None
+        if common:
+            enc, cache = common
+            logits = _extend(model, enc, cache, enc["input_ids"].shape[1]).logits[:, -1, :].float()
+        else:
+            enc = _encode(tokenizer, batch, model.device)
+            logits = model(**enc, position_ids=_positions(enc["attention_mask"]),
+                           logits_to_keep=1).logits[:, -1, :].float()
         out[idx] = torch.softmax(logits[:, ids.to(logits.device)], dim=-1).cpu().numpy()
         bar.update(len(idx))
     bar.close()

@@ -21,14 +21,22 @@ def test_inference_benchmark_runs_on_tiny(tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setattr(sys, "argv", ["bench", "--tiny", "--batch-sizes", "2", "--new-tokens", "4", "--matmul", "64",
-                "--dtypes", "float32", "bfloat16", "--sample-n", "2", "--sample-prompts", "2",
-                "--out", str(tmp_path / "b.json")])
+                "--dtypes", "float32", "bfloat16", "--sample-n", "2", "--sample-prompts", "2", "--repeats", "1",
+                "--ft-prompts", "6", "--ft-batch", "3", "--gen-prompts", "4", "--gen-batch", "2", "--gen-tokens", "3",
+                "--rollout-prompts", "2", "--rollout-n", "2", "--rollout-tokens", "3", "--out", str(tmp_path / "b.json")])
     runpy.run_path("benchmarks/bench_inference.py", run_name="__main__")
     res = json.loads((tmp_path / "b.json").read_text())
     assert set(res["results"]) == {"float32", "bfloat16"} and res["results"]["float32"]["generate_tok_s_bs2"] > 0
     assert set(res["bf16_speedup"]) == set(res["results"]["float32"])
     s = res["sampling"]
     assert (s["n"], s["prompts"]) == (2, 2) and s["plain_s"] > 0 and s["shared_prefix_s"] > 0
+    assert set(res["prefix_sharing"]) == {"float32", "bfloat16"} and res["machine"] and "--tiny" in res["command"]
+    p = res["prefix_sharing"]["float32"]
+    assert p["common_prefix_tokens"] >= 80 and p["first_token"]["speedup"]["shared"] > 0
+    assert p["first_token"]["max_abs_prob_diff"] < 1e-5 and p["first_token"]["same_argmax"] == 1.0
+    assert p["greedy_generation"]["identical_completions"] == 1.0 and p["rollouts"]["same_samples"]
+    assert set(p["rollouts"]["speedup"]) == {"per_prompt", "per_prompt_and_common"}
+    assert len(res["load_average_before"]) == len(res["load_average_after"]) == 3
 
 
 def test_data_scale_benchmark_runs_small(tmp_path):

@@ -61,6 +61,30 @@ def test_predict_llm_resumes_from_cache(tiny_policy, smoke, tmp_path, monkeypatc
     assert again["seconds"].head(4).tolist() == first["seconds"].head(4).tolist()  # read back from the cache
 
 
+@pytest.mark.parametrize("mode", ["generate", "first_token"])
+def test_predict_llm_shares_the_system_prefix(tiny_policy, smoke, mode, monkeypatch):
+    """Evaluation runs the batch's common prefix (the system part) once at batch size 1, then the suffixes; the
+    predictions are those of the plain path."""
+    import she_lib.inference as inf
+
+    m, tok = tiny_policy.model, tiny_policy.tokenizer
+    df = load_splits(smoke)["test"].head(6)
+    prof = smoke.replace(eval_batch_size=3, eval_max_new_tokens=4)
+    shapes = []
+    h = m.register_forward_pre_hook(lambda mod, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    shared = predict_llm(m, tok, df, prof, mode, None, progress=False)
+    h.remove()
+    assert shapes[0][0] == 1 and shapes[0][1] >= 80 and shapes[1][0] == 3
+    real = inf.generate if mode == "generate" else inf.grade_probabilities
+    monkeypatch.setattr(inf, real.__name__, lambda *a, **k: real(*a, **{**k, "share_common_prefix": False}))
+    plain = predict_llm(m, tok, df, prof, mode, None, progress=False)
+    cols = [c for c in plain if c != "seconds"]
+    if mode == "generate":
+        pd.testing.assert_frame_equal(shared[cols], plain[cols])
+    else:
+        pd.testing.assert_frame_equal(shared[cols], plain[cols], atol=1e-5, check_exact=False)
+
+
 def test_cli_lexical_and_zero_shot_on_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("she_lib.config.PROFILES", _tmp_profiles(tmp_path))
     assert main(["--baseline", "lexical", "--profile", "smoke", "--save"]) == 0

@@ -76,3 +76,120 @@ def test_grade_token_ids_distinct(tokenizer):
     with pytest.raises(ValueError, match="share a first token"):
         grade_token_ids(tokenizer, ["Irrelevant", "Ir"])
 
+
+
+# ------------------------------------------------------------------------------------- common-prefix cache
+@pytest.fixture(scope="module")
+def chat_prompts(tokenizer):
+    """Real chat prompts (same system part, different lengths), longest and shortest included."""
+    from she_lib.data import prepare_splits
+    from she_lib.schema import render_prompt
+
+    prof = get_profile("smoke")
+    test = prepare_splits(prof, write=False)[0]["test"]
+    return [render_prompt(tokenizer, r, ESCI, prof.order) for r in test.to_dict("records")][:12]
+
+
+def _forward_shapes(model):
+    """Records the input_ids shape of every forward of ``model``; call the result to remove the hook."""
+    shapes = []
+    h = model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                        with_kwargs=True)
+    return shapes, h.remove
+
+
+def test_common_prefix_length():
+    from she_lib.inference import common_prefix_length
+
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # every row keeps a token of its own
+    assert common_prefix_length([[1, 2], [3, 2]]) == 0 and common_prefix_length([[7]]) == 0
+    assert common_prefix_length([]) == 0
+
+
+def test_shared_prefix_probabilities_match_plain(tiny_policy, chat_prompts):
+    m, tok = tiny_policy.model, tiny_policy.tokenizer
+    lengths = {len(tok(p + "<grade>", add_special_tokens=False).input_ids) for p in chat_prompts}
+    assert len(lengths) > 3  # suffixes of different lengths: pads sit between prefix and suffix
+    plain = grade_probabilities(m, tok, chat_prompts, ESCI.words, batch_size=5, progress=False,
+                                share_common_prefix=False)
+    shapes, remove = _forward_shapes(m)
+    shared = grade_probabilities(m, tok, chat_prompts, ESCI.words, batch_size=5, progress=False)
+    remove()
+    np.testing.assert_allclose(shared, plain, atol=1e-5)
+    # the shared path ran: per batch one batch-1 forward over the system part, then the suffixes only
+    assert [s[0] for s in shapes] == [1, 5, 1, 5, 1, 2] and shapes[0][1] >= 80
+    assert max(s[1] for s in shapes[1::2]) < max(lengths) - 60
+    # duplicated prompts (the common prefix is all but the last token) and one-prompt batches
+    dup = [chat_prompts[0]] * 3
+    np.testing.assert_allclose(grade_probabilities(m, tok, dup, ESCI.words, progress=False),
+                               np.repeat(plain[:1], 3, 0), atol=1e-5)
+    np.testing.assert_allclose(grade_probabilities(m, tok, chat_prompts[:3], ESCI.words, batch_size=1, progress=False),
+                               plain[:3], atol=1e-5)
+
+
+def test_no_common_prefix_falls_back(tiny_policy):
+    m, tok = tiny_policy.model, tiny_policy.tokenizer
+    prompts = ["short", "a considerably longer prompt than the first one", "mid length prompt here"]
+    shapes, remove = _forward_shapes(m)
+    shared = grade_probabilities(m, tok, prompts, ESCI.words, batch_size=3, progress=False)
+    texts = generate(m, tok, prompts, batch_size=3, max_new_tokens=4, progress=False)
+    remove()
+    assert all(s[0] == 3 for s in shapes)  # no batch-1 prefix forward
+    np.testing.assert_allclose(shared, grade_probabilities(m, tok, prompts, ESCI.words, batch_size=3, progress=False,
+                                                           share_common_prefix=False), atol=1e-6)
+    assert texts == generate(m, tok, prompts, batch_size=3, max_new_tokens=4, progress=False,
+                             share_common_prefix=False)
+
+
+def test_unsloth_forward_takes_the_plain_path(tiny_policy, chat_prompts, monkeypatch):
+    from she_lib.inference import _encode_shared
+
+    m, tok = tiny_policy.model, tiny_policy.tokenizer
+    assert _encode_shared(m, tok, chat_prompts[:2], m.device) is not None
+    fwd = type(m).forward
+
+    def patched(self, *a, **k):
+        return fwd(self, *a, **k)
+
+    patched.__module__ = "unsloth.models.llama"
+    monkeypatch.setattr(type(m), "forward", patched)
+    assert _encode_shared(m, tok, chat_prompts[:2], m.device) is None
+
+
+def test_shared_prefix_greedy_generation_is_token_identical(tiny_policy, chat_prompts):
+    m, tok = tiny_policy.model, tiny_policy.tokenizer
+    kw = dict(batch_size=5, max_new_tokens=12, min_new_tokens=12, progress=False)
+    plain = generate(m, tok, chat_prompts, share_common_prefix=False, **kw)
+    shapes, remove = _forward_shapes(m)
+    shared = generate(m, tok, chat_prompts, **kw)
+    remove()
+    assert shared == plain
+    assert shapes[0][0] == 1 and shapes[1][0] == 5 and shapes[1][1] < shapes[0][1] + 200
+    # the random tiny model's greedy text is uninformative, so compare what greedy decoding reads: each step's
+    # logits (prefill over [prefix | pads | suffix], then decoding against that cache) and the chosen token ids
+    from she_lib.inference import _encode, _encode_shared
+
+    batch = chat_prompts[:4]
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id, return_dict_in_generate=True,
+              output_logits=True)
+    enc = _encode(tok, batch, m.device)
+    a = m.generate(**enc, **kw)
+    senc, cache = _encode_shared(m, tok, batch, m.device)
+    b = m.generate(**senc, past_key_values=cache, **kw)
+    assert torch.equal(a.sequences[:, enc["input_ids"].shape[1]:], b.sequences[:, senc["input_ids"].shape[1]:])
+    la, lb = torch.stack(a.logits), torch.stack(b.logits)
+    assert (la[0, 0] - la[0, 1]).abs().max() > 1e-3  # rows differ, so a row mix-up would show
+    torch.testing.assert_close(lb, la, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_sampling_matches_plain(tiny_policy, chat_prompts):
+    """n samples per prompt: common prefix once per batch, each prompt once per n samples, same seed, same samples
+    as HF generate's n separate prefills."""
+    m, tok = tiny_policy.model, tiny_policy.tokenizer
+    out = []
+    for share, common in ((False, False), (True, True), (False, True), (True, False)):
+        torch.manual_seed(11)
+        out.append(generate(m, tok, chat_prompts[:6], batch_size=4, max_new_tokens=6, do_sample=True,
+                            num_return_sequences=3, progress=False, share_prefix=share, share_common_prefix=common))
+    assert all(o == out[0] for o in out[1:]) and [len(x) for x in out[0]] == [3] * 6
