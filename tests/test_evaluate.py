@@ -215,18 +215,13 @@ def test_shipped_adapter_is_complete_and_small():
     assert info["kind"] == "sft" and info["order"] == "grade_first" and info["finished"] and "init_adapter" not in info
 
 
-def test_evaluate_an_exported_adapter_folder_on_smoke(tmp_path, monkeypatch, capsys):
+def test_evaluate_an_exported_adapter_folder_on_smoke(tmp_path, monkeypatch, capsys, trained_sft):
     """The models/ path end to end on smoke: a trained run exported in bf16 (runs.export_adapter, what
     scripts/gpu_run.sh ships) is scored by ``evaluate --run <folder>`` like the run itself."""
     from she_lib.runs import export_adapter
-    from she_lib.sft import CoTSFTConfig, train_sft
 
     monkeypatch.setattr("she_lib.config.PROFILES", _tmp_profiles(tmp_path))
-    from she_lib.config import get_profile
-
-    prof = get_profile("smoke")
-    run = train_sft(prof, CoTSFTConfig.for_profile(prof, max_steps=2))
-    shipped = export_adapter(run, tmp_path / "models" / "tiny-sft")
+    shipped = export_adapter(trained_sft, tmp_path / "models" / "tiny-sft")
     assert sorted(p.name for p in shipped.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                          "run.json", "train_log.json"]
     assert main(["--run", str(shipped), "--profile", "smoke", "--mode", "first_token", "--limit", "8"]) == 0

@@ -135,6 +135,7 @@ def test_missing_column_raises(fitted):
 
 def test_features_do_not_depend_on_the_hash_seed():
     """Float sums over Python sets change with PYTHONHASHSEED; features must not."""
+    import os
     import subprocess
     import sys
 
@@ -146,6 +147,9 @@ def test_features_do_not_depend_on_the_hash_seed():
             "'label': ['Exact', 'Substitute', 'Irrelevant', 'Complement'] * 3});"
             "m = LexicalBaseline(LexicalConfig()).fit(d);"
             "print(hashlib.md5(np.asarray(m.features(d), dtype=np.float64).tobytes()).hexdigest())")
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**__import__("os").environ, "PYTHONHASHSEED": s}).stdout for s in ("1", "2", "3")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": s}) for s in ("1", "2", "3")]  # side by side
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
+    outs = {out for out, _ in results}
     assert len(outs) == 1
