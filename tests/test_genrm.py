@@ -137,7 +137,7 @@ def test_scores_are_probabilities_batch_invariant_and_match_a_full_forward(split
 
 
 # ------------------------------------------------------------------------------------------ training
-def test_train_resume_reuse_and_load(smoke, splits):
+def test_train_resume_reuse_and_load(smoke, splits, tiny_policy):
     rows = complete(labelled_rows(splits["train"], 8, 2, seed=0))
     cfg = fast(smoke, max_steps=4, save_steps=2, per_device_batch_size=4)
     run = train_genrm(smoke, cfg, rows, name="genrm_part", callbacks=[StopAt(2)])
@@ -153,6 +153,8 @@ def test_train_resume_reuse_and_load(smoke, splits):
     held = labelled_rows(splits["validation"], 2, 1, seed=1)
     s = genrm.score(held, held["rationale"].tolist())
     assert s.shape == (len(held), 5) and ((s >= 0) & (s <= 1)).all()
+    base = GenRM(tiny_policy.model, tiny_policy.tokenizer).score(held, held["rationale"].tolist())
+    assert not np.array_equal(s, base)  # the trained adapter was loaded: not the base model's scores
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -152,6 +152,15 @@ def test_srpo_with_zero_process_weight_equals_grpo(smoke, tmp_path, splits):
     torch.testing.assert_close(adv, want)
     assert not torch.allclose(adv, out_g["advantages"].view(-1, 1).expand_as(adv))
     assert spans[0].keys() == set(STEPS) and spans[3] == {}  # teacher rationale parsed; "<grade>maybe" has no step
+    # without the helpers: a completion token outside every step span keeps its rollout's outcome advantage (all of
+    # "<grade>maybe": rows 3 and 7), and some step token of the teacher rationale (row 0) moved away from it
+    for i, sp in enumerate(spans):
+        outside = out_1["completion_mask"][i].bool().clone()
+        for a, b in sp.values():
+            outside[a:b] = False
+        assert torch.equal(adv[i][outside], out_g["advantages"][i].expand(int(outside.sum()))), i
+    assert spans[7] == {} and out_1["completion_mask"][3].sum() == len("<grade>maybe") + 1  # one id a character + EOS
+    assert (adv[0][out_1["completion_mask"][0].bool()] != out_g["advantages"][0]).any()
 
 
 # --------------------------------------------------------------------------------------- end to end
