@@ -1,4 +1,6 @@
-"""``python tests/launched_module.py MODULE ARGS...`` runs ``python -m MODULE ARGS...`` for tests/test_scale.py.
+"""``python tests/launched_module.py MODULE ARGS... [:: MODULE ARGS...]...`` runs ``python -m MODULE ARGS...`` for
+tests/test_scale.py, once per ``::``-separated command, in order, in the same processes (one launch, one import of the
+stack, for several stages); a command that exits non-zero stops the rest.
 
 Under ``accelerate launch`` every process runs this file. Two things differ from a plain ``python -m``:
 
@@ -49,5 +51,17 @@ if __name__ == "__main__":
         results_dir=os.path.join(OUT, "results"))
     atexit.register(_dump)
     sys.addaudithook(_audit)
-    module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    commands, argv = [[]], sys.argv[1:]
+    for a in argv:
+        if a == "::":
+            commands.append([])
+        else:
+            commands[-1].append(a)
+    for module, *args in commands:
+        sys.argv = [module, *args]
+        print(f"launched_module: rank {RANK} runs python -m {' '.join(sys.argv)}", file=sys.stderr, flush=True)
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            if e.code not in (None, 0):
+                raise

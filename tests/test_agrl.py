@@ -5,20 +5,12 @@ import pytest
 import torch
 
 from she_lib.agrl import AdaptiveReplay, AGRLConfig, guided_messages, hint_text
-from she_lib.config import get_profile
 from she_lib.labels import get_scale
 from she_lib.rationales import teacher_rationale, teacher_steps
 from she_lib.schema import build_messages, user_prompt
 from she_lib.srpo_trainer import SRPOTrainer
 
 SCALE = get_scale("esci")
-
-
-@pytest.fixture(scope="module")
-def splits():
-    from she_lib.data import prepare_splits
-
-    return prepare_splits(get_profile("smoke"), write=False)[0]
 
 
 def test_hints(splits):

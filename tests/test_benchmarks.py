@@ -1,13 +1,22 @@
-"""The speed scripts run end to end on the tiny model (so they cannot rot); their figures are not asserted."""
+"""The speed scripts run end to end on the tiny model (so they cannot rot); their figures are not asserted.
+
+The SFT and RL scripts measure each variant in a child process of their own; their driver (``main``) is called in
+this process, which has the stack imported already."""
 import json
+import runpy
 import subprocess
 import sys
 
 
-def test_sft_benchmark_runs_on_tiny(tmp_path):
+def bench_main(monkeypatch, script, argv):
+    """``python benchmarks/<script> ARGV`` with the driver run in this process (sys.path restored afterwards)."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return runpy.run_path(f"benchmarks/{script}", run_name="bench")["main"](argv)
+
+
+def test_sft_benchmark_runs_on_tiny(tmp_path, monkeypatch):
     out = tmp_path / "b.json"
-    subprocess.run([sys.executable, "benchmarks/bench_sft.py", "--tiny", "--steps", "3", "--batch", "2",
-                    "--out", str(out)], check=True, capture_output=True, text=True)
+    bench_main(monkeypatch, "bench_sft.py", ["--tiny", "--steps", "3", "--batch", "2", "--out", str(out)])
     res = json.loads(out.read_text())
     assert set(res["variants"]) == {"plain", "optimised"}
     assert res["variants"]["plain"]["bf16"] is False and res["variants"]["plain"]["gradient_checkpointing"] is True
@@ -17,9 +26,6 @@ def test_sft_benchmark_runs_on_tiny(tmp_path):
 
 
 def test_inference_benchmark_runs_on_tiny(tmp_path, monkeypatch):
-    import runpy
-    import sys
-
     monkeypatch.setattr(sys, "argv", ["bench", "--tiny", "--batch-sizes", "2", "--new-tokens", "4", "--matmul", "64",
                 "--dtypes", "float32", "bfloat16", "--sample-n", "2", "--sample-prompts", "2", "--repeats", "1",
                 "--ft-prompts", "6", "--ft-batch", "3", "--gen-prompts", "4", "--gen-batch", "2", "--gen-tokens", "3",
@@ -52,10 +58,9 @@ def test_data_scale_benchmark_runs_small(tmp_path):
                                      "shopping_queries_dataset_products.parquet", "esci_s_products.jsonl.gz"}
 
 
-def test_rl_benchmark_runs_on_tiny(tmp_path):
+def test_rl_benchmark_runs_on_tiny(tmp_path, monkeypatch):
     out = tmp_path / "b.json"
-    subprocess.run([sys.executable, "benchmarks/bench_rl.py", "--tiny", "--steps", "2", "--tokens", "8",
-                    "--out", str(out)], check=True, capture_output=True, text=True)
+    assert bench_main(monkeypatch, "bench_rl.py", ["--tiny", "--steps", "2", "--tokens", "8", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     v = res["variants"]
     assert set(v) == {"trl_defaults", "optimised"} and res["speedup_s_per_step"] > 0

@@ -17,13 +17,6 @@ from she_lib.sampling import cache_covers, label_samples, pass_at_k, pass_at_rep
 ESCI = get_scale("esci")
 
 
-@pytest.fixture(scope="module")
-def splits():
-    from she_lib.data import prepare_splits
-
-    return prepare_splits(get_profile("smoke"), write=False)[0]
-
-
 # ----------------------------------------------------------------------------------------------- pass@k
 def test_pass_at_k_hand_computed():
     good = [0, 1, 2, 4]  # n = 4 samples each
@@ -116,12 +109,11 @@ def test_sampling_resumes_with_the_same_samples(tiny_policy, splits, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- end to end
-def test_dpo_from_sft_end_to_end(smoke, splits):
+def test_dpo_from_sft_end_to_end(smoke, splits, trained_sft):
     from she_lib.evaluate import evaluate_run
     from she_lib.modeling import load_run
-    from she_lib.sft import CoTSFTConfig, train_sft
 
-    sft = train_sft(smoke, CoTSFTConfig.for_profile(smoke, eval_limit=0), splits)
+    sft = trained_sft
     run = train_dpo(smoke, sft, splits=splits, progress=False)
     info = json.loads((run / "run.json").read_text())
     cfg = DPOBaselineConfig.for_profile(smoke)

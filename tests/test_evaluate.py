@@ -95,7 +95,9 @@ def test_cli_lexical_and_zero_shot_on_smoke(tmp_path, monkeypatch, capsys):
     assert set(saved) == {"lexical"}  # zero_shot ran without --save
     run = tmp_path / "runs" / "lexical"
     assert main(["--run", str(run), "--profile", "smoke", "--data", "data_samples/esci_us", "--limit", "50"]) == 0
-    assert "n_examples" in capsys.readouterr().out
+    table = capsys.readouterr().out.splitlines()  # columns ... n_examples n_queries; one row: the lexical run
+    assert table[0].split()[-2:] == ["n_examples", "n_queries"] and len(table) == 2
+    assert table[1].split()[0] == "lexical" and table[1].split()[-2] == "50"  # the --limit on the external folder
 
 
 def _tmp_profiles(tmp_path):
@@ -172,10 +174,8 @@ def test_per_query_keeps_every_query():
     # sha1("0:<id>") begins 2725fd8c, 24977969, 1a6e9a54 for ids 1, 2, 3 of query "a" (compared lower-cased):
     # ids 3 and 2 come first; rows are returned in stored order. Seed 1 picks by other hashes.
     assert per_query(df, 2)["example_id"].tolist() == ["2", "3", "4", "5", "6"]
-    import hashlib
-
-    first = sorted("123", key=lambda e: hashlib.sha1(f"1:{e}".encode()).hexdigest())[:2]
-    assert per_query(df, 2, seed=1)["example_id"].tolist() == sorted(first) + ["4", "5", "6"]
+    # seed 1: sha1("1:<id>") begins 3e774731, f9adeea0, a28b1e3e for ids 1, 2, 3: ids 1 and 3 come first
+    assert per_query(df, 2, seed=1)["example_id"].tolist() == ["1", "3", "4", "5", "6"]
     assert per_query(df, None) is df
 
 
@@ -239,20 +239,21 @@ def test_shipped_adapter_is_complete_and_small():
     assert info["kind"] == "sft" and info["order"] == "grade_first" and info["finished"] and "init_adapter" not in info
 
 
-def test_evaluate_an_exported_adapter_folder_on_smoke(tmp_path, monkeypatch, capsys):
+def test_evaluate_an_exported_adapter_folder_on_smoke(tmp_path, monkeypatch, capsys, trained_sft):
     """The models/ path end to end on smoke: a trained run exported in bf16 (runs.export_adapter, what
     scripts/gpu_run.sh ships) is scored by ``evaluate --run <folder>`` like the run itself."""
+    import torch
+    from safetensors.torch import load_file
+
     from she_lib.runs import export_adapter
-    from she_lib.sft import CoTSFTConfig, train_sft
 
     monkeypatch.setattr("she_lib.config.PROFILES", _tmp_profiles(tmp_path))
-    from she_lib.config import get_profile
-
-    prof = get_profile("smoke")
-    run = train_sft(prof, CoTSFTConfig.for_profile(prof, max_steps=2))
-    shipped = export_adapter(run, tmp_path / "models" / "tiny-sft")
+    shipped = export_adapter(trained_sft, tmp_path / "models" / "tiny-sft")
     assert sorted(p.name for p in shipped.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                          "run.json", "train_log.json"]
+    trained, exported = (load_file(r / "adapter_model.safetensors") for r in (trained_sft, shipped))
+    assert exported.keys() == trained.keys() and {v.dtype for v in exported.values()} == {torch.bfloat16}
+    assert all(torch.equal(exported[k], trained[k].to(torch.bfloat16)) for k in trained)  # the weights, cast
     assert main(["--run", str(shipped), "--profile", "smoke", "--mode", "first_token", "--limit", "8"]) == 0
     assert "tiny-sft_first_token" in capsys.readouterr().out
 

@@ -98,10 +98,11 @@ def test_all_notebooks_run_on_smoke(tmp_path):
             "dpo_first_token", "genrm", "grpo", "grpo_first_token", "srpo", "srpo_first_token", "agrl",
             "agrl_first_token"} <= set(metrics)
     assert {"step_accuracy", "rule_violation_rate"} <= set(metrics["srpo"])  # decoded read-outs carry both
+    assert {"step_accuracy", "step_f1", "verifier_coverage", "agreement"} <= set(metrics["genrm"])  # notebook 03
     assert "sft_steps_first_first_token" not in metrics  # steps_first runs are read by decoding only
-    for name in ("01_label_distribution.png", "02_pass_at_k.png", "02_dpo_training.png", "04_rl_prompts.png",
-                 "04_rl_training.png", "05_confusion.png", "05_cumpt.png", "05_latency.png", "06_first_wrong_step.png",
-                 "06_negation.png"):
+    for name in ("01_label_distribution.png", "02_pass_at_k.png", "02_dpo_training.png", "03_genrm_calibration.png",
+                 "04_rl_prompts.png", "04_rl_training.png", "05_confusion.png", "05_cumpt.png", "05_latency.png",
+                 "06_first_wrong_step.png", "06_negation.png"):
         assert (Path(prof.results_dir) / "figures" / name).stat().st_size > 1000
     for split in ("train", "validation", "test"):
         assert (Path(prof.processed_dir) / f"{split}.parquet").exists()

@@ -240,12 +240,19 @@ def test_hard_gate_zeroes_the_rule_rewards_of_a_wrong_grade():
 
 
 def test_gate_with_zero_rule_weights_is_the_outcome_reward():
+    """With every rule weight 0 the total is OutcomeReward's w_label * [grade == gold] + w_format * [well formed]
+    (she_lib.rewards), worked out by hand per rationale: (its grade, well formed)."""
     cfg = RuleRewardConfig(w_distance=0, w_type=0, w_attr=0, w_judge=0, w_claims=0)
-    for text in (rat(), WRONG, rat(judge="Substitute: x"), "<grade>Exact</grade>", None, "junk"):
+    cases = [(rat(), "Exact", 1),  # right rationale: Exact, well formed
+             (WRONG, "Substitute", 1),  # consistent Substitute rationale: well formed
+             (rat(judge="Substitute: x"), "Exact", 0),  # judgement contradicts <grade>: a format fault
+             ("<grade>Exact</grade>", "Exact", 0),  # steps missing
+             (None, None, 0), ("junk", None, 0)]  # unparsable: no grade, not well formed
+    for text, grade, well_formed in cases:
         for gold in ESCI.words:
-            got = rule_rewards(ex(gold), text, "esci", cfg)
-            want = float(got["label"]) + 0.1 * float(got["format"])  # she_lib.rewards.OutcomeReward
-            assert got["total"] == pytest.approx(want)
+            # e.g. rat() for gold Exact: 1 * 1 + 0.1 * 1 = 1.1; for gold Substitute: 1 * 0 + 0.1 * 1 = 0.1
+            want = 1.0 * (grade == gold) + 0.1 * well_formed
+            assert rule_rewards(ex(gold), text, "esci", cfg)["total"] == pytest.approx(want), (text, gold)
 
 
 # ------------------------------------------------------------------------------------------ TRL callable

@@ -3,14 +3,16 @@
 * The shipped ``accelerate`` configs parse and build the SFT trainer: the environment a launched script sees is
   computed with accelerate's own launcher code (:func:`launch_env`), so each config is read exactly as
   ``accelerate launch --config_file`` reads it.
-* A training stage under ``accelerate launch`` with 2 CPU processes (DDP over gloo) matches the equivalent
-  single-process run, and only rank 0 writes (one ``STAGES`` entry per stage).
+* SFT under ``accelerate launch`` with 2 CPU processes (DDP over gloo) matches the equivalent single-process run,
+  and only rank 0 writes; the sampling stages (DPO, GenRM, GRPO, SRPO, AGRL) finish under one such launch, and
+  only rank 0 writes.
 * The hub path of the gpu/colab profiles loads a local folder standing in for the hub.
 * The fast text normalisation of the loaders (data at scale) agrees with its plain definition.
 """
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -134,66 +136,38 @@ def sft_reference(profile, name: str, world: int):
                      name=name)
 
 
-def launched_profile(out):
-    """The smoke profile as tests/launched_module.py sets it up under ``out``."""
-    from she_lib.config import get_profile
-
-    return get_profile("smoke", runs_dir=str(out / "runs"), processed_dir=str(out / "processed"),
-                       results_dir=str(out / "results"))
-
-
-def with_sft(out):
-    """Prerequisite of DPO, GenRM and RL: a finished smoke SFT run in ``out/runs/sft`` (trained in this process)."""
-    from she_lib.sft import CoTSFTConfig, train_sft
-
-    prof = launched_profile(out)
-    train_sft(prof, CoTSFTConfig.for_profile(prof, eval_limit=0))
+def launch(out, *commands, world=2):
+    """``accelerate launch`` (2 CPU processes, DDP over gloo) of tests/launched_module.py running ``commands`` (each
+    ``[module, *args]``) one after another under ``out``; returns what each rank wrote there (relative paths)."""
+    joined = [a for i, c in enumerate(commands) for a in ([] if i == 0 else ["::"]) + list(c)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG_DIR / "cpu_2proc.yaml"),
+           str(REPO_ROOT / "tests" / "launched_module.py"), *joined]
+    env = {**os.environ, "SHE_TEST_OUT": str(out), "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {r: {path for _, path in json.loads((out / "writes" / f"rank{r}.json").read_text())} for r in range(world)}
 
 
-# One entry per training stage: module run under the launcher, its arguments, a setup run first in this process, and
-# the single-process reference whose losses and weights the launched run must match (None: the stage samples, so
-# the two runs see different rollouts or pairs; it must run, finish its steps and write on rank 0 only).
-STAGES = [
-    pytest.param("she_lib.sft", ["--profile", "smoke", "--name", "launched"], None, sft_reference, id="sft"),
-    pytest.param("she_lib.dpo", ["--profile", "smoke", "--sft", "{out}/runs/sft", "--name", "launched"], with_sft,
-                 None, id="dpo"),
-    pytest.param("she_lib.genrm", ["--profile", "smoke", "--name", "launched"], with_sft, None, id="genrm"),
-    *[pytest.param("she_lib.rl", ["--method", m, "--profile", "smoke", "--sft", "{out}/runs/sft", "--name",
-                                    "launched", *extra], with_sft, None, id=m)
-      for m, extra in (("grpo", ["--stage-order", "balanced"]), ("srpo", []), ("agrl", []))],
-]
+def assert_finished_on_rank0(out, writes, name):
+    """The launched run ``runs/<name>`` finished its steps, and rank 0 wrote it (what Python writes; rank 1's own
+    RNG state in checkpoints is written by torch natively); returns its ``run.json``."""
+    assert {f"runs/{name}/{f}" for f in ("run.json", "adapter_config.json")} <= writes[0], (name, sorted(writes[0]))
+    info = json.loads((out / "runs" / name / "run.json").read_text())
+    assert info["finished"] and info["global_step"] == info["max_steps"] > 0, (name, info)
+    return info
 
 
-@pytest.mark.slow  # ~80 s each on 2 busy cores: two processes each import the stack and train a few steps
+@pytest.mark.slow  # ~40 s on 2 busy cores: two processes each import the stack and train a few steps
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU test: the single-process reference would run on the GPU")
-@pytest.mark.parametrize("module, args, setup, reference", STAGES)
-def test_two_process_launch_and_only_rank0_writes(module, args, setup, reference, smoke, tmp_path):
+def test_two_process_sft_matches_one_process_and_only_rank0_writes(smoke, tmp_path):
     from safetensors.torch import load_file
 
     out, world = tmp_path / "launched", 2
-    if setup:
-        setup(out)
-    args = [a.format(out=out) for a in args]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG_DIR / "cpu_2proc.yaml"),
-           str(REPO_ROOT / "tests" / "launched_module.py"), module, *args]
-    env = {**os.environ, "SHE_TEST_OUT": str(out), "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    launched = out / "runs" / args[args.index("--name") + 1]
-
-    # Only rank 0 writes (what Python writes; rank 1's own RNG state in checkpoints is written by torch natively).
-    writes = {r: json.loads((out / "writes" / f"rank{r}.json").read_text()) for r in range(world)}
-    assert writes[1] == [], writes[1]
-    written = {path for _, path in writes[0]}
-    assert {f"runs/{launched.name}/{f}" for f in ("run.json", "adapter_config.json")} <= written
-
-    info = json.loads((launched / "run.json").read_text())
-    assert info["finished"] and info["global_step"] == info["max_steps"] > 0
-    if "--stage-order" in args:  # the CLI's curriculum option reaches the prompt set and the run key
-        assert info["data"]["config"]["stage_order"] == info["config"]["curriculum"]["stage_order"] == "balanced"
-    if reference is None:
-        return
-    single = reference(smoke, "single", world)
+    writes = launch(out, ["she_lib.sft", "--profile", "smoke", "--name", "launched"], world=world)
+    assert writes[1] == set(), writes[1]
+    info = assert_finished_on_rank0(out, writes, "launched")
+    launched = out / "runs" / "launched"
+    single = sft_reference(smoke, "single", world)
     ref = json.loads((single / "run.json").read_text())
     assert info["global_step"] == ref["global_step"] and info["train_examples"] == ref["train_examples"]
 
@@ -213,6 +187,48 @@ def test_two_process_launch_and_only_rank0_writes(module, args, setup, reference
     # The evaluation loss is not the same statistic: 2 ranks average their 2 per-batch token means, 1 process
     # takes one token mean over the 8 pairs; with near-uniform logits both are ~log(vocab size).
     assert info["eval_loss"] == pytest.approx(ref["eval_loss"], rel=1e-3)
+
+
+# The stages that sample (DPO's pairs, GenRM's policy rationales, RL's rollouts): a launched run sees other samples
+# than a single process would, so each is checked to run, finish its steps and write on rank 0 only. All of them
+# run in one launch (one start of 2 processes, in order), each from the same finished SFT run in runs/sft.
+SAMPLING_STAGES = {
+    "dpo": ["she_lib.dpo", "--profile", "smoke", "--sft", "{out}/runs/sft", "--name", "launched_dpo"],
+    "genrm": ["she_lib.genrm", "--profile", "smoke", "--name", "launched_genrm"],
+    **{m: ["she_lib.rl", "--method", m, "--profile", "smoke", "--sft", "{out}/runs/sft", "--name", f"launched_{m}",
+           *extra] for m, extra in (("grpo", ["--stage-order", "balanced"]), ("srpo", []), ("agrl", []))},
+}
+
+
+@pytest.mark.slow  # ~2 min on 2 busy cores: two processes import the stack once and train the five stages
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU test: launched like the SFT test above, on 2 CPU processes")
+def test_two_process_launch_of_every_sampling_stage_and_only_rank0_writes(tmp_path, trained_sft):
+    """DPO, GenRM and the three RL methods under ``accelerate launch``, each from a finished smoke SFT run in
+    ``runs/sft`` (DPO's and RL's ``--sft``, the GenRM's policy run): each finishes, and rank 1 writes nothing."""
+    from she_lib.data import load_splits
+
+    out = tmp_path / "launched"
+    shutil.copytree(trained_sft, out / "runs" / "sft")
+    load_splits(launched_profile(out))  # the processed splits, as training the SFT run there would have left them
+    commands = [[a.format(out=out) for a in args] for args in SAMPLING_STAGES.values()]
+    writes = launch(out, *commands)
+    assert writes[1] == set(), writes[1]
+    for stage, args in SAMPLING_STAGES.items():
+        info = assert_finished_on_rank0(out, writes, args[args.index("--name") + 1])
+        assert info["kind"] == stage
+        if "--stage-order" in args:  # the CLI's curriculum option reaches the prompt set and the run key
+            assert info["data"]["config"]["stage_order"] == info["config"]["curriculum"]["stage_order"] == "balanced"
+        if stage != "genrm":  # DPO and RL start from the SFT adapter they were given
+            assert (out / "runs" / args[args.index("--name") + 1] / info["init_adapter"]).resolve() == \
+                (out / "runs" / "sft").resolve()
+
+
+def launched_profile(out):
+    """The smoke profile as tests/launched_module.py sets it up under ``out``."""
+    from she_lib.config import get_profile
+
+    return get_profile("smoke", runs_dir=str(out / "runs"), processed_dir=str(out / "processed"),
+                       results_dir=str(out / "results"))
 
 
 # ----------------------------------------------------------------------------- hub models (gpu / colab profiles)

@@ -4,18 +4,10 @@ import json
 import pytest
 import torch
 
-from she_lib.config import get_profile
 from she_lib.labels import get_scale
 from she_lib.schema import parse, render_prompt, system_prompt
 from she_lib.sft import CoTSFTConfig, build_sft_dataset, sft_args, sft_trainer, train_sft
 from callbacks import StopAt
-
-
-@pytest.fixture(scope="module")
-def splits():
-    from she_lib.data import prepare_splits
-
-    return prepare_splits(get_profile("smoke"), write=False)[0]
 
 
 def fast_config(smoke, **overrides):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from she_lib.config import get_profile
 from she_lib.labels import get_scale
 from she_lib.rationales import teacher_rationale
 from she_lib.schema import STEPS, parse
@@ -21,13 +20,6 @@ from fakes import fake_trainer as _trainer
 from callbacks import StopAt
 
 SCALE = get_scale("esci")
-
-
-@pytest.fixture(scope="module")
-def splits():
-    from she_lib.data import prepare_splits
-
-    return prepare_splits(get_profile("smoke"), write=False)[0]
 
 
 # ------------------------------------------------------------------------------------------ the maths
@@ -160,15 +152,23 @@ def test_srpo_with_zero_process_weight_equals_grpo(smoke, tmp_path, splits):
     torch.testing.assert_close(adv, want)
     assert not torch.allclose(adv, out_g["advantages"].view(-1, 1).expand_as(adv))
     assert spans[0].keys() == set(STEPS) and spans[3] == {}  # teacher rationale parsed; "<grade>maybe" has no step
+    # without the helpers: a completion token outside every step span keeps its rollout's outcome advantage (all of
+    # "<grade>maybe": rows 3 and 7), and some step token of the teacher rationale (row 0) moved away from it
+    for i, sp in enumerate(spans):
+        outside = out_1["completion_mask"][i].bool().clone()
+        for a, b in sp.values():
+            outside[a:b] = False
+        assert torch.equal(adv[i][outside], out_g["advantages"][i].expand(int(outside.sum()))), i
+    assert spans[7] == {} and out_1["completion_mask"][3].sum() == len("<grade>maybe") + 1  # one id a character + EOS
+    assert (adv[0][out_1["completion_mask"][0].bool()] != out_g["advantages"][0]).any()
 
 
 # --------------------------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("method", ["grpo", "srpo", "agrl"])
-def test_rl_end_to_end_on_smoke(smoke, splits, method):
+def test_rl_end_to_end_on_smoke(smoke, splits, trained_sft, method):
     from she_lib.evaluate import evaluate_run
-    from she_lib.sft import CoTSFTConfig, train_sft
 
-    sft = train_sft(smoke, CoTSFTConfig.for_profile(smoke, eval_limit=0), splits)
+    sft = trained_sft
     args = lambda: rl_config(smoke, method, save_steps=1)  # noqa: E731
     part = train_rl(smoke, method, sft, args(), splits=splits, callbacks=[StopAt(1)])  # interrupted after a step
     assert not json.loads((part / "run.json").read_text())["finished"]
