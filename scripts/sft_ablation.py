@@ -27,8 +27,11 @@ VARIANTS = {  # name -> CoTSFTConfig overrides; PROMPT_EVIDENCE names the varian
                               save_steps=30, eval_steps=30),
     "evidence_weighted_1440": dict(grade_weight=10.0, class_balance=0.5, grade_eval_limit=64, select_by_grade_f1=True,
                                    save_steps=30, eval_steps=30, train_limit=1440),
+    # the evidence variant again on the teacher whose steps state the evidence (specs met / unstated / contradicted,
+    # the negation scope of she_lib.facts); the runs above were trained on the teacher that restated the label
+    "evidence_steps": {},
 }
-PROMPT_EVIDENCE = {"evidence", "evidence_weighted", "evidence_weighted_1440"}
+PROMPT_EVIDENCE = {"evidence", "evidence_weighted", "evidence_weighted_1440", "evidence_steps"}
 
 
 def main(argv=None) -> int:
