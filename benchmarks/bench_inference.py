@@ -9,7 +9,9 @@ prompt prefilled whole, for the first-token read-out, greedy generation and roll
 
 The common-prefix comparison runs the variants interleaved (plain, shared, plain, shared, ...; ``--repeats``
 rounds after one untimed warm-up round) on the same prompts and dtype and reports medians, their ratios, and
-whether the outputs agree (largest probability difference; identical greedy completions and samples). The load
+whether the outputs agree (largest probability difference; identical greedy completions and samples), next to
+how much the plain path itself moves when the same prompts are batched by a quarter of the batch size (in
+bf16 that rounding noise is of the same order as the shared path's difference). The load
 average before and after is recorded: on a shared CPU the ratios are what to read, not the absolute figures.
 
 Generation is forced to exactly ``--new-tokens`` new tokens (min_new_tokens) so both dtypes do the same
@@ -112,6 +114,10 @@ def prefix_sharing(pol, prompts, words, args) -> dict:
     out["first_token"] = {"prompts": len(ft), "batch": args.ft_batch, **_times(med, len(ft), "prompts_s", "plain"),
                           "max_abs_prob_diff": float(abs(res["plain"] - res["shared"]).max()),
                           "same_argmax": float((res["plain"].argmax(1) == res["shared"].argmax(1)).mean())}
+    # the plain path's own rounding noise: the same prompts in batches of another size (untimed)
+    other = grade_probabilities(m, tok, ft, words, share_common_prefix=False, batch_size=max(1, args.ft_batch // 4),
+                                progress=False)
+    out["first_token"]["plain_other_batch_max_abs_prob_diff"] = float(abs(res["plain"] - other).max())
     print("first_token", out["first_token"], flush=True)
 
     gp, t = prompts[:args.gen_prompts], args.gen_tokens
@@ -119,8 +125,10 @@ def prefix_sharing(pol, prompts, words, args) -> dict:
     med, res = _interleaved({k: (lambda s=s: generate(m, tok, gp, share_common_prefix=s, **kw))
                              for k, s in (("plain", False), ("shared", True))}, args.repeats)
     same = sum(a == b for a, b in zip(res["plain"], res["shared"])) / len(gp)
+    other = generate(m, tok, gp, share_common_prefix=False, **{**kw, "batch_size": max(1, args.gen_batch // 4)})
     out["greedy_generation"] = {"prompts": len(gp), "batch": args.gen_batch, "new_tokens": t,
-                                **_times(med, len(gp) * t, "tok_s", "plain"), "identical_completions": same}
+                                **_times(med, len(gp) * t, "tok_s", "plain"), "identical_completions": same,
+                                "plain_other_batch_identical": sum(map(str.__eq__, res["plain"], other)) / len(gp)}
     print("greedy_generation", out["greedy_generation"], flush=True)
 
     if args.rollout_n:

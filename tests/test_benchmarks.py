@@ -41,6 +41,7 @@ def test_inference_benchmark_runs_on_tiny(tmp_path, monkeypatch):
     assert p["common_prefix_tokens"] >= 80 and p["first_token"]["speedup"]["shared"] > 0
     assert p["first_token"]["max_abs_prob_diff"] < 1e-5 and p["first_token"]["same_argmax"] == 1.0
     assert p["greedy_generation"]["identical_completions"] == 1.0 and p["rollouts"]["same_samples"]
+    assert p["first_token"]["plain_other_batch_max_abs_prob_diff"] < 1e-5
     assert set(p["rollouts"]["speedup"]) == {"per_prompt", "per_prompt_and_common"}
     assert len(res["load_average_before"]) == len(res["load_average_after"]) == 3
 
