@@ -14,19 +14,18 @@ from __future__ import annotations
 import argparse
 import os
 
+# the grade token 10x (~10% of the loss instead of ~1%), grades resampled to shares ~ sqrt(counts), and the
+# checkpoint kept by validation grade macro-F1 (evaluations at steps 30 and 60, where checkpoints are saved)
+WEIGHTED = dict(grade_weight=10.0, class_balance=0.5, grade_eval_limit=64, select_by_grade_f1=True, save_steps=30,
+                eval_steps=30)
 VARIANTS = {  # name -> CoTSFTConfig overrides; PROMPT_EVIDENCE names the variants whose prompt carries the facts
     "plain": {},  # TRL's loss over the rationale, grades as in the data
-    # the grade token 10x (~10% of the loss instead of ~1%), grades resampled to shares ~ sqrt(counts), and the
-    # checkpoint kept by validation grade macro-F1 (evaluations at steps 30 and 60, where checkpoints are saved)
-    "weighted": dict(grade_weight=10.0, class_balance=0.5, grade_eval_limit=64, select_by_grade_f1=True,
-                     save_steps=30, eval_steps=30),
+    "weighted": WEIGHTED,
     # the plain objective, with the lexical evidence (terms found / missing) in the prompt (Profile.prompt_evidence)
     "evidence": {},
     # both levers together (the 2x2 of objective x prompt), then the same on 3x the pairs (180 steps)
-    "evidence_weighted": dict(grade_weight=10.0, class_balance=0.5, grade_eval_limit=64, select_by_grade_f1=True,
-                              save_steps=30, eval_steps=30),
-    "evidence_weighted_1440": dict(grade_weight=10.0, class_balance=0.5, grade_eval_limit=64, select_by_grade_f1=True,
-                                   save_steps=30, eval_steps=30, train_limit=1440),
+    "evidence_weighted": WEIGHTED,
+    "evidence_weighted_1440": {**WEIGHTED, "train_limit": 1440},
     # the evidence variant again on the teacher whose steps state the evidence (specs met / unstated / contradicted,
     # the negation scope of she_lib.facts); the runs above were trained on the teacher that restated the label
     "evidence_steps": {},
@@ -69,18 +68,12 @@ def main(argv=None) -> int:
 def prior_rows(pipe, run) -> None:
     """The prior-corrected read-out of ``run`` (biases tuned on validation read-outs in the variant's own prompt)
     on the esci_us test split and on every extra folder: rows ``<run>_prior``."""
-    from she_lib.evaluate import eval_frame, save_metrics, write_summary
-    from she_lib.labels import get_scale
-    from she_lib.prior_correction import PriorCorrectionConfig, evaluate_prior_corrected
+    from she_lib.evaluate import eval_frame, prior_rows as save_prior_rows
+    from she_lib.prior_correction import PriorCorrectionConfig
 
-    test, extra = eval_frame(pipe.profile, pipe.splits), tuple(pipe.extra_sets().values())
-    out = evaluate_prior_corrected(pipe.profile, run, test, pipe.splits["validation"], extra,
-                                   PriorCorrectionConfig(validation_pairs_per_query=32))
+    out = save_prior_rows(pipe.profile, run, eval_frame(pipe.profile, pipe.splits), pipe.splits["validation"],
+                          pipe.extra_sets().values(), PriorCorrectionConfig(validation_pairs_per_query=32))
     print(run.name, "prior biases", out["biases"], "validation macro-F1", round(out["validation_macro_f1"], 3))
-    for prof, _ in ((pipe.profile, test), *extra):
-        if prof.eval_split in out["metrics"]:
-            save_metrics(prof.results_dir, f"{run.name}_prior", out["metrics"][prof.eval_split])
-            write_summary(prof.results_dir, get_scale(prof.grade_scale).words)
 
 
 def report(prof) -> int:

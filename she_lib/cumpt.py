@@ -62,7 +62,8 @@ def cumpt_predict(probs, beta: float, words) -> list[str]:
     return [words[i] for i in cumpt_indices(probs, beta)]
 
 
-def _confusion(y_idx: np.ndarray, pred_idx: np.ndarray, k: int) -> np.ndarray:
+def confusion(y_idx: np.ndarray, pred_idx: np.ndarray, k: int) -> np.ndarray:
+    """K x (K+1) confusion of grade indices (metrics.metrics_from_confusion's layout)."""
     cm = np.zeros((k, k + 1), dtype=np.int64)  # the K x (K+1) layout of metrics (no unparsed column used)
     np.add.at(cm, (y_idx, pred_idx), 1)
     return cm
@@ -85,7 +86,7 @@ def sweep(probs, y_true, words, betas=BETAS) -> pd.DataFrame:
     y_idx = np.array([words.index(y) for y in y_true])
     rows = []
     for beta in np.sort(np.asarray(betas, dtype=float)):
-        cm = _confusion(y_idx, cumpt_indices(probs, float(beta)), len(words))
+        cm = confusion(y_idx, cumpt_indices(probs, float(beta)), len(words))
         acc, mf1 = metrics_from_confusion(cm)
         rows.append({"beta": float(beta), "accuracy": acc, "macro_f1": mf1, **tier_scores(cm, words)})
     return pd.DataFrame(rows)
@@ -100,7 +101,7 @@ def tune_beta(probs, y_true, words, betas=BETAS) -> tuple[float, pd.DataFrame]:
 def argmax_point(probs, y_true, words) -> dict[str, float]:
     """The argmax read-out's accuracy, macro-F1 and cut precision / recall (to place it on the CumPT curves)."""
     words = list(words)
-    cm = _confusion(np.array([words.index(y) for y in y_true]), np.asarray(probs).argmax(1), len(words))
+    cm = confusion(np.array([words.index(y) for y in y_true]), np.asarray(probs).argmax(1), len(words))
     acc, mf1 = metrics_from_confusion(cm)
     return {"accuracy": acc, "macro_f1": mf1, **tier_scores(cm, words)}
 

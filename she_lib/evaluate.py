@@ -55,6 +55,22 @@ def external_set(profile: Profile, folder: str | Path) -> tuple[Profile, pd.Data
 
 
 # ---------------------------------------------------------------------------------------- methods
+def prior_rows(profile: Profile, run: Path, test: pd.DataFrame, validation: pd.DataFrame, extra=(),
+               config=None, save: bool = True, summaries: bool = True) -> dict:
+    """The prior-corrected read-out of ``run`` (she_lib.prior_correction) on ``test`` and every ``(profile, frame)``
+    of ``extra`` whose first-token read-out is cached; with ``save`` its rows ``<run>_prior`` go to each set's
+    metrics.json (and, with ``summaries``, its summary.md). Returns evaluate_prior_corrected's result."""
+    out = evaluate_prior_corrected(profile, run, test, validation, tuple(extra), config)
+    for prof, _ in ((profile, test), *extra):
+        m = out["metrics"].get(prof.eval_split)
+        if save and m is not None:
+            save_metrics(prof.results_dir, f"{Path(run).name}_prior", m)
+            if summaries:
+                write_summary(prof.results_dir, get_scale(prof.grade_scale).words)
+    return out
+
+
+
 def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress: bool = True,
                        save: bool = True) -> dict[str, dict]:
     """The base model with the prompt, no training: one metrics entry per read-out mode."""
@@ -217,16 +233,12 @@ def report(profile: Profile, save: bool = True, extra=()) -> dict:
             c = evaluate_cumpt(profile, path.parent, test, splits["validation"],
                                seconds=saved.get(method, {}).get("seconds"))
             curves[f"{path.parent.name}_cumpt"] = c
-            prior = priors[f"{path.parent.name}_prior"] = evaluate_prior_corrected(
-                profile, path.parent, test, splits["validation"], tuple(extra))
-            for prof, _ in ((profile, test), *extra):
-                m = prior["metrics"].get(prof.eval_split)
-                if save and m is not None:
-                    save_metrics(prof.results_dir, f"{path.parent.name}_prior", m)
-                    if prof is not profile:
-                        write_summary(prof.results_dir, words)
+            priors[f"{path.parent.name}_prior"] = prior_rows(profile, path.parent, test, splits["validation"], extra,
+                                                             save=save, summaries=False)
             if save:
                 save_metrics(results, f"{path.parent.name}_cumpt", c["metrics"])
+    for prof, _ in extra if save and priors else ():  # the extra folders' summaries, once, after every run's rows
+        write_summary(prof.results_dir, words)
     if curves:
         (results / "figures").mkdir(parents=True, exist_ok=True)
         plt.close(plot_cumpt(curves, words, results / "figures" / "05_cumpt.png"))

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 
-from .cumpt import probabilities, validation_predictions
+from .cumpt import confusion, probabilities, validation_predictions
 from .labels import get_scale
+from .metrics import metrics_from_confusion
 from .predictions import per_query, prediction_cache, read_predictions
 from .results import score
 
@@ -47,7 +47,7 @@ def corrected(probs, biases) -> np.ndarray:
 
 
 def _macro_f1(y_idx: np.ndarray, pred_idx: np.ndarray, k: int) -> float:
-    return float(f1_score(y_idx, pred_idx, labels=list(range(k)), average="macro", zero_division=0))
+    return metrics_from_confusion(confusion(y_idx, pred_idx, k))[1]
 
 
 def tune_biases(probs, y_true, words, config: PriorCorrectionConfig | None = None) -> tuple[np.ndarray, float]:
