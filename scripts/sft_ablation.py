@@ -4,8 +4,9 @@ decision?  ``python scripts/sft_ablation.py [--variants plain weighted] [--threa
 Each variant is the cpu-full SFT config (480 train pairs, one epoch of batch 8 = 60 steps) with the overrides in
 VARIANTS (and, for PROMPT_EVIDENCE, the facts in the prompt), trained into ``runs/ablation/<variant>`` (resumable),
 read by first token on the esci_us test split and on all of data_samples/esci_us_wide, and read again with per-grade
-biases tuned on 32 validation pairs a query (she_lib.prior_correction; rows ``<run>_prior``). A finished variant is
-only re-read. Rows go to ``results/ablation/metrics.json`` (and ``esci_us_wide/``), each with its run identity; the
+biases tuned on 32 validation pairs a query (she_lib.prior_correction; rows ``<run>_prior``), and by the grade probe
+(the grade head refit on the model's states of every train pair: she_lib.grade_probe; rows ``<run>_probe``). A
+finished variant is only re-read. Rows go to ``results/ablation/metrics.json`` (and ``esci_us_wide/``), each with its run identity; the
 table to ``results/ablation/summary.md``. Run variants side by side, one thread each, on a 2-core CPU:
 ``python scripts/sft_ablation.py --variants plain & python scripts/sft_ablation.py --variants weighted``.
 """
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
         run = train_sft(pipe.profile, cfg, pipe.splits, name=f"sft_{name}")
         pipe.score(run)
         prior_rows(pipe, run)
+        probe_rows(pipe, run)
     print(open(os.path.join(prof.results_dir, "summary.md")).read())
     return 0
 
@@ -76,6 +78,17 @@ def prior_rows(pipe, run) -> None:
     print(run.name, "prior biases", out["biases"], "validation macro-F1", round(out["validation_macro_f1"], 3))
 
 
+def probe_rows(pipe, run) -> None:
+    """The grade-probe read-out of ``run`` (she_lib.grade_probe, default config: every train and validation pair
+    of esci_us, the states in the variant's own prompt) on the esci_us test split and every extra folder: rows
+    ``<run>_probe``."""
+    from she_lib.evaluate import eval_frame, probe_rows as save_probe_rows
+
+    out = save_probe_rows(pipe.profile, run, pipe.splits, eval_frame(pipe.profile, pipe.splits),
+                          pipe.extra_sets().values())
+    print(run.name, "probe", {k: round(m["macro_f1"], 3) for k, m in out.items()})
+
+
 def report(prof) -> int:
     """Paired bootstrap over the esci_us test queries: each variant against plain (same read-out) and lexical."""
     from pathlib import Path
@@ -86,7 +99,7 @@ def report(prof) -> int:
     from she_lib.metrics import significance_table
 
     preds = load_predictions(prof, eval_frame(prof, load_splits(prof)))
-    have = [(v, r) for v in VARIANTS for r in ("_first_token", "_prior") if f"sft_{v}{r}" in preds]
+    have = [(v, r) for v in VARIANTS for r in ("_first_token", "_prior", "_probe") if f"sft_{v}{r}" in preds]
     pairs = [(f"sft_{v}{r}", f"sft_plain{r}") for v, r in have if v != "plain" and f"sft_plain{r}" in preds]
     pairs += [(f"sft_{v}{r}", "lexical") for v, r in have]
     table = significance_table(preds, pairs, get_scale(prof.grade_scale).words, prof.bootstrap_samples, prof.seed)

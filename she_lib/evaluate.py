@@ -28,11 +28,12 @@ import pandas as pd
 from .config import Profile, get_profile
 from .cumpt import evaluate_cumpt, plot_cumpt
 from .data import curate, load_dataset, load_splits, with_evidence
+from .grade_probe import evaluate_probe, train_probe
 from .labels import get_scale
 from .lexical import LexicalBaseline, LexicalConfig
 from .metrics import UNPARSED, default_pairs, significance_table
-from .predictions import (MODES, method_name, per_query, predict_llm, prediction_cache, prediction_seconds,
-                          read_predictions)
+from .predictions import (MODES, as_trained, method_name, per_query, predict_llm, prediction_cache,
+                          prediction_seconds, read_predictions)
 from .prior_correction import evaluate_prior_corrected
 from .results import save_metrics, score, write_summary
 
@@ -69,6 +70,21 @@ def prior_rows(profile: Profile, run: Path, test: pd.DataFrame, validation: pd.D
                 write_summary(prof.results_dir, get_scale(prof.grade_scale).words)
     return out
 
+
+
+def probe_rows(profile: Profile, run: Path, splits: dict[str, pd.DataFrame], test: pd.DataFrame, extra=(),
+               config=None, save: bool = True) -> dict:
+    """The grade-probe read-out of ``run`` (she_lib.grade_probe): fitted on ``splits``' train and validation pairs
+    (states cached in the run, the probe saved there), scored on ``test`` and every ``(profile, frame)`` of
+    ``extra``; with ``save`` its rows ``<run>_probe`` go to each set's metrics.json and summary.md. Returns
+    {split: metrics entry}."""
+    probe = train_probe(run, profile, splits["train"], splits["validation"], config)
+    out = evaluate_probe(profile, run, test, tuple(extra), probe, config)
+    for prof, _ in ((profile, test), *extra):
+        if save:
+            save_metrics(prof.results_dir, f"{Path(run).name}_probe", out[prof.eval_split])
+            write_summary(prof.results_dir, get_scale(prof.grade_scale).words)
+    return out
 
 
 def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress: bool = True,
@@ -123,12 +139,7 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> 
         preds = pd.DataFrame({"example_id": df["example_id"], "pred": model.predict(df)})
         return {run.name: score(df, preds, profile, split=profile.eval_split, model=str(run), scoring="classifier",
                                 run=info)}
-    profile = profile.replace(order=info.get("order", profile.order),
-                              prompt_evidence=info.get("prompt_evidence", profile.prompt_evidence))
-    if profile.prompt_evidence and "evidence" not in df:  # read in the prompt the run was trained on
-        df = with_evidence(df)
-    elif not profile.prompt_evidence and "evidence" in df:
-        df = df.drop(columns="evidence")
+    profile, df = as_trained(info, profile, df)
     modes = [m for m in modes if profile.order == "grade_first" or m != "first_token"] or ["generate"]
     from .modeling import load_run
 
@@ -181,8 +192,8 @@ def report_run(run: Path, profile: Profile, modes, save: bool = False) -> dict[s
 # ------------------------------------------------------------------------------ saved predictions
 def prediction_files(profile: Profile) -> dict[str, Path]:
     """method -> its existing prediction cache on the eval split: lexical, zero-shot and every policy run, each
-    read-out (a run in its own reasoning order), and CumPT (``<base>_cumpt``) and the prior-corrected read-out
-    (``<base>_prior``) where notebook 05 wrote them."""
+    read-out (a run in its own reasoning order), and CumPT (``<base>_cumpt``), the prior-corrected read-out
+    (``<base>_prior``) and the grade probe (``<base>_probe``) where they were written."""
     runs, zs = Path(profile.runs_dir), profile.replace(eval_max_new_tokens=profile.zero_shot_max_new_tokens)
     files = {"lexical": runs / "lexical" / f"predictions_{profile.eval_split}.jsonl"}
     for folder in [runs / "zero_shot", *policy_runs(profile)]:
@@ -191,6 +202,7 @@ def prediction_files(profile: Profile) -> dict[str, Path]:
         files.update({method_name(folder.name, m): prediction_cache(folder, prof, m) for m in MODES})
         files[f"{folder.name}_cumpt"] = prediction_cache(folder, prof, "cumpt")
         files[f"{folder.name}_prior"] = prediction_cache(folder, prof, "prior")
+        files[f"{folder.name}_probe"] = prediction_cache(folder, prof, "probe")
     return {k: v for k, v in files.items() if v is not None and v.exists()}
 
 

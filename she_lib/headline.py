@@ -8,7 +8,8 @@ Which rows (the rule, applied to ``results/metrics.json`` and every ``results/<f
 * per folder, each method's headline read-out: the ``classifier`` row of a non-LLM baseline, the ``first_token``
   row of an LLM (``<method>_first_token``: all test pairs, one forward pass, the same read-out for every method),
   and where it exists the prior-corrected read-out of those probabilities (``<method>_prior``, biases tuned on
-  validation: she_lib.prior_correction) as a row of its own. Decoded and CumPT read-outs and seeds after the first (``_s1``...) stay in the folder's ``summary.md``; rows
+  validation: she_lib.prior_correction) and the grade-probe read-out of the model's states (``<method>_probe``:
+  she_lib.grade_probe) as rows of their own. Decoded and CumPT read-outs and seeds after the first (``_s1``...) stay in the folder's ``summary.md``; rows
   without a confidence interval (the GenRM's) are not classifiers;
 * the esci_us_wide cell is the same method's row in ``<folder>/esci_us_wide/metrics.json``, when there is one.
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from .provenance import run_labels
 
 DEMO_PROFILES = ("smoke", "cpu")
-HEADLINE_SCORING = ("classifier", "first_token", "prior_corrected")
+HEADLINE_SCORING = ("classifier", "first_token", "prior_corrected", "grade_probe")
 WIDE = "esci_us_wide"
 ORDER = ("lexical", "zero_shot", "sft", "dpo", "grpo", "srpo", "agrl")
 NAMES = {"lexical": "lexical baseline", "zero_shot": "zero-shot", "sft": "SFT", "dpo": "DPO", "grpo": "GRPO",
@@ -44,7 +45,7 @@ def _method(key: str, row: dict) -> str | None:
     if row.get("scoring") not in HEADLINE_SCORING or "macro_f1_ci" not in row:
         return None
     base = key[: -len("_first_token")] if key.endswith("_first_token") else key
-    return None if re.search(r"_s\d+(_prior)?$", base) else base
+    return None if re.search(r"_s\d+(_prior|_probe)?$", base) else base
 
 
 def _family(method: str) -> str | None:
@@ -52,13 +53,16 @@ def _family(method: str) -> str | None:
     return next((m for m in sorted(ORDER, key=len, reverse=True) if method == m or method.startswith(m + "_")), None)
 
 
+READOUTS = {"_prior": ", prior-corrected", "_probe": ", grade probe"}  # row-name tail -> label tail
+
+
 def _label(method: str) -> str:
-    """``sft_evidence_prior`` -> ``SFT evidence, prior-corrected``."""
-    prior = method.endswith("_prior")
-    method = method[: -len("_prior")] if prior else method
+    """``sft_evidence_prior`` -> ``SFT evidence, prior-corrected``; ``sft_probe`` -> ``SFT, grade probe``."""
+    tail = next((t for t in READOUTS if method.endswith(t)), "")
+    method = method[: len(method) - len(tail)]
     head = _family(method)
     name = method if head is None else " ".join([NAMES[head], *method[len(head) + 1:].split("_")]).strip()
-    return name + ", prior-corrected" * prior
+    return name + READOUTS.get(tail, "")
 
 
 def _cell(row: dict | None) -> str:

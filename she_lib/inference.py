@@ -90,12 +90,12 @@ def _encode_shared(model, tokenizer, texts, device):
     return {"input_ids": ids, "attention_mask": mask}, cache
 
 
-def _extend(model, enc, cache, upto: int):
+def _extend(model, enc, cache, upto: int, **kw):
     """Run ``enc``'s tokens from the cache's length up to column ``upto`` through ``model``; its output."""
     ids, mask, start = enc["input_ids"], enc["attention_mask"], cache.get_seq_length()
     return model(input_ids=ids[:, start:upto], attention_mask=mask[:, :upto],
                  position_ids=_positions(mask)[:, start:upto], past_key_values=cache, use_cache=True,
-                 logits_to_keep=1)
+                 logits_to_keep=1, **kw)
 
 
 def _shared_prefill(model, enc, n: int) -> dict:
@@ -179,6 +179,26 @@ def grade_token_ids(tokenizer, words) -> list[int]:
     return ids
 
 
+def _answer_outputs(model, tokenizer, texts: list[str], batch_size: int, share_common_prefix: bool,
+                    hidden: bool, desc: str, progress: bool):
+    """(row indices, output) of one forward pass per batch over ``texts``, the logits of the last position only
+    (and every layer's hidden states with ``hidden``), sharing each batch's common prefix where it can."""
+    bar = tqdm(total=len(texts), desc=desc, disable=not progress)
+    extra = {"output_hidden_states": True} if hidden else {}
+    for idx in _batches(texts, tokenizer, batch_size):
+        batch = [texts[i] for i in idx]
+        common = _encode_shared(model, tokenizer, batch, model.device) if share_common_prefix else None
+        if common:
+            enc, cache = common
+            out = _extend(model, enc, cache, enc["input_ids"].shape[1], **extra)
+        else:
+            enc = _encode(tokenizer, batch, model.device)
+            out = model(**enc, position_ids=_positions(enc["attention_mask"]), logits_to_keep=1, **extra)
+        yield idx, out
+        bar.update(len(idx))
+    bar.close()
+
+
 @torch.inference_mode()
 def grade_probabilities(model, tokenizer, prompts: list[str], words, prefix: str = "<grade>",
                         batch_size: int = 32, progress: bool = True, share_common_prefix: bool = True) -> np.ndarray:
@@ -188,18 +208,27 @@ def grade_probabilities(model, tokenizer, prompts: list[str], words, prefix: str
     ids = torch.tensor(grade_token_ids(tokenizer, words))
     texts = [p + prefix for p in prompts]
     out = np.zeros((len(texts), len(ids)), dtype=np.float64)
-    bar = tqdm(total=len(texts), desc="first-token", disable=not progress)
-    for idx in _batches(texts, tokenizer, batch_size):
-        batch = [texts[i] for i in idx]
-        common = _encode_shared(model, tokenizer, batch, model.device) if share_common_prefix else None
-        if common:
-            enc, cache = common
-            logits = _extend(model, enc, cache, enc["input_ids"].shape[1]).logits[:, -1, :].float()
-        else:
-            enc = _encode(tokenizer, batch, model.device)
-            logits = model(**enc, position_ids=_positions(enc["attention_mask"]),
-                           logits_to_keep=1).logits[:, -1, :].float()
+    for idx, o in _answer_outputs(model, tokenizer, texts, batch_size, share_common_prefix, False, "first-token",
+                                  progress):
+        logits = o.logits[:, -1, :].float()
         out[idx] = torch.softmax(logits[:, ids.to(logits.device)], dim=-1).cpu().numpy()
-        bar.update(len(idx))
-    bar.close()
     return out
+
+
+@torch.inference_mode()
+def answer_states(model, tokenizer, prompts: list[str], layers=(-1,), prefix: str = "<grade>", batch_size: int = 32,
+                  progress: bool = True, share_common_prefix: bool = True) -> np.ndarray:
+    """[n, len(layers) * hidden] float32: the hidden state at the answer position (the last token of ``prompt +
+    prefix``, where :func:`grade_probabilities` reads its logits) of each layer in ``layers``, concatenated.
+    Layers index ``output_hidden_states``: 0 is the embeddings, -1 the last layer after the final norm (the state
+    the LM head reads)."""
+    model.eval()
+    texts = [p + prefix for p in prompts]
+    out = None
+    for idx, o in _answer_outputs(model, tokenizer, texts, batch_size, share_common_prefix, True, "answer states",
+                                  progress):
+        h = torch.cat([o.hidden_states[k][:, -1, :].float() for k in layers], dim=-1).cpu().numpy()
+        if out is None:
+            out = np.zeros((len(texts), h.shape[1]), dtype=np.float32)
+        out[idx] = h
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)

@@ -128,13 +128,13 @@ def paired_bootstrap(y_true, pred_a, pred_b, groups, labels, n_samples: int | No
 
 TRAINED_FROM_SFT = ("dpo", "grpo", "srpo", "agrl")  # methods that start from the SFT model
 ON_GRPO = ("srpo", "agrl")  # methods whose goal is stated against GRPO (same variant, seed and read-out)
-_METHOD = re.compile(r"^(?P<family>sft|dpo|grpo|srpo|agrl)(?P<variant>(?:_(?!s\d+(?:_|$)|first_token$|cumpt$|prior$)[a-z]+)*)"
-                     r"(?:_s(?P<seed>\d+))?(?P<readout>_first_token|_cumpt|_prior)?$")
+_METHOD = re.compile(r"^(?P<family>sft|dpo|grpo|srpo|agrl)(?P<variant>(?:_(?!s\d+(?:_|$)|first_token$|cumpt$|prior$|probe$)[a-z]+)*)"
+                     r"(?:_s(?P<seed>\d+))?(?P<readout>_first_token|_cumpt|_prior|_probe)?$")
 
 
 def parse_method(name: str) -> dict | None:
     """Split a method key of ``metrics.json`` into its parts, or None for any other key (``lexical``,
-    ``zero_shot``...): ``<family>[_<variant>][_s<seed>][_first_token|_cumpt|_prior]`` ->
+    ``zero_shot``...): ``<family>[_<variant>][_s<seed>][_first_token|_cumpt|_prior|_probe]`` ->
     ``{family, variant, seed, readout}``, e.g. ``srpo_bal_s1_first_token`` -> ``("srpo", "_bal", 1,
     "_first_token")`` and ``sft_steps_first`` -> ``("sft", "_steps_first", 0, "")`` (seed 0 is unsuffixed; the
     decoded read-out has no suffix). The one parser of run names: significance pairs and the RL table use it;
@@ -152,8 +152,8 @@ def method_key(family: str, variant: str = "", seed: int = 0, readout: str = "")
 def default_pairs(methods) -> list[tuple[str, str]]:
     """Pairs to test, in this order: every method against ``lexical``; each method trained from the SFT model
     (``<family>[_<variant>][_s<seed>][_first_token|_cumpt]``, family in ``TRAINED_FROM_SFT``) against ``sft`` in
-    the same read-out; SRPO and AGRL against GRPO of the same variant, seed and read-out; each CumPT and each
-    prior-corrected read-out against its argmax read-out."""
+    the same read-out; SRPO and AGRL against GRPO of the same variant, seed and read-out; each CumPT, each
+    prior-corrected and each grade-probe read-out against its argmax read-out."""
     methods = list(methods)
     have = set(methods)
     pairs = [(m, "lexical") for m in methods if m != "lexical" and "lexical" in have]
@@ -164,7 +164,7 @@ def default_pairs(methods) -> list[tuple[str, str]]:
         partner = method_key(**{**r, "family": "grpo"})
         if r["family"] in ON_GRPO and partner in have:
             pairs.append((m, partner))
-    for tail in ("_cumpt", "_prior"):
+    for tail in ("_cumpt", "_prior", "_probe"):
         pairs += [(m, m[: -len(tail)] + "_first_token") for m in methods
                   if m.endswith(tail) and m[: -len(tail)] + "_first_token" in have]
     return pairs

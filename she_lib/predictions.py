@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Profile
-from .data import SPLITS
+from .data import SPLITS, with_evidence
 from .labels import get_scale
 from .schema import parse, render_prompt
 
@@ -69,6 +69,18 @@ def predict_llm(model, tokenizer, df: pd.DataFrame, profile: Profile, mode: str 
             with cache.open("a") as f:
                 f.writelines(json.dumps(o) + "\n" for o in out)
     return pd.DataFrame([done[e] for e in df["example_id"]])
+
+
+def as_trained(info: dict, profile: Profile, df: pd.DataFrame) -> tuple[Profile, pd.DataFrame]:
+    """``profile`` and ``df`` as a run whose ``run.json`` is ``info`` was trained: its reasoning order, and the
+    evidence line in the prompt (Profile.prompt_evidence) added to or dropped from ``df`` to match."""
+    profile = profile.replace(order=info.get("order", profile.order),
+                              prompt_evidence=info.get("prompt_evidence", profile.prompt_evidence))
+    if profile.prompt_evidence and "evidence" not in df:
+        df = with_evidence(df)
+    elif not profile.prompt_evidence and "evidence" in df:
+        df = df.drop(columns="evidence")
+    return profile, df
 
 
 def prediction_seconds(preds: pd.DataFrame) -> float | None:

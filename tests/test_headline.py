@@ -30,7 +30,9 @@ def test_headline_table_cells_and_readme_refresh(tmp_path):
         "sft_first_token": row(0.2092, 0.1826, 0.2322),
         "sft_cumpt": row(0.209, 0.18, 0.23, scoring="cumpt"),
         "sft_prior": row(0.2414, 0.2, 0.28, scoring="prior_corrected"),  # the same probabilities, biases tuned
+        "sft_probe": row(0.3512, 0.31, 0.39, scoring="grade_probe"),  # the head refit on the model's states
         "grpo_s1_first_token": row(0.166, 0.145, 0.184),  # a second seed: left out
+        "grpo_s1_probe": row(0.17, 0.15, 0.19, scoring="grade_probe"),  # left out too
         "grpo_s1_prior": row(0.17, 0.15, 0.19, scoring="prior_corrected"),  # left out too
         "grpo_first_token": row(0.1661, 0.1449, 0.1841),
         "genrm": {"step_accuracy": 0.75, "profile": "cpu-full"},  # no CI: not a classifier
@@ -49,7 +51,7 @@ def test_headline_table_cells_and_readme_refresh(tmp_path):
     assert main(["--results", str(results), "--readme", str(readme)]) == 0
     table = (results / "headline.md").read_text().split("\n\n", 1)[1]
     lines = table.splitlines()
-    assert lines[:8] == [
+    assert lines[:9] == [
         "| method | esci_us test: macro-F1 [95% CI] | esci_us_wide: macro-F1 [95% CI] | results (profile) | run | "
         "machine |",
         "|---|---|---|---|---|---|",
@@ -62,9 +64,11 @@ def test_headline_table_cells_and_readme_refresh(tmp_path):
         "Intel Xeon (AVX512-BF16/AMX), 16 cores, NVIDIA H200 |",
         "| SFT, prior-corrected | 0.241 [0.200, 0.280] | — | `results/` (cpu-full) | unrecorded | "
         "CPU X, 2 cores, no GPU |",
+        "| SFT, grade probe | 0.351 [0.310, 0.390] | — | `results/` (cpu-full) | unrecorded | "
+        "CPU X, 2 cores, no GPU |",
         "| GRPO | 0.166 [0.145, 0.184] | — | `results/` (cpu-full) | unrecorded | CPU X, 2 cores, no GPU |",
     ]
-    assert lines[8:] == [
+    assert lines[9:] == [
         "", "Runs that made these cells:",
         "- R1: `bash scripts/gpu_run.sh run` at commit abc, 2026-01-01T00:00:00, on Intel(R) Xeon(R) Processor "
         "(AVX512-BF16/AMX), 16 cores, NVIDIA H200, torch 2.11.0+cu130",

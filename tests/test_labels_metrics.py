@@ -189,8 +189,8 @@ def test_significance_table_uses_pairs_both_methods_predicted():
         ("srpo_bal_s1", "sft"), ("grpo_bal_s1", "sft"),
         ("srpo_s1", "grpo_s1"), ("srpo_s1_first_token", "grpo_s1_first_token"), ("agrl", "grpo"),
         ("srpo_bal_s1", "grpo_bal_s1")]
-    assert default_pairs(["sft_first_token", "sft_prior", "sft_cumpt"]) == [
-        ("sft_cumpt", "sft_first_token"), ("sft_prior", "sft_first_token")]
+    assert default_pairs(["sft_first_token", "sft_prior", "sft_cumpt", "sft_probe"]) == [
+        ("sft_cumpt", "sft_first_token"), ("sft_prior", "sft_first_token"), ("sft_probe", "sft_first_token")]
     assert default_pairs(["srpo_bal_s2_cumpt", "grpo_bal_s2_cumpt", "sft_cumpt", "grpo_s2_cumpt"]) == [
         ("srpo_bal_s2_cumpt", "sft_cumpt"), ("grpo_bal_s2_cumpt", "sft_cumpt"), ("grpo_s2_cumpt", "sft_cumpt"),
         ("srpo_bal_s2_cumpt", "grpo_bal_s2_cumpt")]
@@ -207,6 +207,8 @@ def test_parse_method_is_the_one_run_name_parser():
     assert parse_method("sft_first_token") == {"family": "sft", "variant": "", "seed": 0, "readout": "_first_token"}
     assert parse_method("sft_evidence_weighted_prior") == {"family": "sft", "variant": "_evidence_weighted", "seed": 0,
                                                            "readout": "_prior"}
+    assert parse_method("sft_evidence_probe") == {"family": "sft", "variant": "_evidence", "seed": 0,
+                                                  "readout": "_probe"}
     assert [parse_method(k) for k in ("lexical", "zero_shot_first_token", "grpo_S1", "srpo_s1x")] == [None] * 4
     for key in ("srpo_bal_s1_first_token", "sft_steps_first", "agrl_s12_cumpt", "grpo", "dpo_first_token"):
         assert method_key(**parse_method(key)) == key  # the inverse
