@@ -143,6 +143,7 @@ TABLE: dict[str, dict[str, dict]] = {
         # filter's fallback (min_prompts of the pool), the path a weak SFT model takes; one stage of 2 steps
         curriculum=dict(pool_limit=6, k_samples=2, max_new_tokens=16, sample_batch_size=3, min_prompts=4,
                         boundaries=(), stage_steps=(2,), per_query_cap=None),
+        probe=dict(train_pairs_per_query=4, c_grid=(0.1, 1.0)),  # the grade probe (she_lib.grade_probe)
     ),
     "cpu": dict(  # the README's main job: every stage at a demo budget on a 2-core CPU, results in results/cpu/
         # 16 pairs per query (hash order; the same queries and split) with its own processed splits; one RL method
@@ -162,6 +163,8 @@ TABLE: dict[str, dict[str, dict]] = {
         rl=dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1, save_steps=2,
                 learning_rate=5e-5),
         curriculum=dict(pool_limit=16, k_samples=4, stage_steps=(1, 1, 1)),  # the pool is DPO's 16 sampled prompts
+        # the grade probe on 8 train pairs of each train query (672) and the 8 validation pairs CumPT reads
+        probe=dict(train_pairs_per_query=8, validation_pairs_per_query=8),
     ),
     "cpu-full": dict(  # the results table (results/): the same model on the full train split
         # decoded read-outs on 8 pairs of each test query (decoding is ~50x the cost of a first-token read)
@@ -174,6 +177,7 @@ TABLE: dict[str, dict[str, dict]] = {
                 learning_rate=5e-5),
         # the pool is DPO's 96 sampled prompts (same settings: the shared sample cache serves both)
         curriculum=dict(pool_limit=96, k_samples=4, stage_steps=(4, 4, 4)),
+        probe={},  # every train and validation pair (GradeProbeConfig's defaults)
     ),
     "gpu-offline": dict(  # SmolLM2-135M from the GGUF on one offline CUDA GPU, bf16, every stage in minutes
         profile=dict(dtype="bfloat16", eval_batch_size=128, eval_generate_per_query=8,
@@ -191,6 +195,7 @@ TABLE: dict[str, dict[str, dict]] = {
         rl=dict(num_generations=8, prompts_per_step=8, max_completion_length=128, logging_steps=1, save_steps=12,
                 beta=0.02),
         curriculum=dict(pool_limit=256, k_samples=4, sample_batch_size=64, stage_steps=(4, 4, 4)),
+        probe={},
     ),
     "gpu": dict(  # a hub model by name through Unsloth (CUDA), bf16
         profile=dict(model_source="hub", model_name="Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16",
@@ -206,6 +211,7 @@ TABLE: dict[str, dict[str, dict]] = {
         rl=dict(num_generations=8, prompts_per_step=16, max_completion_length=256, logging_steps=5, save_steps=50,
                 beta=0.02, vllm="auto"),
         curriculum=dict(pool_limit=4096, k_samples=8, sample_batch_size=64, stage_steps=(100, 100, 100)),
+        probe={},
     ),
     "colab": dict(  # like gpu, sized for a free Colab T4 (fp16, smaller batches)
         profile=dict(model_source="hub", model_name="Qwen/Qwen2.5-0.5B-Instruct", dtype="auto", max_seq_length=768,
@@ -219,9 +225,10 @@ TABLE: dict[str, dict[str, dict]] = {
         rl=dict(num_generations=8, prompts_per_step=8, max_completion_length=256, logging_steps=5, save_steps=50,
                 beta=0.02, vllm="auto"),
         curriculum=dict(pool_limit=1024, k_samples=8, sample_batch_size=32, stage_steps=(40, 40, 40)),
+        probe={},
     ),
 }
-STAGES = ("sft", "dpo", "genrm", "rl", "curriculum")
+STAGES = ("sft", "dpo", "genrm", "rl", "curriculum", "probe")
 
 PROFILES: dict[str, Profile] = {name: Profile(name=name, **entry["profile"]) for name, entry in TABLE.items()}
 

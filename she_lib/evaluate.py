@@ -28,7 +28,7 @@ import pandas as pd
 from .config import Profile, get_profile
 from .cumpt import evaluate_cumpt, plot_cumpt
 from .data import curate, load_dataset, load_splits, with_evidence
-from .grade_probe import evaluate_probe, train_probe
+from .grade_probe import PROBE_FILE, GradeProbeConfig, evaluate_probe, train_probe
 from .labels import get_scale
 from .lexical import LexicalBaseline, LexicalConfig
 from .metrics import UNPARSED, default_pairs, significance_table
@@ -140,12 +140,19 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> 
         return {run.name: score(df, preds, profile, split=profile.eval_split, model=str(run), scoring="classifier",
                                 run=info)}
     profile, df = as_trained(info, profile, df)
+    out = {}
+    if "probe" in modes:  # the run's saved grade probe (she_lib.grade_probe) on the states of df's pairs
+        if not (run / PROBE_FILE).exists():
+            raise FileNotFoundError(f"{run}: no {PROBE_FILE} (fit one with evaluate.probe_rows or notebook 05)")
+        out[f"{run.name}_probe"] = evaluate_probe(profile, run, df)[profile.eval_split]
+        modes = [m for m in modes if m != "probe"]
+        if not modes:
+            return out
     modes = [m for m in modes if profile.order == "grade_first" or m != "first_token"] or ["generate"]
     from .modeling import load_run
 
     policy = load_run(run, profile)
     model = policy.model
-    out = {}
     for mode in modes:
         frame = per_query(df, profile.eval_generate_per_query) if mode == "generate" else df
         preds = predict_llm(model, policy.tokenizer, frame, profile, mode, prediction_cache(run, profile, mode))
@@ -174,6 +181,18 @@ def evaluate_runs(profile: Profile, df: pd.DataFrame, modes=None, save: bool = T
             if save:
                 save_metrics(profile.results_dir, name, m)
     return results
+
+
+def probe_runs(profile: Profile, splits: dict[str, pd.DataFrame], df: pd.DataFrame, kinds=("sft",), extra=(),
+               save: bool = True) -> dict[str, dict]:
+    """The grade probe (:func:`probe_rows`, the profile's probe budget) of every finished run of ``kinds`` that
+    answers grade first (the probe reads the state at ``<grade>``): {run name: {split: metrics entry}}."""
+    out = {}
+    for run in policy_runs(profile):
+        info = json.loads((run / "run.json").read_text())
+        if info.get("kind") in kinds and info.get("order", profile.order) == "grade_first":
+            out[run.name] = probe_rows(profile, run, splits, df, extra, GradeProbeConfig.for_profile(profile), save)
+    return out
 
 
 def report_run(run: Path, profile: Profile, modes, save: bool = False) -> dict[str, dict]:
@@ -275,7 +294,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", help="a folder in the ESCI layout; default: the profile's split")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--split", default=None, help="train / validation / test (default: the profile's)")
-    ap.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    ap.add_argument("--mode", choices=[*MODES, "both", "probe"], default="both",
+                    help="probe: the run's saved grade probe (grade_probe.joblib in the run folder)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--save", action="store_true", help="merge the result into the profile's metrics.json "
                     "(with --data: into <results_dir>/<data folder name>/metrics.json)")
@@ -290,6 +310,8 @@ def main(argv=None) -> int:
         print(out["significance"].to_string())
         return 0
     modes = MODES if args.mode == "both" else (args.mode,)
+    if args.baseline and args.mode == "probe":
+        ap.error("--mode probe reads a run's saved probe; use it with --run")
     splits = load_splits(profile)
     if args.data:  # a whole external folder is the evaluation set
         profile, df = external_set(profile, args.data)

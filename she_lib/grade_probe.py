@@ -35,6 +35,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .config import stage_budget
 from .cumpt import confusion
 from .labels import get_scale
 from .metrics import metrics_from_confusion
@@ -58,6 +59,11 @@ class GradeProbeConfig:
     tune_biases: bool = True  # per-grade biases on the probe's log-probabilities, tuned on validation
     chunk: int = 256  # pairs per cached chunk of states (the resume granularity)
     max_iter: int = 3000
+
+    @classmethod
+    def for_profile(cls, profile, **overrides) -> "GradeProbeConfig":
+        """The profile's probe budget (the ``probe`` entry of she_lib.config.TABLE), then ``overrides``."""
+        return cls(**{**stage_budget(profile, "probe"), **overrides})
 
 
 def layers(config: GradeProbeConfig, n_layers: int) -> tuple[int, ...]:

@@ -113,14 +113,15 @@ def fit(trainer, run: Path, last: str | None, meter: Meter, profile, config, **i
 
 def export_adapter(run: Path, out: Path, dtype=None) -> Path:
     """Copy a run's LoRA adapter to ``out`` with its weights cast to ``dtype`` (default bf16: half the bytes,
-    what ``models/`` ships), plus ``adapter_config.json``, ``run.json`` and ``train_log.json``: a folder that
-    ``python -m she_lib.evaluate --run <out>`` scores like the run itself."""
+    what ``models/`` ships), plus ``adapter_config.json``, ``run.json``, ``train_log.json`` and the grade probe where
+    the run has one (she_lib.grade_probe): a folder that ``python -m she_lib.evaluate --run <out>`` scores like the
+    run itself."""
     run, out = Path(run), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = load_file(run / "adapter_model.safetensors")
     save_file({k: v.to(dtype or torch.bfloat16).contiguous() for k, v in weights.items()},
               out / "adapter_model.safetensors")
-    for name in ("adapter_config.json", "run.json", "train_log.json"):
+    for name in ("adapter_config.json", "run.json", "train_log.json", "grade_probe.joblib"):
         if (run / name).exists():
-            (out / name).write_text((run / name).read_text())
+            (out / name).write_bytes((run / name).read_bytes())
     return out

@@ -31,6 +31,7 @@ def resolve_all(monkeypatch) -> dict:
     from she_lib.config import PROFILES, REPO_ROOT, get_profile
     from she_lib.dpo import DPOBaselineConfig
     from she_lib.genrm import GenRMConfig
+    from she_lib.grade_probe import GradeProbeConfig
     from she_lib.sft import CoTSFTConfig
 
     vllm = []
@@ -42,7 +43,8 @@ def resolve_all(monkeypatch) -> dict:
                  "sft": dataclasses.asdict(CoTSFTConfig.for_profile(prof)),
                  "dpo": dataclasses.asdict(DPOBaselineConfig.for_profile(prof)),
                  "genrm": dataclasses.asdict(GenRMConfig.for_profile(prof)),
-                 "curriculum": dataclasses.asdict(rl.curriculum_for(prof))}
+                 "curriculum": dataclasses.asdict(rl.curriculum_for(prof)),
+                 "probe": dataclasses.asdict(GradeProbeConfig.for_profile(prof))}
         for method in rl.METHODS:
             args = rl.rl_config(prof, method)
             entry[f"rl_{method}"] = {**{k: getattr(args, k) for k in RL_FIELDS}, "vllm": vllm.pop()}
@@ -56,6 +58,7 @@ def test_every_profile_resolves_to_the_snapshot(monkeypatch):
     got = resolve_all(monkeypatch)
     assert sorted(got) == sorted(want)
     for name in want:
+        assert sorted(got[name]) == sorted(want[name]), name
         for part in want[name]:
             assert got[name][part] == want[name][part], (name, part)
 

@@ -3,6 +3,7 @@ the CLI."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -247,15 +248,33 @@ def test_evaluate_an_exported_adapter_folder_on_smoke(tmp_path, monkeypatch, cap
 
     from she_lib.runs import export_adapter
 
+    import shutil
+
+    from she_lib.config import get_profile
+    from she_lib.grade_probe import GradeProbeConfig, load_probe, train_probe
+
     monkeypatch.setattr("she_lib.config.PROFILES", _tmp_profiles(tmp_path))
-    shipped = export_adapter(trained_sft, tmp_path / "models" / "tiny-sft")
+    run = tmp_path / "sft"
+    shutil.copytree(trained_sft, run)
+    splits = load_splits(get_profile("smoke"))
+    probe = train_probe(run, get_profile("smoke"), splits["train"], splits["validation"],
+                        GradeProbeConfig(train_pairs_per_query=4, c_grid=(0.1,)), progress=False)
+    shipped = export_adapter(run, tmp_path / "models" / "tiny-sft")
     assert sorted(p.name for p in shipped.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
-                                                         "run.json", "train_log.json"]
+                                                         "grade_probe.joblib", "run.json", "train_log.json"]
+    assert load_probe(shipped / "grade_probe.joblib").c == probe.c
     trained, exported = (load_file(r / "adapter_model.safetensors") for r in (trained_sft, shipped))
     assert exported.keys() == trained.keys() and {v.dtype for v in exported.values()} == {torch.bfloat16}
     assert all(torch.equal(exported[k], trained[k].to(torch.bfloat16)) for k in trained)  # the weights, cast
     assert main(["--run", str(shipped), "--profile", "smoke", "--mode", "first_token", "--limit", "8"]) == 0
     assert "tiny-sft_first_token" in capsys.readouterr().out
+    # the shipped probe scores the pairs from the model's states: its predictions are the probe's on those states
+    assert main(["--run", str(shipped), "--profile", "smoke", "--mode", "probe", "--limit", "8"]) == 0
+    assert "tiny-sft_probe" in capsys.readouterr().out
+    states = next(shipped.glob("states_test_*"))
+    preds = pd.read_json(shipped / "predictions_test_probe_grade_first.jsonl", lines=True, dtype={"example_id": str})
+    x = np.concatenate([np.load(f)["states"] for f in sorted(states.glob("*.npz"))])
+    assert len(preds) == 8 and preds["pred"].tolist() == probe.predict(x).tolist()
 
 
 @pytest.mark.parametrize("trained_with", [True, False])
