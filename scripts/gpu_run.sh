@@ -60,7 +60,7 @@ case "${1:-run}" in
         --stages data zero_shot grpo srpo speed agrl dpo genrm report 2>&1 | tee -a "$res/pipeline.log"
     rc=$(( rc1 | PIPESTATUS[0] ))
     set -e
-    adapter=models/smollm2-135m-she-sft; [ "$PROFILE" = gpu-offline ] || adapter=$runs/sft_bf16
+    adapter=models/smollm2-135m-she-sft-gpu; [ "$PROFILE" = gpu-offline ] || adapter=$runs/sft_bf16
     SHE_NO_UNSLOTH=1 $PY -c "from she_lib.runs import export_adapter; export_adapter('$runs/sft', '$adapter')" || true
     if [ -n "${OUT:-}" ]; then
       tar czf "$OUT/results_gpu.tgz" "${res#$PWD/}" $(ls "$runs"/*/run.json "$runs"/*/train_log.json \

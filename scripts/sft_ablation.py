@@ -13,7 +13,9 @@ table to ``results/ablation/summary.md``. Run variants side by side, one thread 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from pathlib import Path
 
 # the grade token 10x (~10% of the loss instead of ~1%), grades resampled to shares ~ sqrt(counts), and the
 # checkpoint kept by validation grade macro-F1 (evaluations at steps 30 and 60, where checkpoints are saved)
@@ -31,12 +33,14 @@ VARIANTS = {  # name -> CoTSFTConfig overrides; PROMPT_EVIDENCE names the varian
     # the negation scope of she_lib.facts); the runs above were trained on the teacher that restated the label
     "evidence_steps": {},
 }
+# the untrained base model in the evidence prompt, read by the grade probe only: the probe's control (what SFT adds)
+CONTROLS = {"zero_shot_evidence": {"kind": "base", "order": "grade_first", "prompt_evidence": True}}
 PROMPT_EVIDENCE = {"evidence", "evidence_weighted", "evidence_weighted_1440", "evidence_steps"}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=[*VARIANTS, *CONTROLS])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--report", action="store_true",
                     help="only the paired bootstrap over test queries from the saved read-outs (significance.md)")
@@ -56,8 +60,14 @@ def main(argv=None) -> int:
         return report(prof)
     Pipeline(prof, stages=("data", "lexical")).run()
     for name in a.variants:
-        pipe = Pipeline(prof.replace(prompt_evidence=name in PROMPT_EVIDENCE), stages=("data",))
+        pipe = Pipeline(prof.replace(prompt_evidence=name in PROMPT_EVIDENCE or name in CONTROLS), stages=("data",))
         pipe.run()
+        if name in CONTROLS:
+            run = Path(prof.runs_dir) / name
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "run.json").write_text(json.dumps(CONTROLS[name], indent=2))
+            probe_rows(pipe, run)
+            continue
         cfg = CoTSFTConfig.for_profile(pipe.profile, **VARIANTS[name])
         run = train_sft(pipe.profile, cfg, pipe.splits, name=f"sft_{name}")
         pipe.score(run)
@@ -89,24 +99,47 @@ def probe_rows(pipe, run) -> None:
     print(run.name, "probe", {k: round(m["macro_f1"], 3) for k, m in out.items()})
 
 
-def report(prof) -> int:
-    """Paired bootstrap over the esci_us test queries: each variant against plain (same read-out) and lexical."""
-    from pathlib import Path
+def _predictions(prof, test_prof, df):
+    """``df`` plus one prediction column per read-out of every ablation run (and control) on ``test_prof``'s split,
+    and ``lexical``; NaN where a run has no such read-out."""
+    from she_lib.predictions import prediction_cache, read_predictions
 
+    out, runs = df.copy(), Path(prof.runs_dir)
+    lexical = runs / ("lexical" if test_prof is prof else f"{test_prof.eval_split}/lexical")
+    files = {"lexical": lexical / f"predictions_{test_prof.eval_split}.jsonl"}
+    for name in [f"sft_{v}" for v in VARIANTS] + list(CONTROLS):
+        for mode, tail in (("first_token", "_first_token"), ("prior", "_prior"), ("probe", "_probe")):
+            files[name + tail] = prediction_cache(runs / name, test_prof, mode)
+    for name, path in files.items():
+        if path is not None and path.exists():
+            out[name] = out["example_id"].map(read_predictions(path)["pred"])
+    return out
+
+
+def report(prof) -> int:
+    """Paired bootstrap over the test queries of esci_us and of esci_us_wide: each variant against plain (same
+    read-out) and lexical, each probe against the untrained model's probe (CONTROLS); significance.md of each."""
     from she_lib.data import load_splits
-    from she_lib.evaluate import eval_frame, load_predictions
+    from she_lib.evaluate import eval_frame
     from she_lib.labels import get_scale
     from she_lib.metrics import significance_table
+    from she_lib.pipeline import Pipeline
 
-    preds = load_predictions(prof, eval_frame(prof, load_splits(prof)))
-    have = [(v, r) for v in VARIANTS for r in ("_first_token", "_prior", "_probe") if f"sft_{v}{r}" in preds]
-    pairs = [(f"sft_{v}{r}", f"sft_plain{r}") for v, r in have if v != "plain" and f"sft_plain{r}" in preds]
-    pairs += [(f"sft_{v}{r}", "lexical") for v, r in have]
-    table = significance_table(preds, pairs, get_scale(prof.grade_scale).words, prof.bootstrap_samples, prof.seed)
-    Path(prof.results_dir, "significance.md").write_text(
-        "Paired bootstrap over esci_us test queries, A - B (`python scripts/sft_ablation.py --report`).\n\n"
-        + table.to_markdown(index=False) + "\n")
-    print(table.to_string())
+    pipe = Pipeline(prof.replace(prompt_evidence=False), stages=())
+    sets = [(prof, eval_frame(prof, load_splits(prof))), *pipe.extra_sets().values()]
+    for test_prof, df in sets:
+        preds = _predictions(prof, test_prof, df)
+        controls = [f"{c}_probe" for c in CONTROLS if f"{c}_probe" in preds]
+        have = [(v, r) for v in VARIANTS for r in ("_first_token", "_prior", "_probe") if f"sft_{v}{r}" in preds]
+        pairs = [(f"sft_{v}{r}", f"sft_plain{r}") for v, r in have if v != "plain" and f"sft_plain{r}" in preds]
+        pairs += [(m, "lexical") for m in [f"sft_{v}{r}" for v, r in have] + controls]
+        pairs += [(f"sft_{v}_probe", c) for c in controls for v, r in have if r == "_probe"]
+        table = significance_table(preds, pairs, get_scale(prof.grade_scale).words, prof.bootstrap_samples, prof.seed)
+        Path(test_prof.results_dir).mkdir(parents=True, exist_ok=True)
+        Path(test_prof.results_dir, "significance.md").write_text(
+            f"Paired bootstrap over the test queries of {test_prof.eval_split}, A - B "
+            "(`python scripts/sft_ablation.py --report`).\n\n" + table.to_markdown(index=False) + "\n")
+        print(test_prof.eval_split, "\n", table.to_string())
     return 0
 
 

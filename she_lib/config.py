@@ -11,7 +11,7 @@ Profiles
 --------
 smoke     tiny Llama built from a config in code (real SmolLM2 tokenizer), 200 pairs of 20 queries; CI.
 cpu       SmolLM2-135M-Instruct offline on 2 CPU cores, every stage at a demo budget (README's main job): 16
-          pairs per query, a 40-step SFT; 35 min on a 2-core AVX512-BF16 CPU, 74 min in fp32 on an AVX2-only one (README).
+          pairs per query, a 40-step SFT; 23.5 min on a 2-core AVX512-BF16 CPU (docs/speed.md).
 cpu-full  the same model on the full train split with the budgets of the results table (hours).
 gpu-offline  SmolLM2-135M from the GGUF on one offline CUDA GPU (Unsloth where installed), bf16: every train pair,
           the RL methods and both test sets in ~8 minutes of an H200 (``python -m she_lib.pipeline``,

@@ -92,7 +92,8 @@ def cached_states(run: str | Path, profile, df: pd.DataFrame, split: str, config
                   policy=None, progress: bool = True) -> np.ndarray:
     """[len(df), d] answer states (inference.answer_states) of ``run``'s model on ``df``'s pairs, in the prompt the
     run was trained on, read from the run's cache for ``split`` and computed chunk by chunk where missing. The
-    model is loaded only when a pair is missing (or pass ``policy``)."""
+    model is loaded only when a pair is missing (or pass ``policy``); a folder whose ``run.json`` has kind ``base``
+    stands for the profile's untrained model (the control: how much of the probe's skill SFT adds)."""
     from .inference import answer_states
 
     run = Path(run)
@@ -107,9 +108,10 @@ def cached_states(run: str | Path, profile, df: pd.DataFrame, split: str, config
     todo = df[~df["example_id"].isin(have)]
     if len(todo):
         if policy is None:
-            from .modeling import load_run
+            from .modeling import load_policy, load_run
 
-            policy = load_run(run, profile)
+            # a run of kind "base" is the untrained model read in the run's prompt: the probe's control
+            policy = load_policy(profile) if info.get("kind") == "base" else load_run(run, profile)
         folder.mkdir(parents=True, exist_ok=True)
         scale, start = get_scale(profile.grade_scale), len(list(folder.glob("chunk_*.npz")))
         rows = todo.to_dict("records")

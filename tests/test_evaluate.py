@@ -224,7 +224,7 @@ def test_prediction_seconds_survive_the_cache(tiny_policy, tmp_path):
 
 
 def test_shipped_adapter_is_complete_and_small():
-    """models/ ships the SFT adapter in bf16 (<= 12 MB) with what load_run needs and a model card."""
+    """models/ ships the SFT adapter in bf16 (<= 12 MB) with what load_run needs, its grade probe and a model card."""
     from safetensors import safe_open
 
     from she_lib.config import REPO_ROOT, get_profile
@@ -238,6 +238,11 @@ def test_shipped_adapter_is_complete_and_small():
     assert cfg["r"] == 16 and set(cfg["target_modules"]) == set(get_profile("cpu").lora_target_modules)
     info = json.loads((folder / "run.json").read_text())
     assert info["kind"] == "sft" and info["order"] == "grade_first" and info["finished"] and "init_adapter" not in info
+    assert isinstance(info["prompt_evidence"], bool)  # read in the prompt it was trained on, whatever the profile says
+    from she_lib.grade_probe import load_probe
+
+    probe = load_probe(folder / "grade_probe.joblib")  # the read-out the model card reports
+    assert probe.words == ["Exact", "Substitute", "Complement", "Irrelevant"] and len(probe.config["depths"]) == 3
 
 
 def test_evaluate_an_exported_adapter_folder_on_smoke(tmp_path, monkeypatch, capsys, trained_sft):
