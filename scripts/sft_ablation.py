@@ -100,19 +100,16 @@ def probe_rows(pipe, run) -> None:
 
 
 def _predictions(prof, test_prof, df):
-    """``df`` plus one prediction column per read-out of every ablation run (and control) on ``test_prof``'s split,
-    and ``lexical``; NaN where a run has no such read-out."""
+    """``df`` plus one prediction column per read-out of every ablation run on ``test_prof``'s split
+    (evaluate.load_predictions over the runs of ``prof``) and the probe read-out of each control."""
+    from she_lib.evaluate import load_predictions
     from she_lib.predictions import prediction_cache, read_predictions
 
-    out, runs = df.copy(), Path(prof.runs_dir)
-    lexical = runs / ("lexical" if test_prof is prof else f"{test_prof.eval_split}/lexical")
-    files = {"lexical": lexical / f"predictions_{test_prof.eval_split}.jsonl"}
-    for name in [f"sft_{v}" for v in VARIANTS] + list(CONTROLS):
-        for mode, tail in (("first_token", "_first_token"), ("prior", "_prior"), ("probe", "_probe")):
-            files[name + tail] = prediction_cache(runs / name, test_prof, mode)
-    for name, path in files.items():
-        if path is not None and path.exists():
-            out[name] = out["example_id"].map(read_predictions(path)["pred"])
+    out = load_predictions(test_prof, df, runs_dir=prof.runs_dir)
+    for c in CONTROLS:  # not policy runs (no adapter): their probe read-out is added here
+        cache = prediction_cache(Path(prof.runs_dir) / c, test_prof, "probe")
+        if cache.exists():
+            out[f"{c}_probe"] = out["example_id"].map(read_predictions(cache)["pred"])
     return out
 
 

@@ -209,13 +209,16 @@ def report_run(run: Path, profile: Profile, modes, save: bool = False) -> dict[s
 
 
 # ------------------------------------------------------------------------------ saved predictions
-def prediction_files(profile: Profile) -> dict[str, Path]:
+def prediction_files(profile: Profile, runs_dir: str | Path | None = None) -> dict[str, Path]:
     """method -> its existing prediction cache on the eval split: lexical, zero-shot and every policy run, each
     read-out (a run in its own reasoning order), and CumPT (``<base>_cumpt``), the prior-corrected read-out
-    (``<base>_prior``) and the grade probe (``<base>_probe``) where they were written."""
-    runs, zs = Path(profile.runs_dir), profile.replace(eval_max_new_tokens=profile.zero_shot_max_new_tokens)
-    files = {"lexical": runs / "lexical" / f"predictions_{profile.eval_split}.jsonl"}
-    for folder in [runs / "zero_shot", *policy_runs(profile)]:
+    (``<base>_prior``) and the grade probe (``<base>_probe``) where they were written. ``runs_dir``: where the
+    zero-shot and policy runs are (default the profile's; an external set's profile, evaluate.external_set, keeps
+    only its lexical run in its own)."""
+    zs = profile.replace(eval_max_new_tokens=profile.zero_shot_max_new_tokens)
+    runs = Path(runs_dir or profile.runs_dir)
+    files = {"lexical": Path(profile.runs_dir) / "lexical" / f"predictions_{profile.eval_split}.jsonl"}
+    for folder in [runs / "zero_shot", *policy_runs(profile.replace(runs_dir=str(runs)))]:
         info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
         prof = (zs if folder.name == "zero_shot" else profile).replace(order=info.get("order", profile.order))
         files.update({method_name(folder.name, m): prediction_cache(folder, prof, m) for m in MODES})
@@ -225,12 +228,13 @@ def prediction_files(profile: Profile) -> dict[str, Path]:
     return {k: v for k, v in files.items() if v is not None and v.exists()}
 
 
-def load_predictions(profile: Profile, df: pd.DataFrame, column: str = "pred") -> pd.DataFrame:
-    """``df`` (example_id, query, label, ...) plus one column per method of :func:`prediction_files` holding its
-    ``column`` (the grade: UNPARSED where the answer had none; NaN where the method has no prediction, e.g. a
-    decoded read-out of k pairs per query)."""
+def load_predictions(profile: Profile, df: pd.DataFrame, column: str = "pred",
+                     runs_dir: str | Path | None = None) -> pd.DataFrame:
+    """``df`` (example_id, query, label, ...) plus one column per method of :func:`prediction_files` (``runs_dir``
+    as there) holding its ``column`` (the grade: UNPARSED where the answer had none; NaN where the method has no
+    prediction, e.g. a decoded read-out of k pairs per query)."""
     out = df.copy()
-    for name, path in prediction_files(profile).items():
+    for name, path in prediction_files(profile, runs_dir).items():
         p = read_predictions(path)
         if column in p.columns:
             have = out["example_id"].isin(p.index)

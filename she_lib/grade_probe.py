@@ -25,7 +25,7 @@ train pairs per query (None: all), the C grid, the class weighting, the bias tun
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
@@ -36,11 +36,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .config import stage_budget
-from .cumpt import confusion
 from .labels import get_scale
-from .metrics import metrics_from_confusion
 from .predictions import as_trained, per_query, prediction_cache
-from .prior_correction import PriorCorrectionConfig, corrected, tune_biases
+from .prior_correction import PriorCorrectionConfig, corrected, index_macro_f1, tune_biases
 from .results import score
 from .schema import render_prompt
 
@@ -127,10 +125,6 @@ def cached_states(run: str | Path, profile, df: pd.DataFrame, split: str, config
     return np.stack([have[e] for e in df["example_id"]])
 
 
-def _macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
-    return metrics_from_confusion(confusion(y, pred, k))[1]
-
-
 @dataclass
 class GradeProbe:
     """A fitted probe: the scaler + logistic regression, the grade words its classes stand for, the biases."""
@@ -139,7 +133,7 @@ class GradeProbe:
     biases: np.ndarray
     c: float
     validation_macro_f1: float
-    config: dict
+    config: GradeProbeConfig
 
     def probabilities(self, states: np.ndarray) -> np.ndarray:
         """[n, K] P(k | h) in the order of ``words``."""
@@ -169,8 +163,8 @@ def fit_probe(x_train, y_train, x_val, y_val, words, config: GradeProbeConfig | 
     for c in sorted(config.c_grid):
         model = make_pipeline(StandardScaler(), LogisticRegression(
             C=c, class_weight=config.class_weight, max_iter=config.max_iter)).fit(x_train, y)
-        probe = GradeProbe(model, words, np.zeros(len(words)), c, 0.0, asdict(config))
-        f1 = _macro_f1(yv, corrected(probe.probabilities(x_val), probe.biases), len(words))
+        probe = GradeProbe(model, words, np.zeros(len(words)), c, 0.0, config)
+        f1 = index_macro_f1(yv, corrected(probe.probabilities(x_val), probe.biases), len(words))
         if best is None or f1 > best.validation_macro_f1 + 1e-12:
             probe.validation_macro_f1, best = f1, probe
     if config.tune_biases:
@@ -199,7 +193,7 @@ def evaluate_probe(profile, run: str | Path, test: pd.DataFrame, extra=(), probe
     ``predictions_<split>_probe_<order>.jsonl`` (the states as above)."""
     run = Path(run)
     probe = probe or load_probe(run / PROBE_FILE)
-    config = config or GradeProbeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in probe.config.items()})
+    config = config or probe.config
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     out = {}
     for prof, df in ((profile, test), *extra):

@@ -46,7 +46,8 @@ def corrected(probs, biases) -> np.ndarray:
     return (np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, None)) + np.asarray(biases, float)).argmax(1)
 
 
-def _macro_f1(y_idx: np.ndarray, pred_idx: np.ndarray, k: int) -> float:
+def index_macro_f1(y_idx: np.ndarray, pred_idx: np.ndarray, k: int) -> float:
+    """Macro-F1 of grade indices ``pred_idx`` against ``y_idx`` over ``k`` grades (metrics_from_confusion)."""
     return metrics_from_confusion(confusion(y_idx, pred_idx, k))[1]
 
 
@@ -59,14 +60,14 @@ def tune_biases(probs, y_true, words, config: PriorCorrectionConfig | None = Non
     k = len(words)
     grid = sorted(config.grid, key=lambda g: (abs(g), g))  # candidates nearest 0 first: a tie keeps the smallest
     b = np.zeros(k)
-    best = _macro_f1(y, corrected(probs, b), k)
+    best = index_macro_f1(y, corrected(probs, b), k)
     for _ in range(config.rounds):
         changed = False
         for j in range(1, k):
             for g in grid:
                 trial = b.copy()
                 trial[j] = g
-                f = _macro_f1(y, corrected(probs, trial), k)
+                f = index_macro_f1(y, corrected(probs, trial), k)
                 if f > best + 1e-12:
                     best, b, changed = f, trial, True
         if not changed:

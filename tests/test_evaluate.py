@@ -242,7 +242,7 @@ def test_shipped_adapter_is_complete_and_small():
     from she_lib.grade_probe import load_probe
 
     probe = load_probe(folder / "grade_probe.joblib")  # the read-out the model card reports
-    assert probe.words == ["Exact", "Substitute", "Complement", "Irrelevant"] and len(probe.config["depths"]) == 3
+    assert probe.words == ["Exact", "Substitute", "Complement", "Irrelevant"] and len(probe.config.depths) == 3
 
 
 def test_evaluate_an_exported_adapter_folder_on_smoke(tmp_path, monkeypatch, capsys, trained_sft):
