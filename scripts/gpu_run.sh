@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole pipeline on one offline CUDA GPU (profile gpu-offline: SmolLM2-135M from the GGUF, Unsloth, bf16):
 # SFT on every train pair, its read-outs, zero-shot and lexical baselines, GRPO / SRPO / AGRL, DPO, GenRM, the report,
-# on the esci_us test split and on all of data_samples/esci_us_wide, in one process (python -m she_lib.pipeline)
+# on the esci_us test split and on the test split of data_samples/esci_us_wide, in one process (python -m she_lib.pipeline)
 # under a wall-clock budget. Results: results/gpu/ (metrics.json, summary.md, pipeline.json, figures) and
-# results/gpu/esci_us_wide/.
+# results/gpu/esci_us_wide_test/.
 #
 # Runbook for the device tool (an offline H100/H200 whose image has torch, transformers, peft, accelerate, pandas,
 # scikit-learn, matplotlib, tabulate; a call carries at most 64 MiB with the working tree; a warm machine keeps

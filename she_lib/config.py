@@ -77,9 +77,13 @@ class Profile:
     rl_seeds: tuple[int, ...] = (0,)  # RL seeds (LoRA init, sampling); every seed shares one prompt set
     # --- evaluation ------------------------------------------------------------------------------
     eval_split: str = "test"
-    # further ESCI folders scored as a whole by she_lib.pipeline (no query shared with data_dir), each into
-    # results_dir/<folder name>/metrics.json: data_samples/esci_us_wide gives a test set of 673 queries
+    # further ESCI folders (no query shared with data_dir) split by query at extra_split_fractions (data.folder_splits):
+    # the test split of each extra_eval_dirs folder is scored by she_lib.pipeline into
+    # results_dir/<folder name>_test/metrics.json (esci_us_wide: 269 queries, 613 pairs); the train and validation
+    # splits of each extra_train_dirs folder join the profile's (data.load_splits; esci_us_wide: 404 queries)
     extra_eval_dirs: tuple[str, ...] = ()
+    extra_train_dirs: tuple[str, ...] = ()
+    extra_split_fractions: tuple[float, float, float] = (0.5, 0.1, 0.4)  # train / validation / test
     eval_limit: int | None = None  # None = the whole split
     eval_batch_size: int = 32
     eval_max_new_tokens: int = 128
@@ -182,9 +186,10 @@ TABLE: dict[str, dict[str, dict]] = {
     "gpu-offline": dict(  # SmolLM2-135M from the GGUF on one offline CUDA GPU, bf16, every stage in minutes
         profile=dict(dtype="bfloat16", eval_batch_size=128, eval_generate_per_query=8,
                      extra_eval_dirs=(str(REPO_ROOT / "data_samples" / "esci_us_wide"),),
+                     extra_train_dirs=(str(REPO_ROOT / "data_samples" / "esci_us_wide"),),
                      runs_dir=str(REPO_ROOT / "runs" / "gpu-offline"), results_dir=str(REPO_ROOT / "results" / "gpu")),
-        # every train pair, one epoch of batch 32 (a second left no time for RL), the checkpoint kept by validation
-        # grade macro-F1 (512 pairs, every 50 steps)
+        # every train pair (esci_us and esci_us_wide's train split: 4,443), one epoch of batch 32 (a second left no
+        # time for RL), the checkpoint kept by validation grade macro-F1 (512 pairs, every 50 steps)
         sft=dict(epochs=1, per_device_batch_size=32, logging_steps=10, save_steps=50, eval_steps=50, eval_limit=256,
                  class_balance=0.5, grade_eval_limit=512, select_by_grade_f1=True),
         dpo=dict(n_samples=4, sample_limit=256, sample_batch_size=64, per_device_batch_size=16, save_steps=100,

@@ -449,14 +449,28 @@ def _current(out: Path) -> bool:
         return False
 
 
+def folder_splits(profile: Profile, folder) -> dict[str, pd.DataFrame]:
+    """A further ESCI folder (``profile.extra_train_dirs`` / ``extra_eval_dirs``) curated without pair caps and split
+    by query at ``profile.extra_split_fractions`` (same hash, same seed as the main split): its train and
+    validation pairs can join the profile's (load_splits), its test split is an evaluation set
+    (evaluate.external_set), and no query is in two of them."""
+    df, _ = curate(load_dataset(profile, folder), profile.replace(max_pairs=None, max_pairs_per_query=None))
+    return split_by_query(df, profile.extra_split_fractions, profile.split_seed)
+
+
 def load_splits(profile: Profile) -> dict[str, pd.DataFrame]:
     """Read the processed splits written by notebook 01 (built on the fly if absent, or rebuilt if their facts are
-    of another FACTS_VERSION). In a multi-process launch rank 0 builds and writes them first, then the other ranks
-    read them."""
+    of another FACTS_VERSION), then append the train and validation splits of every ``profile.extra_train_dirs``
+    folder (folder_splits; their test queries stay out). In a multi-process launch rank 0 builds and writes them
+    first, then the other ranks read them."""
     out = Path(profile.processed_dir)
     with main_process_first():
         if not _current(out):
             splits = prepare_splits(profile)[0]
         else:
             splits = {s: pd.read_parquet(out / f"{s}.parquet") for s in SPLITS}
+    for folder in profile.extra_train_dirs:
+        more = folder_splits(profile, folder)
+        for s in ("train", "validation"):
+            splits[s] = pd.concat([splits[s], more[s]], ignore_index=True)
     return {s: with_evidence(d) for s, d in splits.items()} if profile.prompt_evidence else splits

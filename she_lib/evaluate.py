@@ -9,6 +9,7 @@ Command line (users bring their own labelled data in the ESCI layout)::
     python -m she_lib.evaluate --baseline zero_shot --profile cpu                 # test split
     python -m she_lib.evaluate --run runs/cpu/lexical --data path/to/esci_folder   # any ESCI folder
     python -m she_lib.evaluate --run runs/cpu/sft --data ../shared/data/esci_us_wide --save  # -> results/.../esci_us_wide/
+    python -m she_lib.evaluate --run runs/cpu/sft --data data_samples/esci_us_wide --split test  # its test queries
     python -m she_lib.evaluate --report --profile cpu-full   # CumPT rows, summary.md, significance.md, figures
 
 ``--report`` re-runs no method: it reads the saved predictions (CumPT's validation read-outs are computed once
@@ -27,7 +28,7 @@ import pandas as pd
 
 from .config import Profile, get_profile
 from .cumpt import evaluate_cumpt, plot_cumpt
-from .data import curate, load_dataset, load_splits, with_evidence
+from .data import curate, folder_splits, load_dataset, load_splits, with_evidence
 from .grade_probe import PROBE_FILE, GradeProbeConfig, evaluate_probe, train_probe
 from .labels import get_scale
 from .lexical import LexicalBaseline, LexicalConfig
@@ -44,14 +45,20 @@ def eval_frame(profile: Profile, splits: dict[str, pd.DataFrame]) -> pd.DataFram
     return df.iloc[: profile.eval_limit] if profile.eval_limit else df
 
 
-def external_set(profile: Profile, folder: str | Path) -> tuple[Profile, pd.DataFrame]:
-    """A whole ESCI folder as an evaluation set: its curated pairs (no pair caps; the evidence column where the
-    profile shows it) and the profile that scores them: split ``external_<name>`` (read-outs cached in the run folder), runs under
-    ``runs_dir/external_<name>``, results in ``results_dir/<name>/`` (never the profile's own table)."""
+def external_set(profile: Profile, folder: str | Path, split: str | None = None) -> tuple[Profile, pd.DataFrame]:
+    """An ESCI folder as an evaluation set: its curated pairs (no pair caps; the evidence column where the profile
+    shows it), all of them or, with ``split``, that split of data.folder_splits (the pipeline scores the test split
+    of its extra folders, whose train split a profile may train on), and the profile that scores them: split
+    ``external_<name>`` (read-outs cached in the run folder by example_id, shared by the whole folder and its test
+    split), runs under ``runs_dir/external_<name>``, results in ``results_dir/<name>/`` or ``<name>_<split>/``
+    (never the profile's own table)."""
     name = Path(os.path.abspath(folder)).name
-    df, _ = curate(load_dataset(profile, folder), profile.replace(max_pairs=None, max_pairs_per_query=None))
+    if split:
+        df = folder_splits(profile, folder)[split]
+    else:
+        df, _ = curate(load_dataset(profile, folder), profile.replace(max_pairs=None, max_pairs_per_query=None))
     return profile.replace(eval_split=f"external_{name}", runs_dir=str(Path(profile.runs_dir) / f"external_{name}"),
-                           results_dir=str(Path(profile.results_dir) / name)), (
+                           results_dir=str(Path(profile.results_dir) / (f"{name}_{split}" if split else name))), (
         with_evidence(df) if profile.prompt_evidence else df)
 
 
@@ -107,12 +114,13 @@ def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress
     return results
 
 
-def evaluate_lexical(profile: Profile, splits: dict[str, pd.DataFrame], save: bool = True) -> dict:
-    """Fit the lexical baseline on train, save it under runs/, score it on the eval split."""
+def evaluate_lexical(profile: Profile, splits: dict[str, pd.DataFrame], save: bool = True,
+                     name: str = "lexical") -> dict:
+    """Fit the lexical baseline on train, save it under runs/<name>, score it on the eval split (row ``name``)."""
     t0 = time.time()
     model = LexicalBaseline(LexicalConfig(seed=profile.seed)).fit(splits["train"])
     fit_s = time.time() - t0
-    run = Path(profile.runs_dir) / "lexical"
+    run = Path(profile.runs_dir) / name
     run.mkdir(parents=True, exist_ok=True)
     model.save(run / "lexical.joblib")
     (run / "run.json").write_text(json.dumps({"kind": "lexical", "profile": profile.name}))
@@ -123,7 +131,7 @@ def evaluate_lexical(profile: Profile, splits: dict[str, pd.DataFrame], save: bo
     m = score(df, preds, profile, split=profile.eval_split, model="lexical features + gradient boosting",
               scoring="classifier", seconds=round(time.time() - t0, 2), fit_seconds=round(fit_s, 2))
     if save:
-        save_metrics(profile.results_dir, "lexical", m)
+        save_metrics(profile.results_dir, name, m)
     return m
 
 
@@ -297,7 +305,9 @@ def main(argv=None) -> int:
     src.add_argument("--report", action="store_true", help="regenerate tables and figures from saved predictions")
     ap.add_argument("--data", help="a folder in the ESCI layout; default: the profile's split")
     ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--split", default=None, help="train / validation / test (default: the profile's)")
+    ap.add_argument("--split", default=None, help="train / validation / test (default: the profile's); with --data, "
+                    "that query split of the folder (data.folder_splits: the pipeline's esci_us_wide test split is "
+                    "--split test), default the whole folder")
     ap.add_argument("--mode", choices=[*MODES, "both", "probe"], default="both",
                     help="probe: the run's saved grade probe (grade_probe.joblib in the run folder)")
     ap.add_argument("--limit", type=int, default=None)
@@ -317,8 +327,8 @@ def main(argv=None) -> int:
     if args.baseline and args.mode == "probe":
         ap.error("--mode probe reads a run's saved probe; use it with --run")
     splits = load_splits(profile)
-    if args.data:  # a whole external folder is the evaluation set
-        profile, df = external_set(profile, args.data)
+    if args.data:  # an external folder (or one query split of it) is the evaluation set
+        profile, df = external_set(profile, args.data, args.split)
         splits = {**splits, profile.eval_split: df}
     df = eval_frame(profile, splits)
     if args.baseline == "zero_shot":

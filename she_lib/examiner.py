@@ -43,7 +43,8 @@ from .schema import STEPS
 from .verifier import CORRECT, VerifierConfig, verify
 
 RULES = ("verifier_first", "blend", "confidence")
-SCORED = ("verifier", "genrm", "blend", "default")  # sources of steps that were judged (not bad input)
+SCORED = ("verifier", "genrm", "blend", "default")  # sources of steps that were scored (not bad input)
+VERDICTS = ("verifier", "genrm", "blend")  # sources of a verdict: SCORED less "default" (an undecided step)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ class Examination:
                               "verifier": self.verifier[i, j], "genrm": self.genrm[i, j],
                               "reason": self.reasons[i].get(s, "")}
                              for i in range(len(self.rewards)) for j, s in enumerate(STEPS)])
+
+    def judged(self) -> np.ndarray:
+        """[n, len(STEPS)] bool: the step's reward is a verdict (VERDICTS), not a default for an undecided step or
+        for bad input; SRPO normalises and weights these steps only (she_lib.srpo)."""
+        return np.isin(self.sources, VERDICTS)
 
     def select(self, rows) -> "Examination":
         """The rollouts ``rows`` (indices or a boolean mask); costs stay those of the whole batch."""

@@ -16,7 +16,7 @@ the prior-corrected read-out does. The model is frozen: the probe asks how much 
 representation carries, which one epoch of LoRA on a small budget does not move into the grade token's logit.
 
 States are read once per pair and cached in the run folder (``states_<split>_<order>_L<layer ids>/``, one ``.npz``
-per chunk of ``chunk`` pairs, so an interrupted read resumes); the fitted probe is saved as ``grade_probe.joblib``
+per chunk of ``chunk`` pairs, so an interrupted read resumes; a pair cached under any split is not read again); the fitted probe is saved as ``grade_probe.joblib``
 beside the adapter and read back by :func:`load_probe` to score any ESCI folder without refitting.
 
 Config fields (:class:`GradeProbeConfig`): the layers read (``depths``: 1.0 is the state the LM head reads), the
@@ -100,7 +100,10 @@ def cached_states(run: str | Path, profile, df: pd.DataFrame, split: str, config
     layer_ids = layers(config, _n_layers(run, profile))
     folder = _states_dir(run, split, profile.order, layer_ids)
     have: dict[str, np.ndarray] = {}
-    for f in sorted(folder.glob("chunk_*.npz")):
+    # a pair's state depends on the model, the prompt and the layers, not on the split it is read for: every
+    # split's cache of this order and these layers serves (a pair of an extra folder's train split read earlier
+    # as part of the whole folder is not read again)
+    for f in sorted(Path(run).glob(f"{_states_dir(run, '*', profile.order, layer_ids).name}/chunk_*.npz")):
         z = np.load(f, allow_pickle=False)
         have.update(zip(z["example_id"].tolist(), z["states"]))
     todo = df[~df["example_id"].isin(have)]

@@ -1,4 +1,4 @@
-"""The headline table: every method's macro-F1 on the esci_us test split and on esci_us_wide, from the committed
+"""The headline table: every method's macro-F1 on the esci_us test split and on the esci_us_wide test split, from the committed
 metrics files (``python -m she_lib.headline`` writes ``results/headline.md`` and refreshes the README's copy).
 
 Which rows (the rule, applied to ``results/metrics.json`` and every ``results/<folder>/metrics.json``):
@@ -11,7 +11,8 @@ Which rows (the rule, applied to ``results/metrics.json`` and every ``results/<f
   validation: she_lib.prior_correction) and the grade-probe read-out of the model's states (``<method>_probe``:
   she_lib.grade_probe) as rows of their own. Decoded and CumPT read-outs and seeds after the first (``_s1``...) stay in the folder's ``summary.md``; rows
   without a confidence interval (the GenRM's) are not classifiers;
-* the esci_us_wide cell is the same method's row in ``<folder>/esci_us_wide/metrics.json``, when there is one.
+* the esci_us_wide cell is the same method's row in ``<folder>/esci_us_wide_test/metrics.json`` (the wide folder's
+  test split, data.folder_splits), when there is one; a scoring of the whole wide folder is not shown.
 
 A method appears once per folder that has it, so each folder's rows can be compared with that folder's own
 lexical baseline. Rows are ordered by method (lexical, zero-shot, SFT and its variants, DPO, GRPO, SRPO, AGRL, then
@@ -29,7 +30,7 @@ from .provenance import run_labels
 
 DEMO_PROFILES = ("smoke", "cpu")
 HEADLINE_SCORING = ("classifier", "first_token", "prior_corrected", "grade_probe")
-WIDE = "esci_us_wide"
+WIDE = "esci_us_wide_test"
 ORDER = ("lexical", "zero_shot", "sft", "dpo", "grpo", "srpo", "agrl")
 NAMES = {"lexical": "lexical baseline", "zero_shot": "zero-shot", "sft": "SFT", "dpo": "DPO", "grpo": "GRPO",
          "srpo": "SRPO", "agrl": "AGRL"}
@@ -54,10 +55,13 @@ def _family(method: str) -> str | None:
 
 
 READOUTS = {"_prior": ", prior-corrected", "_probe": ", grade probe"}  # row-name tail -> label tail
+LABELS = {"lexical_esci_us": "lexical baseline, esci_us train only"}  # rows whose name does not spell their label
 
 
 def _label(method: str) -> str:
     """``sft_evidence_prior`` -> ``SFT evidence, prior-corrected``; ``sft_probe`` -> ``SFT, grade probe``."""
+    if method in LABELS:
+        return LABELS[method]
     tail = next((t for t in READOUTS if method.endswith(t)), "")
     method = method[: len(method) - len(tail)]
     head = _family(method)
@@ -102,7 +106,7 @@ def headline_markdown(results_dir: str | Path) -> str:
     rows = headline_rows(results_dir)
     cells = {f"{i}/{s}": r[s] for i, r in enumerate(rows) for s in ("test", "wide") if r[s] is not None}
     labels, runs = run_labels(cells)
-    lines = ["| method | esci_us test: macro-F1 [95% CI] | esci_us_wide: macro-F1 [95% CI] | results (profile) | "
+    lines = ["| method | esci_us test: macro-F1 [95% CI] | esci_us_wide test: macro-F1 [95% CI] | results (profile) | "
              "run | machine |", "|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
         run = ", ".join(dict.fromkeys(labels[f"{i}/{s}"] for s in ("test", "wide") if r[s] is not None))

@@ -157,7 +157,7 @@ def render_tokens(rec: dict, reader: str = "combined", scale: float | None = Non
     spans = []
     for i, (t, a, s) in enumerate(zip(rec["tokens"], rec["token_advantages"], rec["token_steps"])):
         shown = html.escape(t).replace("\n", "&#9166;<br>") or "&#8203;"
-        line = f"border-bottom:3px solid {colour[s]};" if s else "border-bottom:3px solid transparent;"
+        line = f"border-bottom:3px solid {colour[s]};" if s in colour else "border-bottom:3px solid transparent;"
         spans.append(f'<span title="token {i} &middot; {s or "no step"} &middot; advantage {a:+.3f}" '
                      f'style="background:{advantage_colour(a, scale)};{line}white-space:pre-wrap">{shown}</span>')
     return (f'<div style="font-family:monospace;font-size:12.5px;line-height:1.9;margin-top:6px;padding:6px;'
@@ -373,7 +373,7 @@ def demo_group(ex, tokenizer, scale="esci", genrm=None, seed: int = 0, order: st
     default weights)."""
     import torch
 
-    from .srpo import step_advantages, token_advantages
+    from .srpo import decision_credit, step_advantages, token_advantages
 
     scale = get_scale(scale)
     ex = {k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in dict(ex).items()}
@@ -386,12 +386,15 @@ def demo_group(ex, tokenizer, scale="esci", genrm=None, seed: int = 0, order: st
     exam = Examiner(genrm, HybridConfig(score_all=True), scale).examine([{**ex, "rationale": t} for _, t in texts])
     reward = torch.tensor(OutcomeReward(scale)(None, [t for _, t in texts], [ex["label"]] * len(texts)))
     outcome = (reward - reward.mean()) / (reward.std() + 1e-4)  # TRL's group-normalised GRPO advantage
-    steps, code = step_advantages(torch.tensor(exam.rewards), torch.tensor(exam.correct), len(texts))
+    judged = torch.tensor(exam.judged())
+    steps, code = step_advantages(torch.tensor(exam.rewards), torch.tensor(exam.correct), len(texts), judged=judged)
+    decision = decision_credit(steps, judged)
     out = []
     for i, (origin, text) in enumerate(texts):
         ids = tokenizer(text, add_special_tokens=False).input_ids
         decoded, spans = completion_step_spans(ids, tokenizer, scale)
-        adv = token_advantages(outcome[i:i + 1].double(), steps[i:i + 1], [spans], len(ids))[0]
+        adv = token_advantages(outcome[i:i + 1].double(), steps[i:i + 1], [spans], len(ids),
+                               decision=decision[i:i + 1])[0]
         out.append(rollout_record(
             step=0, group=0, rollout=i, example=ex, completion=decoded, grade=parse(decoded, scale).grade,
             correct=exam.correct[i], outcome_reward=reward[i], outcome_advantage=outcome[i],

@@ -16,8 +16,9 @@ and one that fails is recorded and the run goes on with the stages that do not n
 ``data`` and ``report`` run whatever the budget (they only read and write files).
 
 Every trained run (and the baselines) is scored on the profile's test split (``results_dir/metrics.json``) and on
-each folder of ``profile.extra_eval_dirs`` as a whole (``results_dir/<folder name>/metrics.json``; these folders
-share no query with the training data; decoded read-outs there take one pair per query, by seeded hash). ``results_dir/pipeline.json`` records each stage's status and seconds, the
+the test split of each folder of ``profile.extra_eval_dirs`` (``results_dir/<folder name>_test/metrics.json``; a
+query split of the folder, data.folder_splits, whose train split joins the training data only where the profile
+lists the folder in ``extra_train_dirs``; decoded read-outs there take one pair per query, by seeded hash). ``results_dir/pipeline.json`` records each stage's status and seconds, the
 machine and the command.
 """
 from __future__ import annotations
@@ -89,12 +90,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------- evaluation
     def extra_sets(self) -> dict[str, tuple[Profile, object]]:
-        """Folder name -> (profile scoring that folder as a whole, its curated frame): evaluate.external_set, the
-        frame cut at ``eval_limit``; decoded read-outs there take one pair per query (673 on esci_us_wide: every
-        query, a third of the cost)."""
+        """Folder name -> (profile scoring that folder's test split, its curated frame): evaluate.external_set, the
+        frame cut at ``eval_limit``; decoded read-outs there take one pair per query (269 on esci_us_wide: every
+        test query, under half the cost)."""
         out = {}
         for folder in self.profile.extra_eval_dirs:
-            prof, df = external_set(self.profile, folder)
+            prof, df = external_set(self.profile, folder, "test")
             out[Path(folder).name] = (prof.replace(eval_generate_per_query=1),
                                       df.iloc[: self.profile.eval_limit] if self.profile.eval_limit else df)
         return out

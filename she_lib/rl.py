@@ -156,13 +156,15 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
                   peft_config=policy.lora_config, callbacks=[meter, StageLogger(prompts["stage"].tolist(),
                                                                                 prompts_per_step(args)),
                                                              *(callbacks or [])])
+    eos = [policy.tokenizer.eos_token_id]  # a rollout cut at the token limit earns 0 (she_lib.rewards.truncated)
     if method == "grpo":
-        trainer = GRPOTrainer(reward_funcs=[OutcomeReward(scale)], **common)
+        trainer = GRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos)], **common)
     elif method == "srpo":
-        trainer = SRPOTrainer(reward_funcs=[OutcomeReward(scale)], examiner=examiner, scale=scale,
+        trainer = SRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos)], examiner=examiner, scale=scale,
                               rollout_log=run / "rollouts.jsonl", **common)
     else:
-        trainer = SRPOTrainer(reward_funcs=[RuleReward(RuleRewardConfig(), scale)], examiner=examiner, scale=scale,
+        trainer = SRPOTrainer(reward_funcs=[RuleReward(RuleRewardConfig(), scale, eos_token_ids=eos)],
+                              examiner=examiner, scale=scale,
                               replay=AdaptiveReplay(AGRLConfig(), scale, profile.order),
                               rollout_log=run / "rollouts.jsonl", **common)
     if last is None and is_main_process() and (run / "rollouts.jsonl").exists():

@@ -81,6 +81,7 @@ import numpy as np
 
 from .labels import GradeScale, get_scale
 from .schema import ParsedRationale, completion_text, parse
+from .rewards import truncated
 from .verifier import CORRECT, FACT_VERDICTS, INCORRECT, VerifierConfig, expected_attr_verdict, facts_of, verify
 
 RULES = ("type", "attr", "judge", "claims")  # the consistency rules; none reads the human label
@@ -281,8 +282,9 @@ class RuleReward:
     ``rules/<name>`` (``log_prefix``)."""
 
     def __init__(self, config: RuleRewardConfig | None = None, scale: GradeScale | str = "esci",
-                 name: str = "rules", log_prefix: str = "rules/"):
+                 name: str = "rules", log_prefix: str = "rules/", eos_token_ids=()):
         self.config = config or RuleRewardConfig()
+        self.eos_token_ids = tuple(eos_token_ids or ())  # a completion cut at the token limit earns 0 (rewards.truncated)
         self.scale = get_scale(scale)
         self.__name__ = name
         self.log_prefix = log_prefix
@@ -311,7 +313,8 @@ class RuleReward:
             for name, value in self.component_means().items():
                 if name != "total":  # TRL logs the total itself as rewards/<name>/mean
                     log_metric(f"{self.log_prefix}{name}", value)
-        return [c["total"] for c in self.last_components]
+        cut = truncated(kwargs.get("completion_ids"), self.eos_token_ids) or [False] * n
+        return [0.0 if over else c["total"] for c, over in zip(self.last_components, cut)]
 
     def component_means(self) -> dict[str, float]:
         """Mean of every component of the last call (empty dict before the first call)."""

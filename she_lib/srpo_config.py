@@ -13,6 +13,7 @@ class SRPOConfig(GRPOConfig):
     kappa_first_error: float = field(default=1.0, metadata={"help": "extra weight of a wrong rollout's first wrong step"})
     kappa_discriminative: float = field(default=1.0, metadata={"help": "extra weight of a discriminative step"})
     step_threshold: float = field(default=0.5, metadata={"help": "a step reward below it reads as a wrong step"})
-    process_credit: str = field(default="to_go", metadata={"help": "'to_go' (own + later steps) or 'step'"})
+    process_credit: str = field(default="step", metadata={"help": "'step' (own step) or 'to_go' (own + later steps)"})
+    decision_credit: bool = field(default=True, metadata={"help": "the <grade> tokens get the mean step value D_i"})
     advantage_clip: float | None = field(default=None, metadata={"help": "clamp token advantages to +-clip"})
     rollout_log_every: int = field(default=1, metadata={"help": "write rollouts.jsonl every k generations (0 = off)"})

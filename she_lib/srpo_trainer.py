@@ -18,17 +18,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate.utils import gather, gather_object
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from .examiner import SCORED, Examiner, HybridConfig
+from .examiner import Examiner, HybridConfig
 from .labels import GradeScale, get_scale
 from .rollout_log import rollout_record, token_steps
 from .schema import STEPS, parse
-from .srpo import step_advantages, token_advantages
+from .srpo import decision_credit, step_advantages, token_advantages
 from .step_spans import completion_step_spans
 
 
@@ -68,14 +67,15 @@ class SRPOTrainer(GRPOTrainer):
         dev = ids.device
         rewards_all = gather(torch.tensor(exam.rewards, dtype=torch.float32, device=dev))
         correct_all = gather(torch.tensor(exam.correct, dtype=torch.bool, device=dev))
-        judged_all = gather(torch.tensor(np.isin(exam.sources, SCORED), dtype=torch.bool, device=dev))
+        judged_all = gather(torch.tensor(exam.judged(), dtype=torch.bool, device=dev))
         steps_all, code_all = step_advantages(rewards_all, correct_all, g, self.args.kappa_first_error,
                                               self.args.kappa_discriminative, self.args.step_threshold, judged_all)
         lo = self.accelerator.process_index * len(inputs)
         steps, code = steps_all[lo:lo + len(inputs)], code_all[lo:lo + len(inputs)]
         outcome = out["advantages"]
+        decision = decision_credit(steps, judged_all[lo:lo + len(inputs)]) if self.args.decision_credit else None
         adv = token_advantages(outcome, steps.to(outcome.dtype), spans, ids.shape[1], self.args.process_weight,
-                               self.args.process_credit, self.args.advantage_clip)
+                               self.args.process_credit, self.args.advantage_clip, decision)
         out["advantages"] = adv
         if self.replay is not None:
             out = self.replay.adjust_outputs(self, inputs, out, exam)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from .labels import GradeScale
-from .schema import char_to_token_spans, parse
+from .schema import GRADE_TAG, char_to_token_spans, parse
 
 
 def token_char_offsets(ids, tokenizer) -> list[tuple[int, int]]:
@@ -25,8 +25,12 @@ def token_char_offsets(ids, tokenizer) -> list[tuple[int, int]]:
 
 
 def completion_step_spans(ids, tokenizer, scale: GradeScale) -> tuple[str, dict[str, tuple[int, int]]]:
-    """(text, {step: token range [i, j)}) of one completion's token ids (padding already removed)."""
+    """(text, {step: token range [i, j)}) of one completion's token ids (padding already removed), with the <grade>
+    element's range under ``grade`` when there is one."""
     offsets = token_char_offsets(ids, tokenizer)
     text = tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
     parsed = parse(text, scale)
-    return text, char_to_token_spans({n: s.span for n, s in parsed.steps.items()}, offsets)
+    spans = {n: s.span for n, s in parsed.steps.items()}
+    if parsed.grade_span:
+        spans[GRADE_TAG] = parsed.grade_span
+    return text, char_to_token_spans(spans, offsets)

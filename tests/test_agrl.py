@@ -65,6 +65,11 @@ def test_trigger_patience_and_recovery(splits):
     other = AdaptiveReplay(AGRLConfig(threshold=0.0, patience=2, replace_fraction=0.5), SCALE)
     other.load(state)
     assert other.state() == state
+    # the default threshold 0.25 counts a group with 1 of 4 right as a failed visit (the strict 0 does not): the
+    # prompts the difficulty filter keeps are rarely all wrong
+    loose = AdaptiveReplay(AGRLConfig(patience=1), SCALE)
+    loose._update([(a, c, False) for c in (1, 0, 0, 0)] + [(b, c, False) for c in (1, 1, 0, 0)], t)
+    assert AGRLConfig().threshold == 0.25 and loose.fails == {a: 1, b: 0}
     # rank 1 of 2 holds rollouts 2-3 of the group (global rows 2..3 of a batch of 4 rows per rank)
     assert [x["guided"] for x in replay.prepare_inputs(fake(rank=1), [rows[1]] * 2)] == [True, True]
     assert not any(x["guided"] for x in replay.prepare_inputs(fake(training=False), batch))  # never in evaluation

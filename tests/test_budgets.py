@@ -17,7 +17,7 @@ RL_FIELDS = ("num_generations", "per_device_train_batch_size", "gradient_accumul
              "learning_rate", "lr_scheduler_type", "warmup_steps", "temperature", "beta", "shuffle_dataset", "seed",
              "data_seed", "save_total_limit", "log_completions", "max_steps", "logging_steps", "save_steps",
              "process_weight", "kappa_first_error", "kappa_discriminative", "step_threshold", "process_credit",
-             "advantage_clip", "rollout_log_every")
+             "advantage_clip", "rollout_log_every", "decision_credit")
 
 
 def _plain(value, root: str) -> dict:

@@ -182,6 +182,27 @@ def test_prepare_and_load_splits(smoke):
         pd.testing.assert_frame_equal(splits[s][["example_id", "label"]], again[s][["example_id", "label"]])
 
 
+def test_an_extra_folder_is_split_by_query_and_its_train_pairs_join_without_its_test_queries(smoke):
+    from she_lib.config import REPO_ROOT
+    from she_lib.data import folder_splits
+    from she_lib.evaluate import external_set
+
+    wide = str(REPO_ROOT / "data_samples" / "esci_us_wide")
+    parts = folder_splits(smoke, wide)  # every pair (no caps), 673 queries cut 0.5 / 0.1 / 0.4 by the seeded hash
+    queries = {s: set(d["query_key"]) for s, d in parts.items()}
+    assert sum(len(d) for d in parts.values()) == 1553 and sum(map(len, queries.values())) == 673
+    assert [len(queries[s]) for s in ("train", "validation", "test")] == [336, 67, 270]
+    assert not (queries["train"] & queries["test"]) and not (queries["validation"] & queries["test"])
+    base, joined = load_splits(smoke), load_splits(smoke.replace(extra_train_dirs=(wide,)))
+    for s in ("train", "validation"):  # the main split's pairs first, then the folder's, in their order
+        assert joined[s]["example_id"].tolist() == base[s]["example_id"].tolist() + parts[s]["example_id"].tolist()
+    assert joined["test"]["example_id"].tolist() == base["test"]["example_id"].tolist()
+    prof, test = external_set(smoke, wide, "test")  # what the pipeline scores: the folder's test split only
+    assert test["example_id"].tolist() == parts["test"]["example_id"].tolist()
+    assert prof.eval_split == "external_esci_us_wide" and prof.results_dir.endswith("esci_us_wide_test")
+    assert len(external_set(smoke, wide)[1]) == 1553  # the whole folder (evaluate --data)
+
+
 def test_splits_with_facts_of_another_version_are_rebuilt(smoke):
     from pathlib import Path
 

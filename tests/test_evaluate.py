@@ -166,6 +166,11 @@ def test_cli_saves_external_data_in_its_own_results_folder(tmp_path, monkeypatch
     assert not (tmp_path / "results" / "metrics.json").exists()
     with pytest.raises(SystemExit):
         main(["--report", "--profile", "smoke", "--data", str(ext)])
+    # --split with --data: that query split of the folder (data.folder_splits), in <folder name>_<split>/
+    assert main(["--baseline", "lexical", "--profile", "smoke", "--data", str(ext), "--split", "test", "--limit",
+                 "40", "--save"]) == 0
+    saved = json.loads((tmp_path / "results" / "my_esci_test" / "metrics.json").read_text())
+    assert saved["lexical"]["n_examples"] == 40 and saved["lexical"]["split"] == "external_my_esci"
 
 
 def test_per_query_keeps_every_query():

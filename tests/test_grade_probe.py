@@ -91,6 +91,11 @@ def test_states_are_cached_per_chunk_and_resumed(trained_sft, splits, tmp_path):
             raise AssertionError("the model was used")
     np.testing.assert_array_equal(cached_states(run, prof, df.iloc[::-1], "validation", cfg, policy=Refuse(),
                                                 progress=False), both[::-1])
+    # read for another split (an extra folder's pairs read as a whole, then as a train split): no model either,
+    # and nothing new is written
+    np.testing.assert_array_equal(cached_states(run, prof, df.iloc[2:8], "train", cfg, policy=Refuse(),
+                                                progress=False), both[2:8])
+    assert not (run / "states_train_grade_first_L2_1").exists()
 
 
 def test_train_probe_saves_a_probe_that_predicts(trained_sft, splits, tmp_path):

@@ -41,7 +41,7 @@ def test_headline_table_cells_and_readme_refresh(tmp_path):
         "lexical": row(0.3254, 0.2516, 0.3957, scoring="classifier", profile="gpu-offline", made_by=GPU_RUN),
         "sft_first_token": row(0.1918, 0.1676, 0.2128, profile="gpu-offline", made_by=GPU_RUN),
     })
-    write(results / "gpu" / "esci_us_wide", {
+    write(results / "gpu" / "esci_us_wide_test", {
         "lexical": row(0.4367, 0.3930, 0.4809, scoring="classifier", profile="gpu-offline",
                        split="external_esci_us_wide", made_by=GPU_RUN)})
     write(results / "cpu", {"lexical": row(0.288, 0.238, 0.330, scoring="classifier", profile="cpu")})  # demo
@@ -52,7 +52,7 @@ def test_headline_table_cells_and_readme_refresh(tmp_path):
     table = (results / "headline.md").read_text().split("\n\n", 1)[1]
     lines = table.splitlines()
     assert lines[:9] == [
-        "| method | esci_us test: macro-F1 [95% CI] | esci_us_wide: macro-F1 [95% CI] | results (profile) | run | "
+        "| method | esci_us test: macro-F1 [95% CI] | esci_us_wide test: macro-F1 [95% CI] | results (profile) | run | "
         "machine |",
         "|---|---|---|---|---|---|",
         "| lexical baseline | 0.325 [0.252, 0.396] | 0.437 [0.393, 0.481] | `results/gpu/` (gpu-offline) | R1 | "

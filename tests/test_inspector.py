@@ -155,7 +155,7 @@ def test_demo_group_examines_teacher_and_corruptions(tokenizer):
     assert group[3]["critical"][STEPS.index("judge")] == "first_error"  # the flipped grade's judgement
     for r in group:
         assert "".join(r["tokens"]) == r["completion"] and len(r["tokens"]) == len(r["token_advantages"])
-        assert set(r["token_steps"]) == {"", *STEPS}
+        assert set(r["token_steps"]) == {"", "grade", *STEPS}  # the <grade> element carries the decision credit
         assert sum(r["outcome_advantage"] for r in group) == pytest.approx(0, abs=1e-3)
     state = InspectorState({"demo": group})
     assert len(state.group) == 6 and state.current["origin"] == "teacher"

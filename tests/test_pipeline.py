@@ -21,14 +21,14 @@ def test_pipeline_scores_every_run_on_both_test_sets(tmp_path):
     test = json.loads((tmp_path / "results" / "metrics.json").read_text())
     assert {"lexical", "sft", "sft_first_token", "zero_shot", "zero_shot_first_token", "grpo",
             "grpo_first_token", "sft_cumpt"} <= set(test)
-    wide = json.loads((tmp_path / "results" / "esci_us_wide" / "metrics.json").read_text())
+    wide = json.loads((tmp_path / "results" / "esci_us_wide_test" / "metrics.json").read_text())
     assert {"lexical", "sft", "sft_first_token", "zero_shot_first_token", "grpo", "grpo_first_token"} <= set(wide)
-    # the wide set is scored as a whole (smoke caps it at eval_limit pairs), in its own split name; decoded
+    # the wide set's test split is scored (smoke caps it at eval_limit pairs), in its own split name; decoded
     # read-outs there take one pair of each of its queries
     assert {m["n_examples"] for k, m in wide.items() if k in ("lexical", "sft_first_token")} == {prof.eval_limit}
     assert wide["sft"]["n_examples"] == wide["sft"]["n_queries"] == wide["sft_first_token"]["n_queries"]
     assert {m["split"] for m in wide.values()} == {"external_esci_us_wide"}
-    assert (tmp_path / "results" / "esci_us_wide" / "summary.md").exists()
+    assert (tmp_path / "results" / "esci_us_wide_test" / "summary.md").exists()
     info = json.loads((tmp_path / "results" / "pipeline.json").read_text())
     assert info["profile"] == "smoke" and set(info["made_by"]) >= {"command", "commit", "machine"}
 
@@ -52,7 +52,7 @@ def test_gpu_offline_profile_resolves_for_every_stage():
     from she_lib.sft import CoTSFTConfig
 
     prof = get_profile("gpu-offline")
-    assert prof.model_source == "smollm2_gguf" and prof.dtype == "bfloat16" and prof.extra_eval_dirs == (WIDE,)
+    assert prof.model_source == "smollm2_gguf" and prof.dtype == "bfloat16" and prof.extra_eval_dirs == prof.extra_train_dirs == (WIDE,)
     assert Path(prof.results_dir) == REPO_ROOT / "results" / "gpu"
     sft = CoTSFTConfig.for_profile(prof)
     assert sft.train_limit is None and sft.epochs == 1 and sft.class_balance == 0.5 and sft.select_by_grade_f1

@@ -13,7 +13,7 @@ from she_lib.rationales import teacher_rationale
 from she_lib.schema import STEPS, parse
 from she_lib.rl import rl_config, train_rl
 from she_lib.rewards import OutcomeReward
-from she_lib.srpo import step_advantages, token_advantages
+from she_lib.srpo import decision_credit, step_advantages, token_advantages
 from she_lib.srpo_trainer import SRPOTrainer
 from she_lib.step_spans import completion_step_spans, token_char_offsets
 from fakes import fake_trainer as _trainer
@@ -24,16 +24,19 @@ SCALE = get_scale("esci")
 
 # ------------------------------------------------------------------------------------------ the maths
 def test_step_advantages_hand_computed_group():
-    """G = 4 rollouts, K = 3 steps; rollouts 0 and 2 right, 1 and 3 wrong."""
+    """G = 4 rollouts, K = 3 steps; rollouts 0 and 2 right, 1 and 3 wrong. Each step type is normalised over the
+    same step of the group's rollouts."""
     r = torch.tensor([[1., 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]])
     correct = torch.tensor([True, False, True, False])
     adv, code = step_advantages(r, correct, group_size=4)
-    # 6 ones and 6 zeros: mean 0.5, unbiased std sqrt(12 * 0.25 / 11); z = +-c
-    c = 0.5 / (math.sqrt(3 / 11) + 1e-4)
-    # first errors: rollout 1 at step 1, rollout 3 at step 0. Every step is discriminative (right rollout 0 has it
-    # right, a wrong rollout has it wrong); a rollout's step is weighted when its verdict agrees with its outcome.
+    # columns [1,1,1,0], [1,0,1,0], [1,0,0,0]: means .75 / .5 / .25, unbiased stds .5 / sqrt(1/3) / .5
+    s0, s1, s2 = 0.5 + 1e-4, math.sqrt(1 / 3) + 1e-4, 0.5 + 1e-4
+    z = torch.tensor([[.25 / s0, .5 / s1, .75 / s2], [.25 / s0, -.5 / s1, -.25 / s2],
+                      [.25 / s0, .5 / s1, -.25 / s2], [-.75 / s0, -.5 / s1, -.25 / s2]])
+    # first errors: rollout 1 at step 1, rollout 3 at step 0 (both z < 0). Every step is discriminative (right
+    # rollout 0 has it right, a wrong rollout has it wrong); a rollout's step is weighted when its verdict agrees
+    # with its outcome and z has the verdict's sign
     w = torch.tensor([[2., 2, 2], [1, 3, 2], [2, 2, 1], [3, 2, 2]])
-    z = torch.tensor([[c, c, c], [c, -c, -c], [c, c, -c], [-c, -c, -c]])
     torch.testing.assert_close(adv, w * z, rtol=0, atol=1e-6)
     assert code.tolist() == [[2, 2, 2], [0, 1, 2], [2, 2, 0], [1, 2, 2]]
 
@@ -42,32 +45,69 @@ def test_step_advantages_hand_computed_group():
     torch.testing.assert_close(adv0[:4], z, rtol=0, atol=1e-6)
     assert torch.equal(adv0[4:], torch.zeros(4, 3))  # a group with equal step rewards has no process signal
 
-    # rollout 3 unparsable (default rewards, not verdicts): same z-scores, but it is never critical; the only other
-    # wrong rollout (1) has step 0 right, so step 0 is no longer discriminative
+    # rollout 3 unparsable or undecided (no verdicts): it gets 0 and leaves the statistics; over rollouts 0-2 column
+    # 0 is constant (z = 0), columns 1 and 2 have std sqrt(1/3). It is never critical, so step 0 is no longer
+    # discriminative (the only other wrong rollout has it right)
     judged = torch.ones(4, 3, dtype=torch.bool)
     judged[3] = False
     adv_j, code_j = step_advantages(r, correct, 4, judged=judged)
     assert code_j.tolist() == [[0, 2, 2], [0, 1, 2], [0, 2, 0], [0, 0, 0]]
-    w_j = torch.tensor([[1., 2, 2], [1, 3, 2], [1, 2, 1], [1, 1, 1]])
-    torch.testing.assert_close(adv_j, w_j * z, rtol=0, atol=1e-6)
+    t = math.sqrt(1 / 3) + 1e-4
+    want = torch.tensor([[0., 2 * (1 / 3) / t, 2 * (2 / 3) / t], [0, 3 * (-2 / 3) / t, 2 * (-1 / 3) / t],
+                         [0, 2 * (1 / 3) / t, (-1 / 3) / t], [0, 0, 0]])
+    torch.testing.assert_close(adv_j, want, rtol=0, atol=1e-6)
+
+
+def test_identical_rollouts_get_no_step_signal_whatever_the_step_types():
+    """Four identical rollouts whose steps differ in kind (two wrong, three right): with every step type compared
+    with itself there is nothing to credit (pooling the 20 rewards gave the wrong steps -1.95 in each rollout)."""
+    r = torch.tensor([[1., 1, 0, 0, 1]] * 4)
+    adv, code = step_advantages(r, torch.tensor([False] * 4), 4)
+    assert torch.equal(adv, torch.zeros(4, 5)) and torch.equal(code, torch.zeros(4, 5, dtype=code.dtype))
+
+
+def test_critical_weights_never_push_a_step_against_its_verdict():
+    """Group A: a right step of a right rollout below the group mean (GenRM-like rewards) is not amplified (the old
+    rule doubled its negative value); group B: a wrong rollout's first wrong step above the mean is not amplified
+    (the old rule doubled its positive value)."""
+    r = torch.tensor([[0.55], [1.0], [1.0], [0.3], [0.0], [0.0], [0.0], [0.4]])
+    correct = torch.tensor([True, True, True, False, False, False, False, False])
+    adv, code = step_advantages(r, correct, 4)
+    sa = math.sqrt(0.120625) + 1e-4  # group A: mean .7125, deviations -.1625 .2875 .2875 -.4125
+    sb = 0.2 + 1e-4  # group B: mean .1, deviations -.1 -.1 -.1 .3
+    za = torch.tensor([-.1625, .2875, .2875, -.4125]) / sa
+    zb = torch.tensor([-.1, -.1, -.1, .3]) / sb
+    # A: rollout 0 right but z < 0: weight 1; 1, 2 discriminative; 3 first error and discriminative. B: 0-2 first
+    # errors (z < 0); 3 wrong with z > 0: weight 1; no right rollout, so no step is discriminative
+    assert code.view(-1).tolist() == [0, 2, 2, 1, 1, 1, 1, 0]
+    w = torch.tensor([1., 2, 2, 3, 2, 2, 2, 1])
+    torch.testing.assert_close(adv.view(-1), w * torch.cat([za, zb]), rtol=0, atol=1e-6)
 
 
 def test_token_advantages_hand_computed():
     outcome = torch.tensor([0.5, -1.0])
     steps = torch.tensor([[1., 2, 3, 4, 5], [1., 1, 1, 1, 1]], dtype=torch.float64)
     spans = [{"query": (1, 3), "product": (3, 4), "judge": (6, 8)}, {}]  # rollout 1: no step found (unparsable)
-    to_go = token_advantages(outcome, steps, spans, 9, process_weight=0.5)
+    own = token_advantages(outcome, steps, spans, 9, process_weight=0.5)  # "step": each step its own value
+    assert own[0].tolist() == [0.5, 1.0, 1.0, 1.5, 0.5, 0.5, 3.0, 3.0, 0.5]
+    assert own[1].tolist() == [-1.0] * 9
+    to_go = token_advantages(outcome, steps, spans, 9, process_weight=0.5, process_credit="to_go")
     # to go: query 1 + 2 + 5 = 8, product 2 + 5 = 7, judge 5 (only steps present in the text count)
     assert to_go[0].tolist() == [0.5, 4.5, 4.5, 4.0, 0.5, 0.5, 3.0, 3.0, 0.5]
-    assert to_go[1].tolist() == [-1.0] * 9
-    own = token_advantages(outcome, steps, spans, 9, process_weight=0.5, process_credit="step")
-    assert own[0].tolist() == [0.5, 1.0, 1.0, 1.5, 0.5, 0.5, 3.0, 3.0, 0.5]
     clipped = token_advantages(outcome, steps, spans, 7, process_weight=0.5, advantage_clip=2.0)
-    assert clipped[0].tolist() == [0.5, 2.0, 2.0, 2.0, 0.5, 0.5, 2.0]  # spans past the length are cut
+    assert clipped[0].tolist() == [0.5, 1.0, 1.0, 1.5, 0.5, 0.5, 2.0]  # spans past the length are cut
     zero = token_advantages(outcome, steps, spans, 9, process_weight=0.0)
     assert torch.equal(zero, outcome.view(-1, 1).double().repeat(1, 9))
     with pytest.raises(ValueError, match="process_credit"):
         token_advantages(outcome, steps, spans, 9, process_credit="later")
+    # the decision: the <grade> tokens (0, 1) get A_out + 0.5 * D; D = mean of the judged step values
+    judged = torch.tensor([[True, True, False, False, True], [False] * 5])
+    d = decision_credit(steps, judged)
+    assert d.tolist() == [(1 + 2 + 5) / 3, 0.0]
+    graded = [{**spans[0], "grade": (0, 1)}, {"grade": (0, 2)}]
+    dec = token_advantages(outcome, steps, graded, 9, process_weight=0.5, decision=d)
+    assert dec[0].tolist() == [0.5 + 0.5 * 8 / 3, 1.0, 1.0, 1.5, 0.5, 0.5, 3.0, 3.0, 0.5]
+    assert dec[1].tolist() == [-1.0] * 9  # no verdict: no decision credit
 
 
 def test_outcome_reward_on_both_completion_formats():
@@ -81,6 +121,19 @@ def test_outcome_reward_on_both_completion_formats():
     out = reward(None, [good, [{"role": "assistant", "content": good}], "no tags", None, good.replace("Exact", "Substitute", 1)],
                  label=["Exact", "Exact", "Exact", "Exact", "Exact"])
     assert out == pytest.approx([1.1, 1.1, 0.0, 0.0, 0.0])  # the last: wrong grade, judgement now contradicts it
+    # a completion cut at the token limit (no end token last) earns 0, right grade or not; so does AGRL's reward
+    eos = 7
+    ids = [[1, 2, eos], [1, 2, 3], [], [1, eos]]
+    cut = OutcomeReward(SCALE, eos_token_ids=[eos])(None, [good] * 4, label=["Exact"] * 4, completion_ids=ids)
+    assert cut == pytest.approx([1.1, 0.0, 0.0, 1.1])
+    assert OutcomeReward(SCALE)(None, [good] * 4, label=["Exact"] * 4, completion_ids=ids) == pytest.approx([1.1] * 4)
+    from she_lib.rules import RuleReward
+
+    rules = RuleReward(scale=SCALE, eos_token_ids=[eos])
+    full = rules(None, [good] * 2, label=["Exact"] * 2, **{k: [ex[k]] * 2 for k in ex if k != "label"})
+    capped = rules(None, [good] * 2, label=["Exact"] * 2, completion_ids=[[1, eos], [1, 2]],
+                   **{k: [ex[k]] * 2 for k in ex if k != "label"})
+    assert full[0] > 1 and capped == [full[0], 0.0]
 
 
 # ---------------------------------------------------------------------------- spans from token ids
@@ -96,8 +149,9 @@ def test_step_spans_from_any_token_segmentation(tokenizer, splits, segmentation)
     assert offsets[-1] == (len(text), len(text))  # the end token takes no characters
     assert all(a <= b for a, b in offsets) and offsets[0][0] == 0
     decoded, spans = completion_step_spans(ids, tokenizer, SCALE)
-    assert decoded == text and set(spans) == set(STEPS)
+    assert decoded == text and set(spans) == {*STEPS, "grade"}
     parsed = parse(text, SCALE)
+    assert text[slice(*parsed.grade_span)] in tokenizer.decode(ids[slice(*spans.pop("grade"))])
     for name, (a, b) in spans.items():
         element = text[slice(*parsed.steps[name].span)]
         assert element in tokenizer.decode(ids[a:b])  # the tokens cover the element ...
@@ -145,13 +199,13 @@ def test_srpo_with_zero_process_weight_equals_grpo(smoke, tmp_path, splits):
         texts.append(text), spans.append(sp)
     exam = srpo1.examiner.examine([{**ds[i], "rationale": t} for i, t in zip((0, 0, 0, 0, 1, 1, 1, 1), texts)])
     rewards = torch.tensor(exam.rewards, dtype=torch.float32)
-    from she_lib.examiner import SCORED
-
-    steps, _ = step_advantages(rewards, torch.tensor(exam.correct), 4, judged=torch.tensor(np.isin(exam.sources, SCORED)))
-    want = token_advantages(out_g["advantages"], steps.to(torch.float32), spans, adv.shape[1], 1.0)
+    judged = torch.tensor(exam.judged())
+    steps, _ = step_advantages(rewards, torch.tensor(exam.correct), 4, judged=judged)
+    want = token_advantages(out_g["advantages"], steps.to(torch.float32), spans, adv.shape[1], 1.0,
+                            decision=decision_credit(steps, judged))
     torch.testing.assert_close(adv, want)
     assert not torch.allclose(adv, out_g["advantages"].view(-1, 1).expand_as(adv))
-    assert spans[0].keys() == set(STEPS) and spans[3] == {}  # teacher rationale parsed; "<grade>maybe" has no step
+    assert spans[0].keys() == {*STEPS, "grade"} and spans[3] == {}  # teacher rationale parsed; "<grade>maybe": none
     # without the helpers: a completion token outside every step span keeps its rollout's outcome advantage (all of
     # "<grade>maybe": rows 3 and 7), and some step token of the teacher rationale (row 0) moved away from it
     for i, sp in enumerate(spans):
