@@ -128,9 +128,8 @@ def _predictions(prof, test_prof, df):
     """``df`` plus one prediction column per read-out of every ablation run on ``test_prof``'s split
     (evaluate.load_predictions over the runs of ``prof``) and the probe read-out of each control."""
     from she_lib.evaluate import load_predictions
-    from she_lib.predictions import prediction_cache, read_predictions
-
     from she_lib.lexical import LexicalBaseline
+    from she_lib.predictions import prediction_cache, read_predictions
 
     out = load_predictions(test_prof, df, runs_dir=prof.runs_dir)
     for name in ("lexical", "lexical_esci_us"):  # both lexical fits, read again from their saved models

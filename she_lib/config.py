@@ -79,8 +79,8 @@ class Profile:
     eval_split: str = "test"
     # further ESCI folders (no query shared with data_dir) split by query at extra_split_fractions (data.folder_splits):
     # the test split of each extra_eval_dirs folder is scored by she_lib.pipeline into
-    # results_dir/<folder name>_test/metrics.json (esci_us_wide: 269 queries, 613 pairs); the train and validation
-    # splits of each extra_train_dirs folder join the profile's (data.load_splits; esci_us_wide: 404 queries)
+    # results_dir/<folder name>_test/metrics.json (esci_us_wide: 270 queries, 634 pairs); the train and validation
+    # splits of each extra_train_dirs folder join the profile's (data.load_splits; esci_us_wide: 403 queries)
     extra_eval_dirs: tuple[str, ...] = ()
     extra_train_dirs: tuple[str, ...] = ()
     extra_split_fractions: tuple[float, float, float] = (0.5, 0.1, 0.4)  # train / validation / test

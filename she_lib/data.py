@@ -449,13 +449,17 @@ def _current(out: Path) -> bool:
         return False
 
 
+def folder_pairs(profile: Profile, folder) -> pd.DataFrame:
+    """Every pair of a further ESCI folder, curated as the profile curates (without its pair caps)."""
+    return curate(load_dataset(profile, folder), profile.replace(max_pairs=None, max_pairs_per_query=None))[0]
+
+
 def folder_splits(profile: Profile, folder) -> dict[str, pd.DataFrame]:
-    """A further ESCI folder (``profile.extra_train_dirs`` / ``extra_eval_dirs``) curated without pair caps and split
+    """A further ESCI folder (``profile.extra_train_dirs`` / ``extra_eval_dirs``) curated (folder_pairs) and split
     by query at ``profile.extra_split_fractions`` (same hash, same seed as the main split): its train and
     validation pairs can join the profile's (load_splits), its test split is an evaluation set
     (evaluate.external_set), and no query is in two of them."""
-    df, _ = curate(load_dataset(profile, folder), profile.replace(max_pairs=None, max_pairs_per_query=None))
-    return split_by_query(df, profile.extra_split_fractions, profile.split_seed)
+    return split_by_query(folder_pairs(profile, folder), profile.extra_split_fractions, profile.split_seed)
 
 
 def load_splits(profile: Profile) -> dict[str, pd.DataFrame]:

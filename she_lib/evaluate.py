@@ -28,7 +28,7 @@ import pandas as pd
 
 from .config import Profile, get_profile
 from .cumpt import evaluate_cumpt, plot_cumpt
-from .data import curate, folder_splits, load_dataset, load_splits, with_evidence
+from .data import folder_pairs, folder_splits, load_splits, with_evidence
 from .grade_probe import PROBE_FILE, GradeProbeConfig, evaluate_probe, train_probe
 from .labels import get_scale
 from .lexical import LexicalBaseline, LexicalConfig
@@ -53,10 +53,7 @@ def external_set(profile: Profile, folder: str | Path, split: str | None = None)
     split), runs under ``runs_dir/external_<name>``, results in ``results_dir/<name>/`` or ``<name>_<split>/``
     (never the profile's own table)."""
     name = Path(os.path.abspath(folder)).name
-    if split:
-        df = folder_splits(profile, folder)[split]
-    else:
-        df, _ = curate(load_dataset(profile, folder), profile.replace(max_pairs=None, max_pairs_per_query=None))
+    df = folder_splits(profile, folder)[split] if split else folder_pairs(profile, folder)
     return profile.replace(eval_split=f"external_{name}", runs_dir=str(Path(profile.runs_dir) / f"external_{name}"),
                            results_dir=str(Path(profile.results_dir) / (f"{name}_{split}" if split else name))), (
         with_evidence(df) if profile.prompt_evidence else df)

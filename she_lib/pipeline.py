@@ -91,7 +91,7 @@ class Pipeline:
     # ------------------------------------------------------------------------------- evaluation
     def extra_sets(self) -> dict[str, tuple[Profile, object]]:
         """Folder name -> (profile scoring that folder's test split, its curated frame): evaluate.external_set, the
-        frame cut at ``eval_limit``; decoded read-outs there take one pair per query (269 on esci_us_wide: every
+        frame cut at ``eval_limit``; decoded read-outs there take one pair per query (270 on esci_us_wide: every
         test query, under half the cost)."""
         out = {}
         for folder in self.profile.extra_eval_dirs:

@@ -6,12 +6,12 @@ from .labels import GradeScale, get_scale
 from .schema import completion_text, parse
 
 
-def truncated(completion_ids, eos_token_ids) -> list[bool]:
-    """Which completions were cut at the token limit: no end token last among their ids (TRL passes each
+def truncated(completion_ids, eos_token_ids, n: int) -> list[bool]:
+    """Which of ``n`` completions were cut at the token limit: no end token last among their ids (TRL passes each
     completion's ids up to and including its first end token). All False when either is not given."""
     eos = set(eos_token_ids or ())
     if not eos or completion_ids is None:
-        return [False] * (len(completion_ids) if completion_ids is not None else 0)
+        return [False] * n
     return [not len(ids) or int(ids[-1]) not in eos for ids in completion_ids]
 
 
@@ -30,7 +30,7 @@ class OutcomeReward:
         self.__name__ = "outcome"
 
     def __call__(self, prompts, completions, label, completion_ids=None, **kwargs) -> list[float]:
-        cut = truncated(completion_ids, self.eos_token_ids) or [False] * len(completions)
+        cut = truncated(completion_ids, self.eos_token_ids, len(completions))
         out = []
         for completion, gold, over in zip(completions, label, cut):
             p = parse(completion_text(completion), self.scale)

@@ -80,8 +80,8 @@ from typing import Any
 import numpy as np
 
 from .labels import GradeScale, get_scale
-from .schema import ParsedRationale, completion_text, parse
 from .rewards import truncated
+from .schema import ParsedRationale, completion_text, parse
 from .verifier import CORRECT, FACT_VERDICTS, INCORRECT, VerifierConfig, expected_attr_verdict, facts_of, verify
 
 RULES = ("type", "attr", "judge", "claims")  # the consistency rules; none reads the human label
@@ -313,7 +313,7 @@ class RuleReward:
             for name, value in self.component_means().items():
                 if name != "total":  # TRL logs the total itself as rewards/<name>/mean
                     log_metric(f"{self.log_prefix}{name}", value)
-        cut = truncated(kwargs.get("completion_ids"), self.eos_token_ids) or [False] * n
+        cut = truncated(kwargs.get("completion_ids"), self.eos_token_ids, n)
         return [0.0 if over else c["total"] for c, over in zip(self.last_components, cut)]
 
     def component_means(self) -> dict[str, float]:
