@@ -6,8 +6,9 @@
 Variants (each in its own process, so peak memory is its own):
 * ``plain``:     TRL 1.15's SFTConfig defaults on this stack: fp32 compute, gradient checkpointing on,
                  padding to the longest chat of the batch;
-* ``optimised``: the project's CPU settings (``she_lib.sft``): bf16 autocast, no gradient checkpointing,
-                 padding.
+* ``unshared``:  bf16 autocast, no gradient checkpointing, padding, every row's prompt computed in full;
+* ``optimised``: the project's CPU settings (``she_lib.sft``): as ``unshared``, and the batch's common prompt
+                 prefix (the chat template's system part) computed once per batch (``share_prompt_prefix``).
 Both train LoRA r16 on all linear layers, the same chats (offline-teacher rationales), the same batch.
 
 Reported per variant: non-padding tokens/s over the steps after the first (warm-up), seconds/step, peak
@@ -26,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = {"plain": dict(bf16=False, gradient_checkpointing=True),
-            "optimised": dict(bf16="auto", gradient_checkpointing=False)}
+VARIANTS = {"plain": dict(bf16=False, gradient_checkpointing=True, share_prompt_prefix=False),
+            "unshared": dict(bf16="auto", gradient_checkpointing=False, share_prompt_prefix=False),
+            "optimised": dict(bf16="auto", gradient_checkpointing=False, share_prompt_prefix=True)}
 
 
 def run_variant(name: str, tiny: bool, steps: int, batch: int) -> dict:
@@ -60,7 +62,8 @@ def run_variant(name: str, tiny: bool, steps: int, batch: int) -> dict:
     return {"tokens_per_s": clock.tokens / clock.seconds, "s_per_step": clock.seconds / (steps - 1),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
             "base_params": n_params, "bf16": trainer.args.bf16,
-            "gradient_checkpointing": trainer.args.gradient_checkpointing, "threads": torch.get_num_threads()}
+            "gradient_checkpointing": trainer.args.gradient_checkpointing,
+            "share_prompt_prefix": trainer.share_prompt_prefix, "threads": torch.get_num_threads()}
 
 
 def main(argv=None) -> dict:
@@ -96,6 +99,7 @@ def main(argv=None) -> dict:
     result = {"model": "tiny" if args.tiny else "SmolLM2-135M-Instruct", "machine": machine(),
               "steps": args.steps, "batch": args.batch, "bf16_matmul_peak_tflops": round(peak, 3),
               "variants": rows, "speedup": round(rows["optimised"]["tokens_per_s"] / rows["plain"]["tokens_per_s"], 2),
+              "prefix_sharing_speedup": round(rows["optimised"]["tokens_per_s"] / rows["unshared"]["tokens_per_s"], 2),
               "cuda": torch.cuda.is_available()}
     out = Path(args.out or Path(__file__).resolve().parent.parent / "results" / "bench_sft.json")
     out.parent.mkdir(parents=True, exist_ok=True)

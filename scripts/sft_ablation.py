@@ -6,9 +6,10 @@ VARIANTS (and, for PROMPT_EVIDENCE, the facts in the prompt), trained into ``run
 read by first token on the esci_us test split and on the test split of data_samples/esci_us_wide (270 queries,
 634 pairs; its train and validation splits join esci_us's: data.folder_splits), and read again with per-grade
 biases tuned on 32 validation pairs a query (she_lib.prior_correction; rows ``<run>_prior``), and by the grade probe
-(the grade head refit on the model's states of every train pair: she_lib.grade_probe; rows ``<run>_probe``). A
-finished variant is only re-read. Rows go to ``results/ablation/metrics.json`` (and ``esci_us_wide_test/``), each with its run identity; the
-table to ``results/ablation/summary.md``. Run variants side by side, one thread each, on a 2-core CPU:
+(the grade head refit on the model's states of every train pair: she_lib.grade_probe; rows ``<run>_probe``), and with
+``--tune`` by the model whose top layers and grade head were trained on the grade (she_lib.grade_tune; rows
+``<run>_tune``). A finished variant is only re-read. Rows go to ``results/ablation/metrics.json`` (and
+``esci_us_wide_test/``), each with its run identity; the table to ``results/ablation/summary.md``. Run variants side by side, one thread each, on a 2-core CPU:
 ``python scripts/sft_ablation.py --variants plain & python scripts/sft_ablation.py --variants weighted``.
 """
 from __future__ import annotations
@@ -52,6 +53,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--skip-probe", action="store_true",
                     help="no grade probe (a variant without cached states costs ~10 min of state reads on 2 cores)")
+    ap.add_argument("--tune", action="store_true",
+                    help="also the grade-tuned read-out (she_lib.grade_tune: the top layers and a grade head trained on "
+                         "the grade over every train pair; rows <run>_tune)")
     ap.add_argument("--report", action="store_true",
                     help="only the paired bootstrap over test queries from the saved read-outs (significance.md)")
     a = ap.parse_args(argv)
@@ -85,6 +89,8 @@ def main(argv=None) -> int:
         prior_rows(pipe, run)
         if not a.skip_probe:
             probe_rows(pipe, run)
+        if a.tune:
+            tune_rows(pipe, run)
     print(open(os.path.join(prof.results_dir, "summary.md")).read())
     return 0
 
@@ -124,6 +130,17 @@ def probe_rows(pipe, run) -> None:
     print(run.name, "probe", {k: round(m["macro_f1"], 3) for k, m in out.items()})
 
 
+def tune_rows(pipe, run) -> None:
+    """The grade-tuned read-out of ``run`` (she_lib.grade_tune, default config: every train pair of esci_us and of
+    esci_us_wide's train split, the epoch and biases chosen on every validation pair) on the esci_us test split and
+    every extra folder: rows ``<run>_tune``."""
+    from she_lib.evaluate import eval_frame, tune_rows as save_tune_rows
+
+    out = save_tune_rows(pipe.profile, run, pipe.splits, eval_frame(pipe.profile, pipe.splits),
+                         pipe.extra_sets().values())
+    print(run.name, "tune", {k: round(m["macro_f1"], 3) for k, m in out.items()})
+
+
 def _predictions(prof, test_prof, df):
     """``df`` plus one prediction column per read-out of every ablation run on ``test_prof``'s split
     (evaluate.load_predictions over the runs of ``prof``) and the probe read-out of each control."""
@@ -145,7 +162,8 @@ def _predictions(prof, test_prof, df):
 
 def report(prof) -> int:
     """Paired bootstrap over the test queries of esci_us and of esci_us_wide's test split: each variant against plain
-    (same read-out) and both lexical fits, each probe against the untrained model's probe (CONTROLS); significance.md of each."""
+    (same read-out) and both lexical fits, each probe and grade-tuned read-out against the untrained model's probe
+    (CONTROLS), each grade-tuned read-out against its run's probe; significance.md of each."""
     from she_lib.data import load_splits
     from she_lib.evaluate import eval_frame
     from she_lib.labels import get_scale
@@ -157,11 +175,12 @@ def report(prof) -> int:
     for test_prof, df in sets:
         preds = _predictions(prof, test_prof, df)
         controls = [f"{c}_probe" for c in CONTROLS if f"{c}_probe" in preds]
-        have = [(v, r) for v in VARIANTS for r in ("_first_token", "_prior", "_probe") if f"sft_{v}{r}" in preds]
+        have = [(v, r) for v in VARIANTS for r in ("_first_token", "_prior", "_probe", "_tune") if f"sft_{v}{r}" in preds]
         pairs = [(f"sft_{v}{r}", f"sft_plain{r}") for v, r in have if v != "plain" and f"sft_plain{r}" in preds]
         pairs += [(m, lex) for lex in ("lexical", "lexical_esci_us") if lex in preds
                   for m in [f"sft_{v}{r}" for v, r in have] + controls]
-        pairs += [(f"sft_{v}_probe", c) for c in controls for v, r in have if r == "_probe"]
+        pairs += [(f"sft_{v}{r}", c) for c in controls for v, r in have if r in ("_probe", "_tune")]
+        pairs += [(f"sft_{v}_tune", f"sft_{v}_probe") for v, r in have if r == "_tune" and f"sft_{v}_probe" in preds]
         table = significance_table(preds, pairs, get_scale(prof.grade_scale).words, prof.bootstrap_samples, prof.seed)
         Path(test_prof.results_dir).mkdir(parents=True, exist_ok=True)
         Path(test_prof.results_dir, "significance.md").write_text(

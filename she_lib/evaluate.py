@@ -91,6 +91,26 @@ def probe_rows(profile: Profile, run: Path, splits: dict[str, pd.DataFrame], tes
     return out
 
 
+def tune_rows(profile: Profile, run: Path, splits: dict[str, pd.DataFrame], test: pd.DataFrame, extra=(),
+              config=None, save: bool = True) -> dict:
+    """The grade-tuned read-out of ``run`` (she_lib.grade_tune): its top layers and a grade head trained on
+    ``splits``' train pairs, the epoch and biases chosen on validation, scored on ``test`` and every
+    ``(profile, frame)`` of ``extra``; with ``save`` its rows ``<run>_tune`` go to each set's metrics.json and
+    summary.md. Returns {split: metrics entry}."""
+    from .grade_tune import evaluate_grade_tune, train_grade_tune
+    from .modeling import load_run
+
+    info = json.loads((Path(run) / "run.json").read_text())
+    policy = load_run(run, profile.replace(order=info.get("order", profile.order)))
+    tuned = train_grade_tune(run, profile, splits["train"], splits["validation"], config, policy=policy)
+    out = evaluate_grade_tune(profile, run, test, tuple(extra), tuned=tuned, policy=policy)
+    for prof, _ in ((profile, test), *extra):
+        if save:
+            save_metrics(prof.results_dir, f"{Path(run).name}_tune", out[prof.eval_split])
+            write_summary(prof.results_dir, get_scale(prof.grade_scale).words)
+    return out
+
+
 def evaluate_zero_shot(profile: Profile, df: pd.DataFrame, modes=MODES, progress: bool = True,
                        save: bool = True) -> dict[str, dict]:
     """The base model with the prompt, no training: one metrics entry per read-out mode."""
@@ -230,6 +250,7 @@ def prediction_files(profile: Profile, runs_dir: str | Path | None = None) -> di
         files[f"{folder.name}_cumpt"] = prediction_cache(folder, prof, "cumpt")
         files[f"{folder.name}_prior"] = prediction_cache(folder, prof, "prior")
         files[f"{folder.name}_probe"] = prediction_cache(folder, prof, "probe")
+        files[f"{folder.name}_tune"] = prediction_cache(folder, prof, "tune")
     return {k: v for k, v in files.items() if v is not None and v.exists()}
 
 

@@ -30,8 +30,8 @@ import torch
 from .config import Profile, get_profile, stage_budget
 from .data import load_splits
 from .distributed import is_main_process
-from .genrm_data import build_genrm_dataset, complete, genrm_messages, verdict_text, verdict_token_ids
-from .genrm_eval import build_data, evaluate_genrm, examiner_report, save_genrm_results
+from .genrm_data import build_genrm_dataset, complete, decided, genrm_messages, verdict_text, verdict_token_ids
+from .genrm_eval import build_data, evaluate_genrm, examiner_report, save_genrm_results, undecided_sample
 from .modeling import load_policy
 from .schema import STEPS
 from .sft import CoTSFTConfig, sft_trainer
@@ -40,10 +40,10 @@ from .sft import CoTSFTConfig, sft_trainer
 @dataclass
 class GenRMConfig:
     """Data, training and scoring of the GenRM. The defaults are cpu-full's budget: rows = 280 teacher + 4 x 140
-    corruptions + <= 240 policy samples (2 x 120 prompts; only fully decided ones are kept) <= 1,080, of 296 tokens
-    on average (prompt + rationale ~95 + verdict lines 20)."""
+    corruptions + <= 240 policy samples (2 x 120 prompts; those with at least one decided step) <= 1,080, of ~300
+    tokens on average (prompt with the human grade + rationale ~95 + verdict lines 20)."""
     # data: train split to train on, validation split to evaluate on (never test)
-    teacher_pairs: int | None = 280  # pairs whose teacher rationale is a row (all steps correct); None = all
+    teacher_pairs: int | None = 280  # pairs whose teacher rationale is a row (verifier-labelled); None = all
     corruptions_per_kind: int = 140  # single-step corruptions per kind (corruptions.KINDS)
     policy_prompts: int = 120  # train pairs the policy samples rationales for (verifier-labelled)
     policy_samples: int = 2  # samples per prompt
@@ -68,10 +68,15 @@ class GenRMConfig:
     save_total_limit: int | None = 2
     bf16: bool | str = "auto"
     seed: int = 0
+    # prompt and targets (she_lib.genrm_data)
+    show_label: bool = True  # the human grade in the prompt (the labels are relative to it)
+    undecided_word: str | None = "unknown"  # written for an undecided step, weight 0; None: drop such rows
+    incorrect_weight: float | str = "balanced"  # loss weight of an ``incorrect`` target; "balanced": n_correct / n_incorrect
     # scoring and evaluation
     verdict_words: tuple[str, str] = ("correct", "incorrect")
     score_batch_size: int = 16
-    threshold: float = 0.5  # P(correct) >= threshold reads as "correct"
+    threshold: float | str = "tuned"  # P(correct) >= threshold reads "correct"; "tuned": best F1 on `incorrect` over
+    #   the held-out teacher and corruption steps (validation queries), then applied to the held-out policy steps
     calibration_bins: int = 10
 
     @classmethod
@@ -92,8 +97,8 @@ class GenRMConfig:
 class GenRM:
     """Teacher-forced step scorer: ``score(examples, rationales) -> [n, len(STEPS)]`` P(correct)."""
 
-    def __init__(self, model, tokenizer, words=("correct", "incorrect"), batch_size: int = 16):
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+    def __init__(self, model, tokenizer, words=("correct", "incorrect"), batch_size: int = 16, show_label: bool = True):
+        self.model, self.tokenizer, self.batch_size, self.show_label = model, tokenizer, batch_size, show_label
         self.ids = verdict_token_ids(tokenizer, words)
         self.suffix = tokenizer(verdict_text([1] * len(STEPS), words), add_special_tokens=False).input_ids
         self.at = [j for j, t in enumerate(self.suffix) if t == self.ids[0]]  # verdict token positions
@@ -108,7 +113,7 @@ class GenRM:
         config = config or GenRMConfig.for_profile(profile)
         policy = load_policy(profile)
         model = PeftModel.from_pretrained(policy.model, str(run)).merge_and_unload()
-        genrm = cls(model, policy.tokenizer, config.verdict_words, config.score_batch_size)
+        genrm = cls(model, policy.tokenizer, config.verdict_words, config.score_batch_size, config.show_label)
         from .runs import stamp
 
         genrm.source = f"{Path(run).name}_{stamp(run)}"  # names the scorer in the run keys of RL runs using it
@@ -116,7 +121,7 @@ class GenRM:
 
     def input_ids(self, ex, rationale) -> list[int]:
         """Prompt tokens (chat template up to the assistant turn) + the all-``correct`` verdict lines."""
-        text = self.tokenizer.apply_chat_template(genrm_messages(ex, rationale), tokenize=False,
+        text = self.tokenizer.apply_chat_template(genrm_messages(ex, rationale, self.show_label), tokenize=False,
                                                   add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False).input_ids + self.suffix
 
@@ -142,21 +147,38 @@ class GenRM:
 
 
 # ------------------------------------------------------------------------------------------ training
+def verdict_weights(rows: pd.DataFrame, config: GenRMConfig, tokenizer) -> dict[int, float]:
+    """{verdict token id: loss weight} for CoTSFTTrainer's ``token_weights``: ``correct`` 1, ``incorrect``
+    ``incorrect_weight`` ("balanced": n_correct / n_incorrect over the decided steps of ``rows``, so both verdicts
+    weigh the same in total), the undecided filler 0 (no target). Other tokens keep weight 1."""
+    labels = np.array(rows["labels"].tolist()).reshape(-1)
+    n_c, n_i = int((labels == 1).sum()), int((labels == 0).sum())
+    w = config.incorrect_weight
+    w = (n_c / n_i if n_i else 1.0) if w == "balanced" else float(w)
+    words = [*config.verdict_words, *([config.undecided_word] if config.undecided_word else [])]
+    ids = verdict_token_ids(tokenizer, words)
+    return {ids[0]: 1.0, ids[1]: w, **({ids[2]: 0.0} if config.undecided_word else {})}
+
+
 def train_genrm(profile: Profile, config: GenRMConfig, train_rows: pd.DataFrame, name: str = "genrm",
                 resume: bool = True, callbacks: list | None = None) -> Path:
-    """LoRA SFT of the GenRM on ``train_rows`` (complete rows only); resumable run folder ``runs_dir/name``."""
+    """LoRA SFT of the GenRM on ``train_rows`` (rows with a decided step; with ``undecided_word`` None, rows with
+    every step decided), the loss on the verdict words weighted by :func:`verdict_weights`; resumable run folder
+    ``runs_dir/name``."""
     from . import runs
 
     run = Path(profile.runs_dir) / name
+    train_rows = decided(train_rows) if config.undecided_word else complete(train_rows)
     key = {**asdict(config), "train_rows": len(train_rows)}  # a run is reused for the same config and data size
     if resume and runs.finished(run, profile, key):
         return run
-    ds = build_genrm_dataset(train_rows, config.verdict_words)
+    ds = build_genrm_dataset(train_rows, config.verdict_words, config.undecided_word, config.show_label)
     last = runs.start(run, profile, key)
     last = last if resume else None
     meter = runs.Meter()
     trainer = sft_trainer(profile, config.sft_config(profile.order), ds, run / "checkpoints", None,
                           [meter, *(callbacks or [])])
+    trainer.token_weights = verdict_weights(train_rows, config, trainer.processing_class)
     runs.fit(trainer, run, last, meter, profile, key, kind="genrm", train_rows=len(train_rows),
              rows_by_origin=train_rows["origin"].value_counts().to_dict())
     return run
@@ -169,13 +191,13 @@ def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict 
     config = config or GenRMConfig.for_profile(profile)
     splits = splits if splits is not None else load_splits(profile)
     train, held, source = build_data(profile, config, splits, name)
-    run = train_genrm(profile, config, complete(train), name)
+    run = train_genrm(profile, config, train, name)
     if not is_main_process():  # under accelerate launch: rank 0 evaluates and writes the results
         return {"run": run, "metrics": None}
     genrm = GenRM.load(run, profile, config)
     metrics, scores = evaluate_genrm(genrm, held, config)
     exam = examiner_report(held, scores, genrm, profile)
-    entry = save_genrm_results(profile, metrics, exam, run, source)
+    entry = save_genrm_results(profile, metrics, exam, run, source, undecided_sample(held, scores, seed=config.seed))
     return {"metrics": entry, "step_metrics": metrics, "examiner": exam, "run": run, "train": train, "held": held,
             "scores": scores}
 

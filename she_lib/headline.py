@@ -8,8 +8,9 @@ Which rows (the rule, applied to ``results/metrics.json`` and every ``results/<f
 * per folder, each method's headline read-out: the ``classifier`` row of a non-LLM baseline, the ``first_token``
   row of an LLM (``<method>_first_token``: all test pairs, one forward pass, the same read-out for every method),
   and where it exists the prior-corrected read-out of those probabilities (``<method>_prior``, biases tuned on
-  validation: she_lib.prior_correction) and the grade-probe read-out of the model's states (``<method>_probe``:
-  she_lib.grade_probe) as rows of their own. Decoded and CumPT read-outs and seeds after the first (``_s1``...) stay in the folder's ``summary.md``; rows
+  validation: she_lib.prior_correction), the grade-probe read-out of the model's states (``<method>_probe``:
+  she_lib.grade_probe) and the grade-tuned read-out (``<method>_tune``: she_lib.grade_tune) as rows of their own.
+  Decoded and CumPT read-outs and seeds after the first (``_s1``...) stay in the folder's ``summary.md``; rows
   without a confidence interval (the GenRM's) are not classifiers;
 * the esci_us_wide cell is the same method's row in ``<folder>/esci_us_wide_test/metrics.json`` (the wide folder's
   test split, data.folder_splits), when there is one; a scoring of the whole wide folder is not shown.
@@ -29,7 +30,7 @@ from pathlib import Path
 from .provenance import run_labels
 
 DEMO_PROFILES = ("smoke", "cpu")
-HEADLINE_SCORING = ("classifier", "first_token", "prior_corrected", "grade_probe")
+HEADLINE_SCORING = ("classifier", "first_token", "prior_corrected", "grade_probe", "grade_tune")
 WIDE = "esci_us_wide_test"
 ORDER = ("lexical", "zero_shot", "sft", "dpo", "grpo", "srpo", "agrl")
 NAMES = {"lexical": "lexical baseline", "zero_shot": "zero-shot", "sft": "SFT", "dpo": "DPO", "grpo": "GRPO",
@@ -46,7 +47,7 @@ def _method(key: str, row: dict) -> str | None:
     if row.get("scoring") not in HEADLINE_SCORING or "macro_f1_ci" not in row:
         return None
     base = key[: -len("_first_token")] if key.endswith("_first_token") else key
-    return None if re.search(r"_s\d+(_prior|_probe)?$", base) else base
+    return None if re.search(r"_s\d+(_prior|_probe|_tune)?$", base) else base
 
 
 def _family(method: str) -> str | None:
@@ -54,7 +55,7 @@ def _family(method: str) -> str | None:
     return next((m for m in sorted(ORDER, key=len, reverse=True) if method == m or method.startswith(m + "_")), None)
 
 
-READOUTS = {"_prior": ", prior-corrected", "_probe": ", grade probe"}  # row-name tail -> label tail
+READOUTS = {"_prior": ", prior-corrected", "_probe": ", grade probe", "_tune": ", grade-tuned"}  # row-name tail -> label
 LABELS = {"lexical_esci_us": "lexical baseline, esci_us train only"}  # rows whose name does not spell their label
 
 

@@ -39,8 +39,13 @@ class Meter(TrainerCallback):
         self.seconds, self.tokens = time.time() - self.t0, state.num_input_tokens_seen - self.tokens0
 
 
+SPEED_ONLY = ("share_prompt_prefix",)  # config fields that change how fast a run trains, not what it learns
+
+
 def _jsonable(config) -> dict:
-    return json.loads(json.dumps(asdict(config) if is_dataclass(config) else config))
+    """The config as a run's identity: JSON values, without the SPEED_ONLY fields."""
+    d = json.loads(json.dumps(asdict(config) if is_dataclass(config) else config))
+    return {k: v for k, v in d.items() if k not in SPEED_ONLY} if isinstance(d, dict) else d
 
 
 def finished(run: Path, profile, config) -> bool:

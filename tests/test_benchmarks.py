@@ -18,9 +18,10 @@ def test_sft_benchmark_runs_on_tiny(tmp_path, monkeypatch):
     out = tmp_path / "b.json"
     bench_main(monkeypatch, "bench_sft.py", ["--tiny", "--steps", "3", "--batch", "2", "--out", str(out)])
     res = json.loads(out.read_text())
-    assert set(res["variants"]) == {"plain", "optimised"}
+    assert set(res["variants"]) == {"plain", "unshared", "optimised"} and res["prefix_sharing_speedup"] > 0
     assert res["variants"]["plain"]["bf16"] is False and res["variants"]["plain"]["gradient_checkpointing"] is True
     assert res["variants"]["optimised"]["gradient_checkpointing"] is False
+    assert [res["variants"][k]["share_prompt_prefix"] for k in ("plain", "unshared", "optimised")] == [False, False, True]
     for v in res["variants"].values():
         assert v["tokens_per_s"] > 0 and 0 < v["mfu_6N"] and v["peak_rss_gib"] > 0
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from she_lib.corruptions import KINDS, corrupt, corrupt_frame
-from she_lib.genrm import GenRM, GenRMConfig, train_genrm
-from she_lib.genrm_data import (GENRM_SYSTEM, build_genrm_dataset, complete, genrm_messages, labelled_rows,
+from she_lib.genrm import GenRM, GenRMConfig, train_genrm, verdict_weights
+from she_lib.genrm_data import (GENRM_SYSTEM, build_genrm_dataset, complete, decided, genrm_messages, labelled_rows,
                                 policy_rows, verdict_text, verdict_token_ids)
-from she_lib.genrm_eval import save_genrm_results, step_metrics
+from she_lib.genrm_eval import save_genrm_results, step_metrics, tune_threshold, undecided_sample
 from she_lib.labels import ESCI
 from she_lib.rationales import teacher_rationale
 from she_lib.schema import STEPS, parse
@@ -43,15 +43,20 @@ def test_verdict_lines_and_tokens(tokenizer):
         "query: correct\nproduct: correct\ntype: incorrect\nattr: correct\njudge: correct"
     with pytest.raises(ValueError):
         verdict_text([1, 1, -1, 1, 1])
-    assert verdict_token_ids(tokenizer) == [2887, 11798]  # " correct", " incorrect": single, distinct
+    assert verdict_text([1, 1, -1, 0, 1], filler="unknown").split("\n")[2:4] == ["type: unknown", "attr: incorrect"]
+    # " correct", " incorrect", " unknown": single, distinct
+    assert verdict_token_ids(tokenizer, ("correct", "incorrect", "unknown")) == [2887, 11798, 6552]
     with pytest.raises(ValueError, match="single token"):
         verdict_token_ids(tokenizer, ("correct", "zzqx"))
     with pytest.raises(ValueError, match="share"):
         verdict_token_ids(tokenizer, ("yes", "yes"))
-    msgs = genrm_messages({"query": "mug", "title": "Blue Mug", "brand": "", "colour": "", "category": "",
-                           "bullets": "", "description": ""}, "<grade>Exact</grade>")
-    assert msgs == [{"role": "system", "content": GENRM_SYSTEM},
-                    {"role": "user", "content": "Query: mug\nProduct: Blue Mug\nRationale:\n<grade>Exact</grade>"}]
+    ex = {"query": "mug", "title": "Blue Mug", "brand": "", "colour": "", "category": "", "bullets": "",
+          "description": "", "label": "Substitute"}
+    assert genrm_messages(ex, "<grade>Exact</grade>", show_label=False) == [
+        {"role": "system", "content": GENRM_SYSTEM},
+        {"role": "user", "content": "Query: mug\nProduct: Blue Mug\nRationale:\n<grade>Exact</grade>"}]
+    assert genrm_messages(ex, "<grade>Exact</grade>")[1]["content"] == \
+        "Query: mug\nProduct: Blue Mug\nHuman grade: Substitute\nRationale:\n<grade>Exact</grade>"
 
 
 # ------------------------------------------------------------------------------------------ corruptions
@@ -93,11 +98,43 @@ def test_corruption_fallbacks_by_hand():
 def test_sources_and_labels(splits):
     rows = labelled_rows(splits["train"], 6, 2, seed=0)
     assert rows["origin"].value_counts()["teacher"] == 6 and len(rows) == 6 + 2 * len(KINDS)
-    assert all(v == [1] * 5 for v in rows[rows["origin"] == "teacher"]["labels"])
+    for r in rows.to_dict("records"):  # every label is the verifier's; a corrupted step keeps its 0
+        v = [-1 if np.isnan(x) else int(x) for x in verify(r, r["rationale"]).vector()]
+        assert r["labels"] == v, (r["origin"], r["labels"], v)
+        assert r["labels"].count(0) == (0 if r["origin"] == "teacher" else 1) and 1 in r["labels"]
     df = splits["train"][splits["train"]["label"] == "Exact"].head(3)
     pol = policy_rows(df, ["Exact, I think.", "<grade>Exact</grade>", teacher_rationale(df.iloc[2])])
     assert pol["labels"].tolist() == [[-1] * 5, [-1] * 5, [1] * 5] and pol["origin"].eq("policy").all()
     assert complete(pol)["rationale"].tolist() == [teacher_rationale(df.iloc[2])]
+    part = pol.assign(labels=[[-1] * 5, [1, -1, -1, -1, -1], [1] * 5])
+    assert decided(part)["labels"].tolist() == [[1, -1, -1, -1, -1], [1] * 5]
+
+
+def test_verdict_weights_balance_the_decided_verdicts(tokenizer):
+    rows = pd.DataFrame({"labels": [[1, 1, 0, -1, 1], [1, 0, 1, 1, 1]]})  # 7 correct, 2 incorrect, 1 undecided
+    assert verdict_weights(rows, GenRMConfig(), tokenizer) == {2887: 1.0, 11798: 3.5, 6552: 0.0}
+    assert verdict_weights(rows, GenRMConfig(incorrect_weight=2, undecided_word=None), tokenizer) == \
+        {2887: 1.0, 11798: 2.0}
+
+
+def test_token_weights_in_the_trainer_loss(smoke, splits, tmp_path):
+    from she_lib.sft import sft_trainer, weighted_token_loss
+
+    rows = labelled_rows(splits["train"], 2, 1, seed=0)
+    rows["labels"] = [[1, -1, 1, 1, 1], *rows["labels"].tolist()[1:]]  # one undecided step for certain
+    ds = build_genrm_dataset(rows, filler="unknown")
+    trainer = sft_trainer(smoke, fast(smoke).sft_config(smoke.order), ds, tmp_path)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ds))])
+    trainer.token_weights = {11798: 3.0, 6552: 0.0}
+    loss = trainer.compute_loss(trainer.model, batch)
+    labels = batch["labels"]
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    w = torch.where(labels == 11798, 3.0, torch.where(labels == 6552, 0.0, 1.0))
+    assert (labels == 6552).any() and (labels == 11798).any()
+    assert loss.item() == pytest.approx(weighted_token_loss(logits, labels, w).item(), rel=1e-5)
+    unweighted = weighted_token_loss(logits, labels, torch.ones_like(w, dtype=torch.float))
+    assert abs(loss.item() - unweighted.item()) > 1e-3  # the weights changed the loss
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -105,14 +142,14 @@ def test_teacher_forced_positions_are_the_training_positions(smoke, splits, tmp_
     from she_lib.sft import sft_trainer
 
     rows = labelled_rows(splits["train"], 2, 1, seed=0)
-    ds = build_genrm_dataset(rows)
+    ds = build_genrm_dataset(rows, filler="unknown")
     trainer = sft_trainer(smoke, fast(smoke).sft_config(smoke.order), ds, tmp_path)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ds))])
     genrm = GenRM(tiny_policy.model, tiny_policy.tokenizer)
     for i, r in enumerate(rows.to_dict("records")):
         seq = genrm.input_ids(r, r["rationale"])
         prompt = len(seq) - len(genrm.suffix)
-        want = [genrm.ids[0] if v else genrm.ids[1] for v in r["labels"]]
+        want = [6552 if v < 0 else genrm.ids[0] if v else genrm.ids[1] for v in r["labels"]]
         assert batch["input_ids"][i, :prompt].tolist() == seq[:prompt]
         assert [batch["labels"][i, prompt + j].item() for j in genrm.at] == want  # trained exactly there
         assert (batch["labels"][i, :prompt] == -100).all()
@@ -138,7 +175,7 @@ def test_scores_are_probabilities_batch_invariant_and_match_a_full_forward(split
 
 # ------------------------------------------------------------------------------------------ training
 def test_train_resume_reuse_and_load(smoke, splits, tiny_policy):
-    rows = complete(labelled_rows(splits["train"], 8, 2, seed=0))
+    rows = labelled_rows(splits["train"], 8, 2, seed=0)
     cfg = fast(smoke, max_steps=4, save_steps=2, per_device_batch_size=4)
     run = train_genrm(smoke, cfg, rows, name="genrm_part", callbacks=[StopAt(2)])
     info = json.loads((run / "run.json").read_text())
@@ -146,7 +183,7 @@ def test_train_resume_reuse_and_load(smoke, splits, tiny_policy):
     run = train_genrm(smoke, cfg, rows, name="genrm_part")
     info = json.loads((run / "run.json").read_text())
     assert info["resumed_from"] == "checkpoint-2" and info["global_step"] == 4 and info["finished"]
-    assert info["train_rows"] == len(rows) == 16 and info["rows_by_origin"]["teacher"] == 8
+    assert info["train_rows"] == len(decided(rows)) == 16 and info["rows_by_origin"]["teacher"] == 8
     stamp = (run / "run.json").stat().st_mtime_ns
     assert train_genrm(smoke, cfg, rows, name="genrm_part") == run and (run / "run.json").stat().st_mtime_ns == stamp
     genrm = GenRM.load(run, smoke, cfg)
@@ -162,12 +199,31 @@ def test_step_metrics_by_hand():
     m = step_metrics([[1, 0, 1, -1, 1]], [[.9, .2, .4, .5, .7]], threshold=0.5, bins=10)
     # labelled steps y = 1 0 1 1, p = .9 .2 .4 .7, predicted 1 0 0 1: accuracy 3/4; incorrect class: TP 1, FP 1, FN 0
     assert m["n_steps"] == 4 and m["step_accuracy"] == .75 and m["step_f1"] == pytest.approx(2 / 3)
+    assert m["step_auroc"] == 1.0  # the one incorrect step has the lowest P(correct)
+    # AUROC by hand: incorrect steps p = .2, .6; correct p = .5, .9: P(incorrect ranked below) = 3 of 4 pairs
+    assert step_metrics([[0, 0, 1, 1, -1]], [[.2, .6, .5, .9, .1]])["step_auroc"] == pytest.approx(.75)
     assert m["ece"] == pytest.approx((.1 + .2 + .6 + .3) / 4)  # one step per bin: mean |y - p|
     assert m["brier"] == pytest.approx((.01 + .04 + .36 + .09) / 4)
     assert m["per_step_accuracy"] == {"query": 1.0, "product": 1.0, "type": 0.0, "judge": 1.0}
     assert m["calibration"]["prob_pred"] == pytest.approx([.2, .4, .7, .9])
     assert m["calibration"]["prob_true"] == [0, 1, 1, 1]
     assert step_metrics([[-1] * 5], [[.5] * 5]) == {"n_steps": 0}
+
+
+def test_threshold_tuned_for_f1_on_incorrect():
+    # y = 1 1 0 0 (steps of one rationale, one undecided), P(correct) .9 .6 .4 .55: t in (.55, .6) catches both
+    # incorrect steps and no correct one (F1 1); the midpoint .575 is the candidate
+    assert tune_threshold([[1, 1, 0, 0, -1]], [[.9, .6, .4, .55, .0]]) == pytest.approx(.575)
+    assert tune_threshold([[1, 1, -1, -1, -1]], [[.9, .6, 0, 0, 0]]) == 0.5  # one verdict only
+
+
+def test_undecided_sample_prints_the_verdicts():
+    held = pd.DataFrame({"origin": ["policy", "policy", "teacher"], "labels": [[1, -1, 0, 1, 1], [1] * 5, [1] * 5],
+                         "query": ["mug", "cup", "pen"], "title": ["Blue Mug"] * 3, "label": ["Exact"] * 3,
+                         "rationale": ["<grade>Exact</grade>"] * 3})
+    md = undecided_sample(held, np.full((3, 5), .25))
+    assert "1 of 1 held-out policy" in md and "human grade: **Exact**" in md
+    assert "| product | - | 0.25 |" in md and "| type | 0 | 0.25 |" in md and "cup" not in md
 
 
 def test_results_merge_into_metrics_json(smoke, tmp_path):

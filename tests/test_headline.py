@@ -31,6 +31,7 @@ def test_headline_table_cells_and_readme_refresh(tmp_path):
         "sft_cumpt": row(0.209, 0.18, 0.23, scoring="cumpt"),
         "sft_prior": row(0.2414, 0.2, 0.28, scoring="prior_corrected"),  # the same probabilities, biases tuned
         "sft_probe": row(0.3512, 0.31, 0.39, scoring="grade_probe"),  # the head refit on the model's states
+        "sft_tune": row(0.3601, 0.32, 0.40, scoring="grade_tune"),  # the top layers and head trained on the grade
         "grpo_s1_first_token": row(0.166, 0.145, 0.184),  # a second seed: left out
         "grpo_s1_probe": row(0.17, 0.15, 0.19, scoring="grade_probe"),  # left out too
         "grpo_s1_prior": row(0.17, 0.15, 0.19, scoring="prior_corrected"),  # left out too
@@ -51,7 +52,7 @@ def test_headline_table_cells_and_readme_refresh(tmp_path):
     assert main(["--results", str(results), "--readme", str(readme)]) == 0
     table = (results / "headline.md").read_text().split("\n\n", 1)[1]
     lines = table.splitlines()
-    assert lines[:9] == [
+    assert lines[:10] == [
         "| method | esci_us test: macro-F1 [95% CI] | esci_us_wide test: macro-F1 [95% CI] | results (profile) | run | "
         "machine |",
         "|---|---|---|---|---|---|",
@@ -66,9 +67,11 @@ def test_headline_table_cells_and_readme_refresh(tmp_path):
         "CPU X, 2 cores, no GPU |",
         "| SFT, grade probe | 0.351 [0.310, 0.390] | — | `results/` (cpu-full) | unrecorded | "
         "CPU X, 2 cores, no GPU |",
+        "| SFT, grade-tuned | 0.360 [0.320, 0.400] | — | `results/` (cpu-full) | unrecorded | "
+        "CPU X, 2 cores, no GPU |",
         "| GRPO | 0.166 [0.145, 0.184] | — | `results/` (cpu-full) | unrecorded | CPU X, 2 cores, no GPU |",
     ]
-    assert lines[9:] == [
+    assert lines[10:] == [
         "", "Runs that made these cells:",
         "- R1: `bash scripts/gpu_run.sh run` at commit abc, 2026-01-01T00:00:00, on Intel(R) Xeon(R) Processor "
         "(AVX512-BF16/AMX), 16 cores, NVIDIA H200, torch 2.11.0+cu130",

@@ -225,3 +225,31 @@ def test_grade_weighted_sft_with_checkpoint_chosen_by_grade_f1(smoke, tmp_path):
     assert all(e["loss"] > 0 for e in log if "loss" in e)
     with pytest.raises(ValueError, match="select_by_grade_f1 needs"):
         train_sft(smoke, CoTSFTConfig.for_profile(smoke, select_by_grade_f1=True), name="bad")
+
+
+@pytest.mark.parametrize("grade_weight", [1.0, 5.0])
+def test_shared_prompt_prefix_gives_the_full_batch_loss_and_gradients(smoke, splits, tmp_path, grade_weight):
+    """The batch's common prompt prefix run once (sft.on_shared_prefix) leaves TRL's loss (and the grade-weighted
+    one) and every LoRA gradient as the full batch gives them."""
+    from she_lib.sft import MIN_SHARED_PREFIX, shared_prefix_length
+
+    ds = build_sft_dataset(splits["train"].head(4), get_scale("esci"))
+    grads, losses = {}, {}
+    for share in (False, True):
+        cfg = fast_config(smoke, share_prompt_prefix=share, grade_weight=grade_weight)
+        trainer = sft_trainer(smoke, cfg, ds, tmp_path / str(share))
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ds))])
+        p = shared_prefix_length(batch["input_ids"], batch["labels"])
+        assert p >= MIN_SHARED_PREFIX and (batch["labels"][:, :p + 1] == -100).all()
+        trainer.model.train()
+        for prm in trainer.model.parameters():  # LoRA B starts at 0: give the adapter a state that matters
+            if prm.requires_grad:
+                torch.manual_seed(0)
+                prm.data.normal_(0, 0.02)
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        losses[share] = loss.item()
+        grads[share] = {n: prm.grad.clone() for n, prm in trainer.model.named_parameters() if prm.requires_grad}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    for n, g in grads[False].items():
+        torch.testing.assert_close(grads[True][n], g, rtol=1e-4, atol=1e-6)
