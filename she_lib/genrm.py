@@ -71,7 +71,7 @@ class GenRMConfig:
     # prompt and targets (she_lib.genrm_data)
     show_label: bool = True  # the human grade in the prompt (the labels are relative to it)
     undecided_word: str | None = "unknown"  # written for an undecided step, weight 0; None: drop such rows
-    incorrect_weight: float | str = "balanced"  # loss weight of an ``incorrect`` target; "balanced": n_correct / n_incorrect
+    incorrect_weight: float | str = "balanced"  # weight of an ``incorrect`` target; "balanced": n_correct / n_incorrect
     # scoring and evaluation
     verdict_words: tuple[str, str] = ("correct", "incorrect")
     score_batch_size: int = 16

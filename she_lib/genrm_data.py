@@ -61,7 +61,8 @@ def verdict_text(labels, words=("correct", "incorrect"), filler: str | None = No
     ok = (0, 1, -1) if filler else (0, 1)
     if any(int(v) not in ok for v in labels) or len(labels) != len(STEPS):
         raise ValueError(f"need one label in {ok} per step of {STEPS}, got {list(labels)}")
-    return "\n".join(f"{s}: {filler if int(v) < 0 else words[0] if int(v) else words[1]}" for s, v in zip(STEPS, labels))
+    word = {1: words[0], 0: words[1], -1: filler}
+    return "\n".join(f"{s}: {word[int(v)]}" for s, v in zip(STEPS, labels))
 
 
 def verdict_token_ids(tokenizer, words=("correct", "incorrect")) -> list[int]:

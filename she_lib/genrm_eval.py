@@ -157,7 +157,8 @@ def undecided_sample(held: pd.DataFrame, scores: np.ndarray, n: int = 20, seed: 
         out.append(f"## {r['query']} / {r.get('title', '')[:90]}\nhuman grade: **{r['label']}**\n\n```\n"
                    f"{r['rationale'].strip()}\n```\n")
         out.append("| step | verifier | GenRM P(correct) |\n|---|---|---|")
-        out += [f"| {s} | {'-' if v < 0 else v} | {scores[i, j]:.2f} |" for j, (s, v) in enumerate(zip(STEPS, r["labels"]))]
+        out += [f"| {s} | {'-' if v < 0 else v} | {scores[i, j]:.2f} |"
+                for j, (s, v) in enumerate(zip(STEPS, r["labels"]))]
         out.append("")
     return "\n".join(out)
 

@@ -82,9 +82,9 @@ def _stack(model, first: int, last: int, norm: bool, embeddings: bool):
     its own indexes them), its rotary embedding, the final norm if ``norm`` (else identity) and the token embedding
     if ``embeddings`` (else a 1-row stub)."""
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    stub = {"vocab_size": 1, "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
     cfg = base.config.__class__(**{**base.config.to_dict(), "num_hidden_layers": last - first,
-                                   **({} if embeddings else {"vocab_size": 1, "pad_token_id": None, "bos_token_id": None,
-                                                             "eos_token_id": None})})
+                                   **({} if embeddings else stub)})
     stack = type(base)(cfg).to(next(base.parameters()).dtype)
     for i, layer in enumerate(base.layers[first:last]):
         stack.layers[i].load_state_dict(layer.state_dict())
@@ -163,7 +163,8 @@ def cached_inputs(run: Path, profile, df: pd.DataFrame, cut: int, policy, prefix
         bottom = _stack(policy.model, 0, cut, norm=False, embeddings=True)
         emb = bottom.embed_tokens
         pre = emb(torch.tensor(prefix_ids)) if prefix_ids else torch.zeros(0, bottom.config.hidden_size)
-        rows, start, p = _token_rows(policy.tokenizer, profile, todo), len(list(folder.glob("chunk_*.npz"))), len(prefix_ids)
+        rows, p = _token_rows(policy.tokenizer, profile, todo), len(prefix_ids)
+        start = len(list(folder.glob("chunk_*.npz")))
         for n, row in enumerate(rows):
             if row[:p] != prefix_ids or len(row) <= p:
                 raise ValueError(f"grade tune: pair {todo['example_id'].iloc[n]!r} does not open with the run's "
@@ -190,7 +191,7 @@ def cached_inputs(run: Path, profile, df: pd.DataFrame, cut: int, policy, prefix
 
 def _prefix(run: Path, profile, policy, df: pd.DataFrame, cut: int) -> tuple[list[int], np.ndarray]:
     """The run's common prompt prefix (token ids shared by every pair of ``df``, the train pairs, fixed at first
-    use and kept in ``prefix_cut<cut>.npz``) and the bottom layers' output on it."""
+    use and kept as ``inputs_<order>_cut<cut>/prefix.npz``) and the bottom layers' output on it."""
     path = Path(run) / f"inputs_{profile.order}_cut{cut}" / "prefix.npz"
     if path.exists():
         z = np.load(path)
@@ -311,9 +312,11 @@ def train_grade_tune(run: str | Path, profile, train: pd.DataFrame, validation: 
         target_modules=list(config.target_modules), modules_to_save=["head"]))
     bf16 = (cpu_has_fast_bf16() or torch.cuda.is_available()) if config.bf16 == "auto" else bool(config.bf16)
     args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+        output_dir=str(out / "checkpoints"), num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=32, learning_rate=config.learning_rate, lr_scheduler_type="linear",
-        warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, eval_strategy="epoch", save_strategy="epoch",
+        warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, eval_strategy="epoch",
+        save_strategy="epoch",
         load_best_model_at_end=True, metric_for_best_model="macro_f1", save_total_limit=2, logging_steps=10,
         bf16=bf16, use_cpu=not torch.cuda.is_available(), report_to=[], remove_unused_columns=False,
         label_names=["labels"], seed=config.seed, dataloader_num_workers=0)
@@ -333,8 +336,9 @@ def train_grade_tune(run: str | Path, profile, train: pd.DataFrame, validation: 
     f1 = index_macro_f1(y_va, corrected(p_va, biases), len(words))
     if config.tune_biases:
         biases, f1 = tune_biases(p_va, validation["label"], words, PriorCorrectionConfig())
-    meta = dict(config=asdict(config), cut=cut, head_init=init, prefix_ids=prefix_ids, words=list(words), biases=biases.tolist(),
-                validation_macro_f1=float(f1), log=trainer.state.log_history, order=profile.order)
+    meta = dict(config=asdict(config), cut=cut, head_init=init, prefix_ids=prefix_ids, words=list(words),
+                biases=biases.tolist(), validation_macro_f1=float(f1), log=trainer.state.log_history,
+                order=profile.order)
     (out / META).write_text(json.dumps(meta, indent=1))
     return model, meta
 
