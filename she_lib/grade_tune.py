@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .grade_probe import GradeProbeConfig, fit_probe
-from .inference import common_prefix_length, grade_token_ids
+from .inference import common_prefix_length, grade_token_ids, repeated_prefix_cache
 from .labels import get_scale
 from .modeling import cpu_has_fast_bf16, load_run
 from .predictions import as_trained, per_query, prediction_cache
@@ -102,10 +102,7 @@ def forward_shared(stack, prefix: torch.Tensor, suffix: torch.Tensor, mask: torc
     from transformers import DynamicCache
 
     b, s = mask.shape
-    cache = DynamicCache()
-    if len(prefix):
-        stack(inputs_embeds=prefix[None], use_cache=True, past_key_values=cache)
-        cache.batch_repeat_interleave(b)
+    cache = repeated_prefix_cache(stack, b, inputs_embeds=prefix[None]) if len(prefix) else DynamicCache()
     p = len(prefix)
     attn = torch.cat([torch.ones(b, p, dtype=mask.dtype, device=mask.device), mask], dim=1)
     pos = (p + torch.arange(s, device=mask.device)).expand(b, s)

@@ -45,6 +45,17 @@ def _positions(mask):
     return (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every row's positions start at 0
 
 
+def repeated_prefix_cache(model, batch: int, **prefix):
+    """The KV cache of one shared prefix (``prefix``: the model's inputs at batch size 1, e.g. ``input_ids`` or
+    ``inputs_embeds``), repeated to ``batch`` rows; gradients flow through it when the caller trains (sft, grade_tune)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    model(**prefix, past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(batch)
+    return cache
+
+
 MIN_COMMON_PREFIX = 16  # tokens; below this a separate batch-1 forward is not worth its overhead
 
 

@@ -52,6 +52,7 @@ from .config import Profile, get_profile, stage_budget
 from .data import load_splits
 from .distributed import is_main_process
 from .evaluate import report_run
+from .inference import repeated_prefix_cache
 from .labels import GradeScale, get_scale
 from .metrics import classification_metrics
 from .modeling import load_policy, resolve_dtype, unsloth_available
@@ -178,13 +179,9 @@ def on_shared_prefix(model, inputs: dict, p: int) -> dict:
     cached keys and values; the attention mask stays the full one). Every prompt opens with the chat template's
     system part (~90 of ~320 tokens of an SFT chat with SmolLM2), so a batch of 8 computes ~25% fewer tokens; loss
     and LoRA gradients equal the full batch's (tests/test_sft.py)."""
-    from transformers import DynamicCache
-
     ids = inputs["input_ids"]
     b, n = ids.shape
-    cache = DynamicCache()
-    model(input_ids=ids[:1, :p], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    cache.batch_repeat_interleave(b)
+    cache = repeated_prefix_cache(model, b, input_ids=ids[:1, :p], logits_to_keep=1)
     pos = (p + torch.arange(n - p, device=ids.device)).expand(b, n - p)
     return {**inputs, "input_ids": ids[:, p:], "labels": inputs["labels"][:, p:], "position_ids": pos,
             "past_key_values": cache}
