@@ -5,13 +5,19 @@
 
 Variants (each in its own process, so peak memory is its own; TRL's ``GRPOTrainer`` with the outcome reward):
 * ``trl_defaults``: what TRL 1.15's GRPOConfig gives on this stack when only the batch is set: bf16 autocast
-                    (emulated, and slow, on a CPU without AVX512-BF16/AMX) and gradient checkpointing on;
-* ``optimised``:    ``she_lib.rl.rl_config``: bf16 only where the CPU has it (else fp32), no gradient
-                    checkpointing, no reference model (beta 0; TRL's default too).
+                    (emulated, and slow, on a CPU without AVX512-BF16/AMX), gradient checkpointing on, TRL's own
+                    ``generate`` on the training model, every row's prompt in the loss;
+* ``project``:      ``she_lib.rl.rl_config`` with TRL's own ``generate`` and loss (``rollout_engine="trl"``,
+                    ``share_prompt_prefix=False``): bf16 only where the CPU has it (else fp32), no gradient
+                    checkpointing, no reference model (beta 0);
+* ``optimised``:    ``she_lib.rl.rl_config`` as it is: as ``project``, with rollouts from she_lib.rollouts (a merged
+                    copy of the policy in the training precision, each prompt prefilled once for its G samples) and
+                    each group's prompt run once in the loss (she_lib.prompt_sharing).
 Same prompts, rollouts (G), completion budget, seed. Reported per variant, over the steps after the first (warm-up):
-seconds per step, generation seconds per step (TRL's ``_generate``), completion tokens/s (completion tokens
-generated / total step time), peak resident memory. A variant that does not finish within ``--timeout`` seconds is
-reported as such (a lower bound on its time). Writes ``results/bench_rl.json``.
+seconds per step, generation seconds per step (TRL's ``_generate``), rollout tokens/s (completion tokens generated /
+generation seconds), completion tokens/s (completion tokens / total step time), peak resident memory. A variant that
+does not finish within ``--timeout`` seconds is reported as such (a lower bound on its time). Writes
+``results/bench_rl.json``.
 """
 from __future__ import annotations
 
@@ -23,21 +29,23 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = {"trl_defaults": dict(bf16=True, gradient_checkpointing=True), "optimised": dict()}
+PLAIN = dict(rollout_engine="trl", share_prompt_prefix=False)  # TRL's own generation and loss
+VARIANTS = {"trl_defaults": dict(bf16=True, gradient_checkpointing=True, **PLAIN), "project": PLAIN, "optimised": {}}
 
 
 def run_variant(name: str, tiny: bool, steps: int, prompts: int, g: int, tokens: int) -> dict:
     import tempfile
 
     from transformers import TrainerCallback
-    from trl import GRPOTrainer
 
     from she_lib.config import get_profile
     from she_lib.data import load_splits
     from she_lib.labels import get_scale
     from she_lib.modeling import load_policy
+    from she_lib.prompt_sharing import SharedPromptGRPOTrainer
     from she_lib.rl import rl_config, rl_dataset
     from she_lib.rewards import OutcomeReward
+    from she_lib.rollouts import rollout_func_for
     from she_lib.trl_compat import ensure_trl_cpu_support
 
     prof = get_profile("smoke" if tiny else "cpu")
@@ -58,9 +66,10 @@ def run_variant(name: str, tiny: bool, steps: int, prompts: int, g: int, tokens:
     with tempfile.TemporaryDirectory() as out:
         args = rl_config(prof, "grpo", out, num_generations=g, prompts_per_step=prompts, max_completion_length=tokens,
                          max_steps=steps, logging_steps=1, save_steps=10 ** 6, vllm="off", **VARIANTS[name])
-        trainer = GRPOTrainer(model=policy.model, reward_funcs=[OutcomeReward(prof.grade_scale)], args=args,
-                              train_dataset=rl_dataset(train, prof), processing_class=policy.tokenizer,
-                              peft_config=policy.lora_config, callbacks=[c])
+        trainer = SharedPromptGRPOTrainer(model=policy.model, reward_funcs=[OutcomeReward(prof.grade_scale)],
+                                          args=args, train_dataset=rl_dataset(train, prof),
+                                          processing_class=policy.tokenizer, peft_config=policy.lora_config,
+                                          callbacks=[c], rollout_func=rollout_func_for(args, policy.model))
         generate = trainer._generate
 
         def timed(*a, **kw):
@@ -75,7 +84,9 @@ def run_variant(name: str, tiny: bool, steps: int, prompts: int, g: int, tokens:
         log = [e for e in trainer.state.log_history if "completions/mean_length" in e]
     completion_tokens = sum(e["completions/mean_length"] * g * prompts for e in log[1:])
     return {"s_per_step": c.seconds / (steps - 1), "generate_s_per_step": c.gen / (steps - 1),
-            "completion_tok_s": completion_tokens / c.seconds, "mean_completion_tokens":
+            "completion_tok_s": completion_tokens / c.seconds, "rollout_tok_s": completion_tokens / c.gen,
+            "rollout_engine": trainer.args.rollout_engine,
+            "share_prompt_prefix": trainer.args.share_prompt_prefix, "mean_completion_tokens":
                 sum(e["completions/mean_length"] for e in log[1:]) / max(len(log) - 1, 1),
             "bf16": trainer.args.bf16, "gradient_checkpointing": trainer.args.gradient_checkpointing,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
@@ -115,9 +126,16 @@ def main(argv=None) -> int:
             raise SystemExit(f"variant {name} failed:\n{e.stderr[-3000:]}")
         res["variants"][name]["wall_s"] = round(time.time() - t0, 1)
         print(name, json.dumps(res["variants"][name]), flush=True)
-    base, opt = res["variants"]["trl_defaults"], res["variants"]["optimised"]
-    if "s_per_step" in opt:
-        res["speedup_s_per_step"] = base.get("s_per_step", base.get("s_per_step_lower_bound")) / opt["s_per_step"]
+    v = res["variants"]
+
+    def seconds(name):
+        return v[name].get("s_per_step", v[name].get("s_per_step_lower_bound"))
+
+    if "s_per_step" in v["optimised"]:
+        res["speedup_s_per_step"] = seconds("trl_defaults") / seconds("optimised")
+        res["speedup_s_per_step_vs_project"] = seconds("project") / seconds("optimised")
+        if "rollout_tok_s" in v["project"]:
+            res["speedup_rollout_tok_s_vs_project"] = v["optimised"]["rollout_tok_s"] / v["project"]["rollout_tok_s"]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
     print(json.dumps({k: v for k, v in res.items() if k != "variants"}, indent=1))

@@ -1,34 +1,42 @@
 #!/usr/bin/env bash
-# The cpu-full RL table: GRPO, SRPO and AGRL from the cpu-full SFT run, seeds 0 and 1, evaluated on the
-# test split and merged into results/metrics.json. Two single-threaded lanes share the 2 cores (one OpenMP thread per
-# process). Every run resumes from its last checkpoint, a finished run is reused and evaluations resume from their
-# prediction caches, so re-running this script continues the table. Logs: logs/cpu-full_rl_{a,b}.log.
-# Cost per run on the 2-core AVX2 machine: ~20-30 min of training (12 steps x G=4 x 2 prompts), ~25 min for the
-# first-token read-out of all 795 test pairs, ~17 min to decode 144 (8 per query). Seed 1 is read by first token
-# (accuracy and macro-F1 on all 795 pairs) first; its decoded read-out (step accuracy, rule violations) comes last.
-# Examiner: the offline verifier, plus the GenRM when GENRM=runs/cpu-full/genrm is set (the same for every run).
+# The cpu-full RL table: GRPO, SRPO and AGRL from the cpu-full SFT run (runs/cpu-full/sft), seeds 0, 1 and 2, each read
+# by first token on all pairs of the esci_us test split (results/metrics.json) and of the esci_us_wide test split
+# (results/esci_us_wide_test/metrics.json), then decoded on 8 pairs of each esci_us test query (step accuracy, rule
+# violations). The prompt set (profile cpu-full: P(gold) at the grade token over 1,024 train pairs, balanced stages)
+# is built once first, then two single-threaded lanes share the 2 cores. Every run resumes from its last checkpoint,
+# a finished run is reused and read-outs resume from their prediction caches, so re-running this script continues
+# the table. Logs: logs/cpu-full_rl_{a,b}.log. Examiner: the offline verifier, plus the GenRM when
+# GENRM=runs/cpu-full/genrm is set (the same for every run). Runs are named <method>_bal[_s<seed>].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 TRL_EXPERIMENTAL_SILENCE=1
 PY=.venv/bin/python
+WIDE=data_samples/esci_us_wide
 mkdir -p logs
-until [ -f runs/cpu-full/sft/run.json ]; do sleep 60; done  # the SFT run of scripts/cpu_full.sh
 EXAMINER=(); [ -n "${GENRM:-}" ] && EXAMINER=(--genrm "$GENRM")
-rl() {  # rl METHOD SEED READ-OUTS...
-  local method=$1 seed=$2; shift 2
-  $PY -m she_lib.rl --method "$method" --profile cpu-full --sft runs/cpu-full/sft --seed "$seed" "${EXAMINER[@]}" \
-      --evaluate "$@" --save
+name() { [ "$2" = 0 ] && echo "$1_bal" || echo "$1_bal_s$2"; }
+wide() {  # wide RUN MODE: the run's read-out on the esci_us_wide test split
+  $PY -m she_lib.evaluate --run "$1" --profile cpu-full --data "$WIDE" --split test --mode "$2" --save
 }
+rl() {  # rl METHOD SEED READ-OUT: train (or reuse) the run, read it on both test splits
+  local method=$1 seed=$2 mode=$3
+  $PY -m she_lib.rl --method "$method" --profile cpu-full --sft runs/cpu-full/sft --seed "$seed" "${EXAMINER[@]}" \
+      --evaluate "$mode" --save
+  [ "$mode" = first_token ] && wide "runs/cpu-full/$(name "$method" "$seed")" first_token
+  return 0
+}
+# the prompt set's pass rates, cached beside the SFT run's samples (both lanes read the cache)
+OMP_NUM_THREADS=2 $PY -c "from she_lib.config import get_profile; from she_lib.rl import rl_prompts, curriculum_for
+p = get_profile('cpu-full'); print(rl_prompts(p, 'runs/cpu-full/sft', curriculum_for(p), 4, progress=True)[1]['curriculum'])"
 (
-  rl grpo 0 first_token generate
-  rl srpo 0 first_token generate
-  rl srpo 1 first_token
-  rl srpo 1 first_token generate
+  $PY -m she_lib.evaluate --run runs/cpu-full/sft --profile cpu-full --mode first_token --save  # the SFT row
+  wide runs/cpu-full/sft first_token
+  for seed in 0 1 2; do rl grpo "$seed" first_token; rl agrl "$seed" first_token; done
+  $PY -m she_lib.evaluate --run runs/cpu-full/sft --profile cpu-full --mode generate --save
+  for seed in 0 1 2; do rl grpo "$seed" generate; rl agrl "$seed" generate; done
 ) >> logs/cpu-full_rl_a.log 2>&1 &
 (
-  rl grpo 1 first_token
-  rl agrl 0 first_token generate
-  rl grpo 1 first_token generate
-  rl agrl 1 first_token generate
+  for seed in 0 1 2; do rl srpo "$seed" first_token; done
+  for seed in 0 1 2; do rl srpo "$seed" generate; done
 ) >> logs/cpu-full_rl_b.log 2>&1 &
 wait

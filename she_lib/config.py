@@ -172,15 +172,19 @@ TABLE: dict[str, dict[str, dict]] = {
     ),
     "cpu-full": dict(  # the results table (results/): the same model on the full train split
         # decoded read-outs on 8 pairs of each test query (decoding is ~50x the cost of a first-token read)
-        profile=dict(runs_dir=str(REPO_ROOT / "runs" / "cpu-full"), eval_generate_per_query=8, rl_seeds=(0, 1)),
+        profile=dict(runs_dir=str(REPO_ROOT / "runs" / "cpu-full"), eval_generate_per_query=8, rl_seeds=(0, 1, 2)),
         # 480 pairs, one epoch of batch 8 = 60 optimizer steps: enough to learn the format (20 steps of 16 were not)
         sft=dict(train_limit=480, epochs=1, logging_steps=1, save_steps=10, eval_steps=30, eval_limit=32),
         dpo=dict(sample_limit=96),
         genrm={},  # GenRMConfig's defaults are cpu-full's (its docstring gives the row count)
-        rl=dict(num_generations=4, prompts_per_step=2, max_completion_length=128, logging_steps=1, save_steps=1,
+        # 4 prompts x 4 rollouts of <= 128 tokens per step, 18 steps; with the balanced stage order the 4 prompts of a
+        # step are one of each grade where the stage has them
+        rl=dict(num_generations=4, prompts_per_step=4, max_completion_length=128, logging_steps=1, save_steps=1,
                 learning_rate=5e-5),
-        # the pool is DPO's 96 sampled prompts (same settings: the shared sample cache serves both)
-        curriculum=dict(pool_limit=96, k_samples=4, stage_steps=(4, 4, 4)),
+        # pass rates P(gold) at the grade token over 1,024 train pairs (one forward pass each), class-balanced stages:
+        # with 96 pairs' sampled pass rates and the random order 17 of 24 groups were Exact, and every method
+        # collapsed onto Exact
+        curriculum=dict(pool_limit=1024, pass_source="first_token", stage_order="balanced", stage_steps=(6, 6, 6)),
         probe={},  # every train and validation pair (GradeProbeConfig's defaults)
     ),
     "gpu-offline": dict(  # SmolLM2-135M from the GGUF on one offline CUDA GPU, bf16, every stage in minutes

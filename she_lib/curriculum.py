@@ -1,8 +1,12 @@
 """The RL prompt set: difficulty filtering, diversity sampling and an easy-to-hard curriculum (SRPO's
 "diversified data filtering" and multi-stage curriculum; TaoSR1 found class-balanced RL data best).
 
-1. **Difficulty.** Each pool prompt's pass rate p = c / K: the share of K rationales sampled from the SFT model
-   that are well formed with the human grade (she_lib.sampling, cached). Prompts with p < ``min_pass`` or
+1. **Difficulty.** Each pool prompt's pass rate (``pass_source``): ``"samples"``, p = c / K, the share of K
+   rationales sampled from the SFT model that are well formed with the human grade (she_lib.sampling, cached); or
+   ``"first_token"``, p = P(gold | x) at the grade's first token (one forward pass per prompt, so a pool of
+   thousands is cheap): in the grade-first order the grade is the first thing sampled and the grade words start
+   with distinct tokens, so P(gold) is exactly the chance that a rollout at temperature 1 names the gold grade
+   (it ignores well-formedness, which the samples count). Prompts with p < ``min_pass`` or
    p > ``max_pass`` are dropped: a group whose G rollouts are all right or all wrong has zero outcome advantage
    under GRPO and teaches nothing. With K <= 10 samples the defaults [0.01, 0.9] (PAPERS §6.6) drop exactly the
    always-wrong (p = 0) and always-right (p = 1) prompts.
@@ -45,6 +49,7 @@ import pandas as pd
 @dataclass(frozen=True)
 class CurriculumConfig:
     pool_limit: int | None = 96  # train prompts whose pass rate is estimated (seeded sample); None = all
+    pass_source: str = "samples"  # "samples" (K rationales) | "first_token" (P(gold) at the grade token)
     k_samples: int = 4  # samples per prompt for the pass rate
     max_new_tokens: int = 128
     temperature: float = 1.0
@@ -67,15 +72,19 @@ class CurriculumConfig:
     def __post_init__(self):
         if self.stage_order not in ("random", "balanced"):
             raise ValueError(f"stage_order must be 'random' or 'balanced', got {self.stage_order!r}")
+        if self.pass_source not in ("samples", "first_token"):
+            raise ValueError(f"pass_source must be 'samples' or 'first_token', got {self.pass_source!r}")
         if self.fallback not in ("fill", "raise"):
             raise ValueError(f"fallback must be 'fill' or 'raise', got {self.fallback!r}")
 
     def to_dict(self) -> dict:
         """The fields, the run key of RL runs. ``stage_order`` is left out at ``"random"``, its behaviour before the
-        field existed, so runs recorded before it stay valid (she_lib.runs compares keys exactly)."""
+        field existed, so runs recorded before it stay valid (she_lib.runs compares keys exactly); so is
+        ``pass_source`` at ``"samples"``."""
         d = asdict(self)
-        if d["stage_order"] == "random":
-            del d["stage_order"]
+        for name, old in (("stage_order", "random"), ("pass_source", "samples")):
+            if d[name] == old:
+                del d[name]
         return d
 
 
@@ -222,14 +231,15 @@ def curriculum_order(df: pd.DataFrame, config: CurriculumConfig, prompts_per_ste
 
 
 def build_rl_prompts(train: pd.DataFrame, samples: pd.DataFrame | None, config: CurriculumConfig, words,
-                     prompts_per_step: int) -> tuple[pd.DataFrame, dict]:
+                     prompts_per_step: int, rates: pd.Series | None = None) -> tuple[pd.DataFrame, dict]:
     """Pool -> difficulty filter -> diversity selection -> curriculum order, with one report of every count.
-    ``samples`` (pass-rate samples of the pool) may be None only when difficulty and curriculum are both off."""
-    if samples is None:
+    The pass rates are ``rates`` (example_id -> p) or those of ``samples`` (pass-rate samples of the pool); both
+    may be None only when difficulty and curriculum are both off."""
+    if rates is None and samples is None:
         if config.difficulty or config.curriculum:
-            raise ValueError("difficulty filtering and the curriculum need pass-rate samples")
-        rates = pd.Series(np.nan, index=train["example_id"]).fillna(0.5)
-    else:
+            raise ValueError("difficulty filtering and the curriculum need pass rates or pass-rate samples")
+        rates = pd.Series(0.5, index=train["example_id"])
+    elif rates is None:
         rates = pass_rates(samples)
     kept, diff = difficulty_filter(train, rates, config)
     chosen, div = diversity_sample(kept, config, words)

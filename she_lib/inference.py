@@ -136,17 +136,19 @@ def _common_prefill(model, enc, cache, n: int) -> dict:
 def generate(model, tokenizer, prompts: list[str], batch_size: int = 16, max_new_tokens: int = 128,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              num_return_sequences: int = 1, progress: bool = True, desc: str = "generate",
-             share_prefix: bool = True, share_common_prefix: bool = True, **generate_kwargs):
+             share_prefix: bool = True, share_common_prefix: bool = True, return_ids: bool = False,
+             **generate_kwargs):
     """Completions for ``prompts`` (a list of str, or of lists when num_return_sequences > 1).
     ``batch_size`` counts prompts; a batch decodes ``batch_size * num_return_sequences`` sequences.
     ``share_prefix``: each prompt prefilled once for its n samples; ``share_common_prefix``: the batch's
-    common token prefix prefilled once for all its prompts (module docstring). Extra keyword arguments go to
-    HF ``generate`` (e.g. ``min_new_tokens``)."""
+    common token prefix prefilled once for all its prompts (module docstring). ``return_ids``: each completion as
+    its token ids up to and including the first end token (all of them when none came), instead of text. Extra
+    keyword arguments go to HF ``generate`` (e.g. ``min_new_tokens``, a list ``eos_token_id``)."""
     model.eval()
     out: list = [None] * len(prompts)
     n, shared = num_return_sequences, share_prefix and num_return_sequences > 1
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=1 if shared else n,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **generate_kwargs)
+    kwargs = {**dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=1 if shared else n,
+                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id), **generate_kwargs}
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p)
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress)
@@ -167,13 +169,24 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int = 16, max_new
             else:
                 ids = model.generate(**enc, **{**kwargs, "num_return_sequences": n})
         ids = ids[:, enc["input_ids"].shape[1]:]
-        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        texts = (_until_end(ids, kwargs["eos_token_id"]) if return_ids
+                 else tokenizer.batch_decode(ids, skip_special_tokens=True))
         for k, i in enumerate(idx):
             chunk = texts[k * n:(k + 1) * n]
             out[i] = chunk if n > 1 else chunk[0]
         bar.update(len(idx))
     bar.close()
     return out
+
+
+def _until_end(ids: torch.Tensor, eos) -> list[list[int]]:
+    """Each row's ids up to and including its first end token (``eos``: an id or a list), or the whole row."""
+    ends = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    rows = []
+    for row in ids.tolist():
+        cut = next((k for k, t in enumerate(row) if t in ends), len(row) - 1)
+        rows.append(row[:cut + 1])
+    return rows
 
 
 def grade_token_ids(tokenizer, words) -> list[int]:

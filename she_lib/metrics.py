@@ -68,6 +68,16 @@ def metrics_from_confusion(cm: np.ndarray) -> tuple[float, float]:
     return float(tp.sum() / cm.sum()), float(f1.mean())
 
 
+def grade_tv(confusion: dict) -> float:
+    """Total variation between the predicted and the true grade distribution of a metrics entry's confusion
+    matrix (rows true, columns predicted, the last column unparsed, a category no label has):
+    TV = 1/2 sum_c |n_pred(c) - n_true(c)| / n. 0 = the grades are predicted in the labels' proportions; a model that
+    always says one grade g has TV = 1 - share(g)."""
+    cm = np.asarray(confusion["rows_true_cols_pred"], dtype=float)
+    true = np.append(cm.sum(1), 0.0)
+    return float(np.abs(cm.sum(0) - true).sum() / (2 * cm.sum()))
+
+
 def per_group_confusion(y_true, y_pred, groups, labels) -> tuple[list, np.ndarray]:
     """One K x (K+1) confusion matrix per group: (group ids, array [G, K, K+1])."""
     labels, y_pred = list(labels), _pred(y_pred)

@@ -3,9 +3,12 @@
 * budgets: :func:`rl_config` (an :class:`she_lib.srpo_config.SRPOConfig` per method and profile) and :func:`curriculum_for`
   (the prompt set's pool, sampling and stages, she_lib.curriculum), from the profile table of she_lib.config;
 * the prompt set: :func:`rl_prompts` (pass rates from the shared sample cache of the SFT run);
-* the trainer: ``grpo`` -> TRL's ``GRPOTrainer`` with she_lib.rewards' ``OutcomeReward``; ``srpo`` -> she_lib.srpo_trainer's ``SRPOTrainer``
+* the trainer: ``grpo`` -> TRL's ``GRPOTrainer`` (she_lib.prompt_sharing's subclass: each group's prompt run once in
+  the loss) with she_lib.rewards' ``OutcomeReward``; ``srpo`` -> she_lib.srpo_trainer's ``SRPOTrainer``
   with the hybrid examiner's step rewards; ``agrl`` -> ``SRPOTrainer`` with she_lib.rules' rule reward, she_lib.agrl's
   replay and process weight 0;
+* rollouts: she_lib.rollouts (``SRPOConfig.rollout_engine``; on a CPU a merged bf16/fp32 copy of the policy, each
+  prompt prefilled once for its G samples), or TRL's own ``generate`` / vLLM;
 * the run folder: she_lib.runs (resume from the last checkpoint, reuse a finished run); ``data_report.json``,
   ``rollouts.jsonl`` (SRPO / AGRL, for the inspector), ``run.json`` (with AGRL's replay report);
 * the CLI: ``python -m she_lib.rl --method srpo --profile cpu-full --sft runs/cpu-full/sft [--seed 1] [--genrm ...]``.
@@ -24,7 +27,6 @@ import pandas as pd
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
-from trl import GRPOTrainer
 
 from . import runs
 from .agrl import AdaptiveReplay, AGRLConfig
@@ -37,8 +39,11 @@ from .examiner import Examiner, HybridConfig
 from .genrm import GenRM
 from .labels import get_scale
 from .modeling import load_run
+from .predictions import predict_llm
+from .prompt_sharing import SharedPromptGRPOTrainer
 from .rewards import OutcomeReward
 from .rl_report import run_name
+from .rollouts import rollout_func_for
 from .rules import RuleReward, RuleRewardConfig
 from .sampling import cache_covers, sample_cache, sample_rationales
 from .schema import build_messages
@@ -56,9 +61,10 @@ RECORD_COLUMNS = ("example_id", "query", "title", "brand", "colour", "category",
 def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Path = "rl", **overrides) -> SRPOConfig:
     """The SRPOConfig of a method and profile: the ``rl`` entry of she_lib.config.TABLE over the defaults here, then
     ``overrides``. One optimizer step = ``prompts_per_step`` prompts x G rollouts
-    (``per_device_train_batch_size`` = their product / the number of processes of the launch). ``grpo`` sets process_weight 0 (and trains with
-    TRL's plain GRPOTrainer); CPU runs train fp32 without gradient checkpointing and without a reference model
-    (beta = 0 saves a forward pass per step; set beta for the KL term)."""
+    (``per_device_train_batch_size`` = their product / the number of processes of the launch). ``grpo`` sets
+    process_weight 0 (and trains with TRL's GRPO algorithm); CPU runs train fp32 weights (bf16 autocast where the CPU
+    has it) without gradient checkpointing and without a reference model (beta = 0 saves a forward pass per step;
+    set beta for the KL term), sample from she_lib.rollouts and run each group's prompt once in the loss."""
     if method not in METHODS:
         raise ValueError(f"unknown RL method {method!r}; choose one of {METHODS}")
     profile = get_profile(profile)
@@ -124,7 +130,7 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
        difficulty filter, diversity selection and curriculum order (she_lib.curriculum); ``data_report.json``.
     2. Model: the SFT adapter merged into the base and a fresh LoRA on top (as DPO), so the adapter-disabled
        model is the SFT policy (TRL's reference when ``beta`` > 0).
-    3. Trainer: ``grpo`` -> TRL's ``GRPOTrainer`` with :class:`OutcomeReward`; ``srpo`` -> :class:`SRPOTrainer`
+    3. Trainer: ``grpo`` -> ``SharedPromptGRPOTrainer`` (TRL's GRPO) with :class:`OutcomeReward`; ``srpo`` -> :class:`SRPOTrainer`
        with the examiner's step rewards; ``agrl`` -> :class:`SRPOTrainer` with she_lib.rules' rule reward and
        she_lib.agrl's adaptive guided replay (process_weight as configured; 0 = AGRL on GRPO's advantages).
        ``max_steps`` is the curriculum's step count; the rollout log goes to ``rollouts.jsonl``."""
@@ -155,10 +161,11 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
     common = dict(model=policy.model, args=args, train_dataset=rl_dataset(prompts, profile), processing_class=policy.tokenizer,
                   peft_config=policy.lora_config, callbacks=[meter, StageLogger(prompts["stage"].tolist(),
                                                                                 prompts_per_step(args)),
-                                                             *(callbacks or [])])
+                                                             *(callbacks or [])],
+                  rollout_func=rollout_func_for(args, policy.model))
     eos = [policy.tokenizer.eos_token_id]  # a rollout cut at the token limit earns 0 (she_lib.rewards.truncated)
     if method == "grpo":
-        trainer = GRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos)], **common)
+        trainer = SharedPromptGRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos)], **common)
     elif method == "srpo":
         trainer = SRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos)], examiner=examiner, scale=scale,
                               rollout_log=run / "rollouts.jsonl", **common)
@@ -185,6 +192,10 @@ def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step:
     curriculum = curriculum or curriculum_for(profile)
     splits = splits if splits is not None else load_splits(profile)
     pool = _sample(splits["train"], curriculum.pool_limit, curriculum.seed)
+    words = get_scale(profile.grade_scale).words
+    if curriculum.pass_source == "first_token":
+        rates = first_token_pass_rates(profile, sft_run, pool, progress)
+        return build_rl_prompts(pool, None, curriculum, words, per_step, rates=rates)
     samples = None
     if curriculum.difficulty or curriculum.curriculum:
         sft_run = Path(sft_run)
@@ -197,12 +208,29 @@ def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step:
         samples = sample_rationales(model, tok, pool, profile, curriculum.k_samples,
                                     curriculum.max_new_tokens, curriculum.temperature, 1.0,
                                     curriculum.sample_batch_size, curriculum.seed, cache=cache, progress=progress)
-    return build_rl_prompts(pool, samples, curriculum, get_scale(profile.grade_scale).words, per_step)
+    return build_rl_prompts(pool, samples, curriculum, words, per_step)
+
+
+def first_token_pass_rates(profile: Profile, sft_run: str | Path, pool: pd.DataFrame,
+                           progress: bool = False) -> pd.Series:
+    """example_id -> P(gold grade) at the grade's first token under the SFT run (she_lib.curriculum, step 1),
+    cached beside the run's samples (``runs_dir/samples/<run>_<stamp>/first_token_<order>.jsonl``, resumable)."""
+    if profile.order != "grade_first":
+        raise ValueError("pass_source 'first_token' needs the grade_first order (the grade is the first thing "
+                         f"sampled); this run is {profile.order!r}")
+    cache = sample_cache(profile, sft_run, 1, 0, 1.0, 1.0, 0, 0).parent / f"first_token_{profile.order}.jsonl"
+    model = tok = None
+    if not cache_covers(cache, pool):
+        policy = load_run(sft_run, profile)
+        model, tok = policy.model, policy.tokenizer
+    preds = predict_llm(model, tok, pool, profile, "first_token", cache=cache, progress=progress)
+    p = [row[f"p_{label}"] for row, label in zip(preds.to_dict("records"), pool["label"])]
+    return pd.Series(p, index=pool["example_id"].to_numpy(), dtype=float)
 
 
 def _args_key(args: SRPOConfig) -> dict:
     """The fields of an SRPOConfig that define a run (paths, logging and max_steps, set by the curriculum, excluded)."""
-    skip = {"output_dir", "logging_dir", "max_steps", "logging_steps", "save_steps", "report_to"}
+    skip = {"output_dir", "logging_dir", "max_steps", "logging_steps", "save_steps", "report_to", *runs.SPEED_ONLY}
     d = {k: v for k, v in args.to_dict().items() if k not in skip}
     return json.loads(json.dumps(d, default=str))
 
@@ -240,8 +268,9 @@ def main(argv=None) -> int:
     ap.add_argument("--genrm", default=None, help="a GenRM run folder for the examiner (default: verifier only)")
     ap.add_argument("--vllm", choices=["auto", "off", "colocate", "server"], default=None,
                     help="rollouts with vLLM (default: auto on the gpu/colab profiles, off elsewhere)")
-    ap.add_argument("--stage-order", choices=["random", "balanced"], default="random",
-                    help="how curriculum stages fill their slots (she_lib.curriculum); balanced names the run <method>_bal")
+    ap.add_argument("--stage-order", choices=["random", "balanced"], default=None,
+                    help="how curriculum stages fill their slots (she_lib.curriculum; default: the profile's); "
+                         "balanced names the run <method>_bal")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
     ap.add_argument("--save", action="store_true")
     a = ap.parse_args(argv)
@@ -250,10 +279,10 @@ def main(argv=None) -> int:
     examiner = None
     if a.genrm:
         examiner = Examiner(GenRM.load(a.genrm, profile), HybridConfig(), profile.grade_scale)
-    name = a.name or run_name(a.method, a.seed, a.stage_order)
+    curriculum = curriculum_for(profile, **({"stage_order": a.stage_order} if a.stage_order else {}))
+    name = a.name or run_name(a.method, a.seed, curriculum.stage_order)
     args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}))
-    run = train_rl(profile, a.method, a.sft, args, curriculum_for(profile, stage_order=a.stage_order), name=name,
-                   examiner=examiner, progress=True)
+    run = train_rl(profile, a.method, a.sft, args, curriculum, name=name, examiner=examiner, progress=True)
     if not is_main_process():
         return 0
     info = json.loads((run / "run.json").read_text())

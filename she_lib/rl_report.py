@@ -5,8 +5,10 @@ class-balanced prompt order (:func:`run_name`; a table row of its own; keys are 
 she_lib.metrics.parse_method); their metrics in
 ``metrics.json`` are ``<run>`` (decoded) and ``<run>_first_token``. The table gives, per method and read-out, the
 mean and the standard deviation over seeds of accuracy and macro-F1, seed 0's query-bootstrap CI, step accuracy and
-rule-violation rate of decoded rationales (she_lib.verifier, she_lib.rules), and training stability: the standard
-deviation over seeds of the mean reward of the last ``tail`` logged steps.
+rule-violation rate of decoded rationales (she_lib.verifier, she_lib.rules), collapse (``grade TV``: the mean over
+seeds of the total variation between predicted and true grade distributions, she_lib.metrics.grade_tv;
+``min class F1``: the lowest per-grade F1 of any seed), and training stability: the standard deviation over seeds of
+the mean reward of the last ``tail`` logged steps.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import pandas as pd
 from .config import get_profile
 from .evaluate import prediction_files
 from .labels import get_scale
-from .metrics import method_key, parse_method
+from .metrics import grade_tv, method_key, parse_method
 from .predictions import read_predictions
 
 CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats)"),
@@ -94,6 +96,10 @@ def rl_table(metrics: dict, runs_dir: str | Path, methods=("sft", "dpo", "grpo",
             "accuracy": f"{acc.mean():.3f}" + (f" ± {acc.std(ddof=1):.3f}" if len(ms) > 1 else ""),
             "macro-F1": f"{f1.mean():.3f}" + (f" ± {f1.std(ddof=1):.3f}" if len(ms) > 1 else ""),
             "macro-F1 CI (seed 0)": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "",
+            "grade TV": _fmt(np.mean([grade_tv(m["confusion_matrix"]) for m in ms])
+                             if all("confusion_matrix" in m for m in ms) else None),
+            "min class F1": _fmt(min(min(m["per_class_f1"].values()) for m in ms)
+                                 if all("per_class_f1" in m for m in ms) else None),
             "step accuracy": _fmt(np.mean([m["step_accuracy"] for m in ms if m.get("step_accuracy") is not None])
                                   if any(m.get("step_accuracy") is not None for m in ms) else None),
             "rule violations": _fmt(np.mean([m["rule_violation_rate"] for m in ms

@@ -16,4 +16,8 @@ class SRPOConfig(GRPOConfig):
     process_credit: str = field(default="step", metadata={"help": "'step' (own step) or 'to_go' (own + later steps)"})
     decision_credit: bool = field(default=True, metadata={"help": "the <grade> tokens get the mean step value D_i"})
     advantage_clip: float | None = field(default=None, metadata={"help": "clamp token advantages to +-clip"})
+    share_prompt_prefix: bool = field(default=True, metadata={"help": "run each group's prompt once in the loss "
+                                                               "(she_lib.prompt_sharing; speed only)"})
+    rollout_engine: str = field(default="auto", metadata={"help": "'shared' (she_lib.rollouts), 'trl' (TRL's own "
+                                                          "generate) or 'auto' (shared on a CPU without vLLM)"})
     rollout_log_every: int = field(default=1, metadata={"help": "write rollouts.jsonl every k generations (0 = off)"})

@@ -1,6 +1,7 @@
 """The SRPO trainer: TRL's ``GRPOTrainer`` with SRPO's per-token advantages (the formula: she_lib.srpo). The RL
-baselines run on the same machinery: vanilla GRPO (TRL's ``GRPOTrainer`` as is) and AGRL (she_lib.agrl's replay on
-this trainer).
+baselines run on the same machinery: vanilla GRPO (TRL's ``GRPOTrainer`` algorithm as is, in
+she_lib.prompt_sharing's subclass that runs each group's prompt once in the loss, as this trainer does) and AGRL
+(she_lib.agrl's replay on this trainer).
 
 :class:`SRPOTrainer` changes the algorithm in one hook, ``_generate_and_score_completions``: after TRL has generated
 and scored a batch, the examiner reads every completion's steps, :func:`she_lib.srpo.step_advantages` and
@@ -21,18 +22,19 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather, gather_object
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import GRPOTrainer
 
 from .examiner import Examiner, HybridConfig
 from .labels import GradeScale, get_scale
+from .prompt_sharing import SharedPromptGRPOTrainer
 from .rollout_log import rollout_record, token_steps
 from .schema import STEPS, parse
 from .srpo import decision_credit, step_advantages, token_advantages
 from .step_spans import completion_step_spans
 
 
-class SRPOTrainer(GRPOTrainer):
-    """``GRPOTrainer`` with per-token SRPO advantages; ``args`` is an she_lib.srpo_config.SRPOConfig.
+class SRPOTrainer(SharedPromptGRPOTrainer):
+    """``GRPOTrainer`` (with each group's prompt run once in the loss, she_lib.prompt_sharing) with per-token SRPO
+    advantages; ``args`` is an she_lib.srpo_config.SRPOConfig.
 
     ``examiner`` (an she_lib.examiner.Examiner) gives step rewards; ``replay`` (optional, she_lib.agrl) may rewrite
     the batch before generation and the outputs after scoring. ``rollout_log`` is a JSON-lines path (main process)."""

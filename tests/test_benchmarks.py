@@ -65,7 +65,11 @@ def test_rl_benchmark_runs_on_tiny(tmp_path, monkeypatch):
     assert bench_main(monkeypatch, "bench_rl.py", ["--tiny", "--steps", "2", "--tokens", "8", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     v = res["variants"]
-    assert set(v) == {"trl_defaults", "optimised"} and res["speedup_s_per_step"] > 0
+    assert set(v) == {"trl_defaults", "project", "optimised"} and res["speedup_s_per_step"] > 0
+    assert res["speedup_s_per_step_vs_project"] > 0 and res["speedup_rollout_tok_s_vs_project"] > 0
     assert v["trl_defaults"]["gradient_checkpointing"] and not v["optimised"]["gradient_checkpointing"]
+    assert [v[k]["rollout_engine"] for k in ("trl_defaults", "project", "optimised")] == ["trl", "trl", "auto"]
+    assert [v[k]["share_prompt_prefix"] for k in ("trl_defaults", "project", "optimised")] == [False, False, True]
     for x in v.values():
         assert x["s_per_step"] > 0 and 0 < x["generate_s_per_step"] <= x["s_per_step"] and x["completion_tok_s"] > 0
+        assert x["rollout_tok_s"] >= x["completion_tok_s"]

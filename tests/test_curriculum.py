@@ -1,9 +1,15 @@
-"""RL prompt set (she_lib.curriculum): difficulty filter, diversity round-robin, entropies, curriculum order."""
+"""RL prompt set (she_lib.curriculum): difficulty filter, diversity round-robin, entropies, curriculum order, and
+the first-token pass rates of she_lib.rl."""
 import math
 
 import pandas as pd
 import pytest
 
+import she_lib.rl as rl
+from she_lib.inference import grade_probabilities
+from she_lib.labels import get_scale
+from she_lib.modeling import load_run
+from she_lib.schema import render_prompt
 from she_lib.curriculum import (CurriculumConfig, build_rl_prompts, curriculum_order, difficulty_filter,
                                 diversity_sample, entropy_bits, label_cv, pass_rates, stage_of)
 
@@ -110,7 +116,7 @@ def test_build_rl_prompts_report():
     assert rep["difficulty"]["kept"] == 8 and rep["diversity"]["selected"]["n"] == 8
     assert [st["prompts"] for st in rep["curriculum"]["stages"]] == [0, 4, 4] and len(out) == 8
     assert out["stage"].tolist() == [1] * 4 + [2] * 4
-    with pytest.raises(ValueError, match="need pass-rate samples"):
+    with pytest.raises(ValueError, match="need pass rates"):
         build_rl_prompts(df, None, CurriculumConfig(), WORDS, 2)
     plain, _ = build_rl_prompts(df, None, CurriculumConfig(difficulty=False, curriculum=False), WORDS, 2)
     assert len(plain) == 8
@@ -133,3 +139,33 @@ def test_balanced_stage_order_cycles_grades_with_replacement():
     assert "stage_order" not in CurriculumConfig().to_dict() and cfg.to_dict()["stage_order"] == "balanced"
     with pytest.raises(ValueError, match="stage_order must be"):
         CurriculumConfig(stage_order="sorted")
+
+
+def test_rates_given_directly_are_the_pass_rates():
+    """pass_source "first_token" hands build_rl_prompts P(gold) per prompt: the band keeps 0.01 <= p <= 0.9."""
+    rates = pd.Series([0.95, 0.005, 0.5, 0.2, 0.9, 0.01, 0.7, 0.3], index=[f"e{i}" for i in range(8)])
+    cfg = CurriculumConfig(min_prompts=1, diversity=False, curriculum=False, pass_source="first_token")
+    out, rep = build_rl_prompts(frame(), None, cfg, WORDS, 1, rates=rates)
+    assert rep["difficulty"]["kept"] == 6 and rep["difficulty"]["above_max"] == 1 and rep["difficulty"]["below_min"] == 1
+    assert sorted(out["example_id"]) == ["e2", "e3", "e4", "e5", "e6", "e7"]
+    assert dict(zip(out["example_id"], out["pass_rate"])) == {e: rates[e] for e in out["example_id"]}
+    assert rep["config"]["pass_source"] == "first_token"
+    assert "pass_source" not in CurriculumConfig().to_dict()  # the default keeps earlier run keys valid
+    with pytest.raises(ValueError, match="pass_source"):
+        CurriculumConfig(pass_source="probe")
+
+
+def test_first_token_pass_rates_are_p_gold_and_cached(smoke, splits, trained_sft, monkeypatch):
+    pool = splits["train"].head(5)
+    rates = rl.first_token_pass_rates(smoke, trained_sft, pool)
+    policy = load_run(trained_sft, smoke)
+    words = get_scale("esci").words
+    probs = grade_probabilities(policy.model, policy.tokenizer,
+                                [render_prompt(policy.tokenizer, r, get_scale("esci")) for r in pool.to_dict("records")],
+                                words, progress=False)
+    expected = [probs[i][words.index(label)] for i, label in enumerate(pool["label"])]
+    assert list(rates.index) == list(pool["example_id"]) and rates.to_numpy() == pytest.approx(expected, abs=1e-5)
+    monkeypatch.setattr(rl, "load_run", None)  # a cached pool needs no model
+    assert rl.first_token_pass_rates(smoke, trained_sft, pool).equals(rates)
+    with pytest.raises(ValueError, match="grade_first"):
+        rl.first_token_pass_rates(smoke.replace(order="steps_first"), trained_sft, pool)

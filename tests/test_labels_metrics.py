@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from she_lib.labels import ESCI, WANDS, get_scale
-from she_lib.metrics import (UNPARSED, bootstrap_ci, classification_metrics, metrics_from_confusion,
+from she_lib.metrics import (UNPARSED, bootstrap_ci, classification_metrics, grade_tv, metrics_from_confusion,
                              per_group_confusion)
 
 
@@ -212,3 +212,12 @@ def test_parse_method_is_the_one_run_name_parser():
     assert [parse_method(k) for k in ("lexical", "zero_shot_first_token", "grpo_S1", "srpo_s1x")] == [None] * 4
     for key in ("srpo_bal_s1_first_token", "sft_steps_first", "agrl_s12_cumpt", "grpo", "dpo_first_token"):
         assert method_key(**parse_method(key)) == key  # the inverse
+
+
+def test_grade_tv_hand_computed():
+    # true (3, 1), predicted (1, 2) and 1 unparsed: (|1 - 3| + |2 - 1| + |1 - 0|) / (2 * 4) = 0.5
+    assert grade_tv({"rows_true_cols_pred": [[1, 1, 1], [0, 1, 0]]}) == pytest.approx(0.5)
+    assert grade_tv({"rows_true_cols_pred": [[3, 0, 0], [0, 1, 0]]}) == 0.0
+    # always the first grade: 1 - its share
+    assert grade_tv({"rows_true_cols_pred": [[3, 0, 0], [1, 0, 0]]}) == pytest.approx(0.25)
+

@@ -15,8 +15,14 @@ def test_run_names_and_table(tmp_path):
         (tmp_path / name / "train_log.json").write_text(json.dumps(log))
     assert reward_tail(tmp_path / "srpo", tail=2) == pytest.approx(0.6)
     m = lambda acc, f1, **kw: {"accuracy": acc, "macro_f1": f1, "macro_f1_ci": [f1 - 0.1, f1 + 0.1], "n_examples": 10, **kw}  # noqa: E731
-    metrics = {"srpo": m(0.5, 0.4, step_accuracy=0.8, rule_violation_rate=0.1),
-               "srpo_s1": m(0.7, 0.2, step_accuracy=0.6, rule_violation_rate=0.3),
+    # seed 0 says Exact 4 times and fails to parse once for true (2, 1, 1, 1): TV = (2 + 1 + 1 + 1 + 1) / (2 * 5) = 0.6;
+    # seed 1 is always right: TV 0
+    cm0 = [[2, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 1], [1, 0, 0, 0, 0]]
+    cm1 = [[2, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0]]
+    metrics = {"srpo": m(0.5, 0.4, step_accuracy=0.8, rule_violation_rate=0.1, confusion_matrix={"rows_true_cols_pred": cm0},
+                         per_class_f1={"Exact": 0.67, "Substitute": 0.0, "Complement": 0.0, "Irrelevant": 0.0}),
+               "srpo_s1": m(0.7, 0.2, step_accuracy=0.6, rule_violation_rate=0.3, confusion_matrix={"rows_true_cols_pred": cm1},
+                            per_class_f1={"Exact": 1.0, "Substitute": 1.0, "Complement": 1.0, "Irrelevant": 0.5}),
                "srpo_first_token": m(0.6, 0.3), "sft": m(0.4, 0.3), "sft_steps_first": m(0, 0), "lexical": m(0.4, 0.3),
                "srpo_bal_s1": m(0.3, 0.35)}
     t = rl_table(metrics, tmp_path, tail=2).set_index(["method", "read-out"])
@@ -29,6 +35,8 @@ def test_run_names_and_table(tmp_path):
     assert row["seeds"] == 2 and row["accuracy"] == "0.600 ± 0.141" and row["macro-F1"] == "0.300 ± 0.141"
     assert row["macro-F1 CI (seed 0)"] == "[0.300, 0.500]"
     assert row["step accuracy"] == "0.700" and row["rule violations"] == "0.200"
+    assert row["grade TV"] == "0.300" and row["min class F1"] == "0.000"
+    assert t.loc[("srpo", "first token"), "grade TV"] == ""  # no confusion matrix in that entry
     # final rewards (last 2 steps): 0.6 and 0.4 -> mean 0.5, std 0.1414
     assert row["final reward (seed std)"] == "0.500 (0.141)"
     assert t.loc[("sft", "decoded"), "final reward (seed std)"] == ""

@@ -1,0 +1,123 @@
+"""RL rollouts on a CPU: a ``rollout_func`` for TRL's GRPOTrainer backed by she_lib.inference.generate.
+
+TRL's own path (``GRPOTrainer._generate_single_turn`` with vLLM off) calls HF ``generate`` on the training model:
+each of a prompt's G copies is prefilled on its own, and every decoding step runs through the unmerged LoRA layers
+(two extra matmuls and their Python calls per linear) in float32. :class:`SharedPrefixRollouts` instead
+
+1. samples from a **generation copy** of the policy: the base model with the LoRA deltas merged,
+   W' = W + (alpha / r) B A, cast to ``dtype`` (bfloat16 where the CPU has native bf16: the trainer's ``bf16``), and
+   refreshed whenever the optimizer step has changed since the last refresh (as TRL re-syncs vLLM's weights);
+2. prefills each distinct prompt once for its G samples and the batch's common prefix once for all its prompts
+   (``inference.generate``'s ``share_prefix`` / ``share_common_prefix``), then samples with TRL's settings
+   (temperature, top_p, top_k, min_p, repetition_penalty, ``max_completion_length`` and TRL's end tokens).
+
+It returns what TRL's ``rollout_func`` contract asks for: prompt ids (the chat template applied as TRL applies it),
+completion ids up to and including the first end token, and ``logprobs`` None, as TRL's own transformers path
+returns (no importance-sampling correction is computed from them). The only difference from TRL's path is the
+precision of the sampling model; ``tests/test_rollouts.py`` checks that in float32 greedy decoding gives TRL's tokens.
+Which engine a run uses is ``SRPOConfig.rollout_engine`` (:func:`rollout_func_for`); the speed of each is
+``benchmarks/bench_rl.py``'s.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from .inference import generate
+
+
+def rollout_func_for(args, model):
+    """The ``rollout_func`` a run's config asks for, or None for TRL's own generation: ``rollout_engine`` "shared"
+    -> :class:`SharedPrefixRollouts`; "trl" -> None; "auto" -> "shared" on a CPU without vLLM, else "trl"."""
+    engine = args.rollout_engine
+    if engine == "auto":
+        engine = "trl" if args.use_vllm or next(model.parameters()).is_cuda else "shared"
+    if engine == "trl":
+        return None
+    if engine != "shared":
+        raise ValueError(f"rollout_engine must be auto, shared or trl, got {engine!r}")
+    if args.use_vllm:
+        raise ValueError("rollout_engine 'shared' and use_vllm exclude each other")
+    return SharedPrefixRollouts(torch.bfloat16 if args.bf16 else torch.float32)
+
+
+class SharedPrefixRollouts:
+    """``rollout_func(prompts, trainer)`` (module docstring). ``prompts`` is TRL's per-process slice, in which
+    each prompt appears as G consecutive copies; runs of equal length n are sampled as n samples of one prompt."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        self.dtype, self.copy, self.step = dtype, None, None
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        tok = trainer.processing_class
+        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        runs = _runs(texts)
+        n = len(runs[0]) if len({len(r) for r in runs}) == 1 else 1
+        unique = [texts[r[0]] for r in runs] if n > 1 else texts
+        model = self.policy_copy(trainer)
+        out = generate(model, tok, unique, batch_size=len(unique), max_new_tokens=trainer.max_completion_length,
+                       do_sample=True, temperature=trainer.temperature, top_p=trainer.top_p,
+                       num_return_sequences=n, progress=False, return_ids=True, top_k=trainer.top_k,
+                       min_p=trainer.min_p, repetition_penalty=trainer.repetition_penalty,
+                       eos_token_id=list(trainer.eos_token_ids))
+        completions = [c for group in out for c in group] if n > 1 else out
+        return {"prompt_ids": [tok(t, add_special_tokens=False).input_ids for t in texts],
+                "completion_ids": completions, "logprobs": None}
+
+    def policy_copy(self, trainer):
+        """The generation copy, built on first use and refreshed when ``trainer.state.global_step`` moved."""
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if self.copy is None:
+            self.copy = _merged_copy(model, self.dtype)
+        elif self.step != trainer.state.global_step:
+            refresh(self.copy, model)
+        self.step = trainer.state.global_step
+        return self.copy
+
+
+def _runs(texts: list[str]) -> list[list[int]]:
+    """Indices of ``texts`` grouped into runs of consecutive equal texts."""
+    runs: list[list[int]] = []
+    for i, t in enumerate(texts):
+        if runs and texts[runs[-1][0]] == t:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def _merged_copy(model, dtype: torch.dtype):
+    """A plain (no LoRA) model of ``model``'s architecture in ``dtype`` holding its merged weights. Built from the
+    config, not by deep copy: a trainer's model carries a patched ``forward`` (accelerate's autocast wrapper) that a
+    deep copy would keep bound to the original."""
+    base = _base(model)
+    dup = AutoModelForCausalLM.from_config(base.config, dtype=dtype).to(base.device)
+    dup.generation_config = copy.deepcopy(base.generation_config)
+    refresh(dup, model, every=True)
+    return dup.eval()
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@torch.no_grad()
+def refresh(dup, model, every: bool = False) -> None:
+    """Write ``model``'s current weights into its merged copy ``dup``: for each LoRA layer W + the active adapters'
+    deltas, then every trainable parameter that is not a LoRA factor (``every``: every parameter) as it is."""
+    base = _base(model)
+    params = dict(dup.named_parameters())
+    for name, module in base.named_modules():
+        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+            w = module.base_layer.weight  # already holds the deltas when the layer is merged
+            if not module.merged:
+                w = w + sum(module.get_delta_weight(a) for a in module.active_adapters)
+            params[f"{name}.weight"].copy_(w)
+    for name, p in base.named_parameters():  # a LoRA layer's base weight was written merged above
+        target = name.replace(".base_layer.", ".")
+        if "lora_" in name or name.endswith(".base_layer.weight") or not (every or p.requires_grad):
+            continue
+        if target in params:
+            params[target].copy_(p)

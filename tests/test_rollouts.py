@@ -1,0 +1,93 @@
+"""she_lib.rollouts: the shared-prefix rollout engine gives TRL's own tokens (greedy, float32), its merged copy
+follows the trained adapter, and the engine is chosen by the config."""
+import pandas as pd
+import pytest
+import torch
+from trl import GRPOTrainer
+
+from she_lib.inference import _until_end
+from she_lib.modeling import load_policy
+from she_lib.rewards import OutcomeReward
+from she_lib.rl import rl_config, rl_dataset
+from she_lib.rollouts import SharedPrefixRollouts, _runs, rollout_func_for
+from she_lib.trl_compat import ensure_trl_cpu_support
+
+
+def _trainer(smoke, splits, tmp_path, **overrides):
+    ensure_trl_cpu_support()
+    policy = load_policy(smoke)
+    args = rl_config(smoke, "grpo", tmp_path / "rl", num_generations=3, prompts_per_step=2, max_completion_length=12,
+                     max_steps=1, bf16=False, **overrides)
+    ds = rl_dataset(splits["train"].head(2), smoke)
+    trainer = GRPOTrainer(model=policy.model, reward_funcs=[OutcomeReward("esci")], args=args, train_dataset=ds,
+                          processing_class=policy.tokenizer, peft_config=policy.lora_config)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a non-zero adapter, so that merging it matters
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return trainer, [ds[i]["prompt"] for i in (0, 0, 0, 1, 1, 1)]
+
+
+def test_greedy_rollouts_equal_trl_generate(smoke, splits, tmp_path):
+    """top_k = 1 makes TRL's sampling greedy: the engine must give the same completion ids and prompt ids."""
+    trainer, prompts = _trainer(smoke, splits, tmp_path, top_k=1)
+    trainer.model.eval()
+    trl_prompt_ids, trl_ids = trainer._generate(prompts)[:2]
+    trainer.rollout_func = SharedPrefixRollouts(torch.float32)
+    ours_prompt_ids, ours_ids = trainer._generate(prompts)[:2]
+    assert ours_prompt_ids == trl_prompt_ids
+    assert ours_ids == trl_ids and len(ours_ids) == 6
+
+
+def test_copy_follows_the_adapter_after_a_step(smoke, splits, tmp_path):
+    trainer, prompts = _trainer(smoke, splits, tmp_path)
+    engine = SharedPrefixRollouts(torch.float32)
+    model = trainer.model
+    ids = torch.tensor([[5, 17, 300, 42, 9]])
+    copy = engine.policy_copy(trainer)
+    with torch.no_grad():
+        model.eval()
+        assert torch.allclose(copy(ids).logits, model(ids).logits, atol=1e-4)
+        for name, p in model.named_parameters():  # "an optimizer step"
+            if "lora_A" in name:
+                p.add_(0.3)
+        before = copy(ids).logits.clone()
+        assert engine.policy_copy(trainer) is copy and torch.equal(copy(ids).logits, before)  # same step: no refresh
+        trainer.state.global_step += 1
+        after = engine.policy_copy(trainer)(ids).logits
+        assert not torch.allclose(after, before, atol=1e-3)
+        assert torch.allclose(after, model(ids).logits, atol=1e-4)
+
+
+def test_runs_and_until_end_hand_cases():
+    assert _runs(["a", "a", "b", "b", "a"]) == [[0, 1], [2, 3], [4]]
+    assert _runs([]) == []
+    ids = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [3, 9, 1, 0]])
+    assert _until_end(ids, 2) == [[5, 2], [5, 6, 7, 8], [3, 9, 1, 0]]
+    assert _until_end(ids, [7, 1]) == [[5, 2, 7], [5, 6, 7], [3, 9, 1]]
+
+
+def test_unequal_runs_sample_one_per_prompt(smoke, splits, tmp_path):
+    trainer, prompts = _trainer(smoke, splits, tmp_path)
+    out = SharedPrefixRollouts(torch.float32)(prompts[:4], trainer)  # runs of 3 and 1
+    assert len(out["completion_ids"]) == len(out["prompt_ids"]) == 4 and out["logprobs"] is None
+    assert all(1 <= len(c) <= 12 for c in out["completion_ids"])
+
+
+def test_engine_choice(smoke, tiny_policy, tmp_path):
+    args = rl_config(smoke, "grpo", tmp_path, vllm="off")
+    assert isinstance(rollout_func_for(args, tiny_policy.model), SharedPrefixRollouts)  # auto on a CPU
+    args.bf16 = True
+    assert rollout_func_for(args, tiny_policy.model).dtype == torch.bfloat16
+    args.rollout_engine = "trl"
+    assert rollout_func_for(args, tiny_policy.model) is None
+    args.rollout_engine = "fast"
+    with pytest.raises(ValueError, match="rollout_engine"):
+        rollout_func_for(args, tiny_policy.model)
+    args.rollout_engine, args.use_vllm = "shared", True
+    with pytest.raises(ValueError, match="exclude"):
+        rollout_func_for(args, tiny_policy.model)
+    args.rollout_engine = "auto"
+    assert rollout_func_for(args, tiny_policy.model) is None
+
