@@ -432,11 +432,14 @@ def with_evidence(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with an ``evidence`` column, shown in the prompt (schema.user_prompt) when a profile sets
     ``prompt_evidence``: "found: <matched terms>; missing: <missing terms>[; excluded but stated: <negation hits>]"
     from the facts columns (she_lib.facts), so the model sees what the lexical baseline decides from."""
-    def line(m, x, h) -> str:
-        out = f"found: {', '.join(m) or 'none'}; missing: {', '.join(x) or 'none'}"
-        return out + (f"; excluded but stated: {', '.join(h)}" if len(h) else "")
-    return df.assign(evidence=[line(m, x, h) for m, x, h in zip(df["matched_terms"], df["missing_terms"],
-                                                                 df["negation_hits"])])
+    return df.assign(evidence=[evidence_line(m, x, h) for m, x, h in zip(df["matched_terms"], df["missing_terms"],
+                                                                          df["negation_hits"])])
+
+
+def evidence_line(matched, missing, negation_hits) -> str:
+    """One pair's evidence line (:func:`with_evidence`) from its facts columns."""
+    out = f"found: {', '.join(matched) or 'none'}; missing: {', '.join(missing) or 'none'}"
+    return out + (f"; excluded but stated: {', '.join(negation_hits)}" if len(negation_hits) else "")
 
 
 def _current(out: Path) -> bool:

@@ -70,6 +70,7 @@ class GenRMConfig:
     seed: int = 0
     # prompt and targets (she_lib.genrm_data)
     show_label: bool = True  # the human grade in the prompt (the labels are relative to it)
+    show_evidence: bool = False  # the pair's evidence line (terms the record states / misses) in the prompt
     undecided_word: str | None = "unknown"  # written for an undecided step, weight 0; None: drop such rows
     incorrect_weight: float | str = "balanced"  # weight of an ``incorrect`` target; "balanced": n_correct / n_incorrect
     # scoring and evaluation
@@ -97,8 +98,10 @@ class GenRMConfig:
 class GenRM:
     """Teacher-forced step scorer: ``score(examples, rationales) -> [n, len(STEPS)]`` P(correct)."""
 
-    def __init__(self, model, tokenizer, words=("correct", "incorrect"), batch_size: int = 16, show_label: bool = True):
+    def __init__(self, model, tokenizer, words=("correct", "incorrect"), batch_size: int = 16, show_label: bool = True,
+                 show_evidence: bool = False):
         self.model, self.tokenizer, self.batch_size, self.show_label = model, tokenizer, batch_size, show_label
+        self.show_evidence = show_evidence
         self.ids = verdict_token_ids(tokenizer, words)
         self.suffix = tokenizer(verdict_text([1] * len(STEPS), words), add_special_tokens=False).input_ids
         self.at = [j for j, t in enumerate(self.suffix) if t == self.ids[0]]  # verdict token positions
@@ -113,7 +116,8 @@ class GenRM:
         config = config or GenRMConfig.for_profile(profile)
         policy = load_policy(profile)
         model = PeftModel.from_pretrained(policy.model, str(run)).merge_and_unload()
-        genrm = cls(model, policy.tokenizer, config.verdict_words, config.score_batch_size, config.show_label)
+        genrm = cls(model, policy.tokenizer, config.verdict_words, config.score_batch_size, config.show_label,
+                    config.show_evidence)
         from .runs import stamp
 
         genrm.source = f"{Path(run).name}_{stamp(run)}"  # names the scorer in the run keys of RL runs using it
@@ -121,8 +125,8 @@ class GenRM:
 
     def input_ids(self, ex, rationale) -> list[int]:
         """Prompt tokens (chat template up to the assistant turn) + the all-``correct`` verdict lines."""
-        text = self.tokenizer.apply_chat_template(genrm_messages(ex, rationale, self.show_label), tokenize=False,
-                                                  add_generation_prompt=True)
+        messages = genrm_messages(ex, rationale, self.show_label, self.show_evidence)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False).input_ids + self.suffix
 
     @torch.inference_mode()
@@ -170,9 +174,12 @@ def train_genrm(profile: Profile, config: GenRMConfig, train_rows: pd.DataFrame,
     run = Path(profile.runs_dir) / name
     train_rows = decided(train_rows) if config.undecided_word else complete(train_rows)
     key = {**asdict(config), "train_rows": len(train_rows)}  # a run is reused for the same config and data size
+    if not config.show_evidence:
+        del key["show_evidence"]  # its default: runs recorded before the field stay valid
     if resume and runs.finished(run, profile, key):
         return run
-    ds = build_genrm_dataset(train_rows, config.verdict_words, config.undecided_word, config.show_label)
+    ds = build_genrm_dataset(train_rows, config.verdict_words, config.undecided_word, config.show_label,
+                             config.show_evidence)
     last = runs.start(run, profile, key)
     last = last if resume else None
     meter = runs.Meter()
@@ -204,13 +211,16 @@ def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict 
 
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> int:
-    """``python -m she_lib.genrm --profile cpu-full``: build data, train (resumes), evaluate, write results."""
+    """``python -m she_lib.genrm --profile cpu-full [--show-evidence --name genrm_evidence]``: build data, train
+    (resumes), evaluate, write results."""
     ap = argparse.ArgumentParser(prog="python -m she_lib.genrm", description=main.__doc__)
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--name", default="genrm")
+    ap.add_argument("--show-evidence", action="store_true", help="the pair's evidence line in the GenRM prompt")
     args = ap.parse_args(argv)
     profile = get_profile(args.profile)
-    out = run_genrm(profile, GenRMConfig.for_profile(profile), name=args.name)
+    config = GenRMConfig.for_profile(profile, **({"show_evidence": True} if args.show_evidence else {}))
+    out = run_genrm(profile, config, name=args.name)
     if out["metrics"] is not None:  # rank 0 of a launch, or a single process
         print(json.dumps(out["metrics"], indent=1))
     return 0

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .corruptions import corrupt_frame
+from .data import evidence_line
 from .labels import GradeScale, get_scale
 from .rationales import teacher_rationale
 from .schema import STEPS, user_prompt
@@ -46,10 +47,13 @@ GENRM_SYSTEM = ("Check each step of a search-relevance rationale against the que
                 "or ': incorrect'.")
 
 
-def genrm_messages(ex, rationale: str, show_label: bool = True) -> list[dict]:
+def genrm_messages(ex, rationale: str, show_label: bool = True, show_evidence: bool = False) -> list[dict]:
     """System + user messages of the GenRM prompt for one (example, rationale); ``show_label``: with the human
-    grade (``ex["label"]``)."""
+    grade (``ex["label"]``); ``show_evidence``: with the pair's evidence line (the query terms the record states and
+    misses, data.evidence_line), what the attribute and type steps are checked against."""
     text = rationale if isinstance(rationale, str) else repr(rationale)
+    if show_evidence and not ex.get("evidence"):
+        ex = {**ex, "evidence": evidence_line(ex["matched_terms"], ex["missing_terms"], ex["negation_hits"])}
     label = f"\nHuman grade: {ex['label']}" if show_label else ""
     return [{"role": "system", "content": GENRM_SYSTEM},
             {"role": "user", "content": f"{user_prompt(ex)}{label}\nRationale:\n{text}"}]
@@ -80,11 +84,11 @@ def verdict_token_ids(tokenizer, words=("correct", "incorrect")) -> list[int]:
 
 
 def build_genrm_dataset(frame: pd.DataFrame, words=("correct", "incorrect"), filler: str | None = None,
-                        show_label: bool = True):
+                        show_label: bool = True, show_evidence: bool = False):
     """``datasets.Dataset`` of {"prompt": [system, user], "completion": [assistant verdict lines]}."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": genrm_messages(r, r["rationale"], show_label),
+    return Dataset.from_list([{"prompt": genrm_messages(r, r["rationale"], show_label, show_evidence),
                                "completion": [{"role": "assistant",
                                                "content": verdict_text(r["labels"], words, filler)}]}
                               for r in frame.to_dict("records")])

@@ -60,8 +60,10 @@ RECORD_COLUMNS = ("example_id", "query", "title", "brand", "colour", "category",
 
 def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Path = "rl", **overrides) -> SRPOConfig:
     """The SRPOConfig of a method and profile: the ``rl`` entry of she_lib.config.TABLE over the defaults here, then
-    ``overrides``. One optimizer step = ``prompts_per_step`` prompts x G rollouts
-    (``per_device_train_batch_size`` = their product / the number of processes of the launch). ``grpo`` sets
+    ``overrides``. One optimizer step = ``prompts_per_step`` prompts x G rollouts, generated at once and trained in
+    ``gradient_accumulation_steps`` micro-batches (``per_device_train_batch_size`` = their product / the number of
+    processes of the launch / the micro-batches; TRL generates ``steps_per_generation`` = that many micro-batches'
+    rollouts together, so the step's groups and advantages are the same, only the activations held at once shrink). ``grpo`` sets
     process_weight 0 (and trains with TRL's GRPO algorithm); CPU runs train fp32 weights (bf16 autocast where the CPU
     has it) without gradient checkpointing and without a reference model (beta = 0 saves a forward pass per step;
     set beta for the KL term), sample from she_lib.rollouts and run each group's prompt once in the loss."""
@@ -72,12 +74,16 @@ def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Pa
     vllm = merged.pop("vllm", "off")
     merged.update(vllm_settings(vllm))
     g, pps = merged.pop("num_generations", 4), merged.pop("prompts_per_step", 4)
+    accum = merged.pop("gradient_accumulation_steps", 1)  # micro-batches of a step's rollouts (memory, not maths)
     per_device = per_device_rollouts(g, pps, world_size())
+    if per_device % accum:
+        raise ValueError(f"{per_device} rollouts per process and step do not split into {accum} micro-batches")
+    per_device //= accum
     cpu = not torch.cuda.is_available()
     bf16, fp16 = _precision("auto")
     base = dict(output_dir=str(output_dir), report_to="none", use_cpu=cpu, bf16=bf16, fp16=fp16,
                 gradient_checkpointing=not cpu, num_generations=g, per_device_train_batch_size=per_device,
-                gradient_accumulation_steps=1, learning_rate=2e-5, lr_scheduler_type="constant", warmup_steps=0,
+                gradient_accumulation_steps=accum, learning_rate=2e-5, lr_scheduler_type="constant", warmup_steps=0,
                 temperature=1.0, beta=0.0, shuffle_dataset=False, seed=profile.seed, data_seed=profile.seed,
                 save_total_limit=2, log_completions=False, max_steps=1,
                 process_weight=1.0 if method == "srpo" else 0.0)  # AGRL: rule rewards + replay on GRPO advantages

@@ -146,7 +146,8 @@ def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> 
 
 def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataFrame:
     """What notebook 04 writes, from runs already trained (nothing is run): ``figures/04_rl_training.png``,
-    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``), ``rl_replay.json`` (AGRL's replay counts) and
+    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``; also in ``esci_us_wide_test/`` where that test split
+    was scored), ``rl_replay.json`` (AGRL's replay counts) and
     ``rl_grade_shift.md`` (:func:`grade_shift`)."""
     import matplotlib.pyplot as plt
 
@@ -158,9 +159,11 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
         plt.close(plot_training(runs, results / "figures" / "04_rl_training.png"))
     replay = {n: json.loads((Path(r) / "run.json").read_text()).get("replay") for n, r in runs.items()}
     (results / "rl_replay.json").write_text(json.dumps({n: r for n, r in replay.items() if r}, indent=2))
-    metrics = json.loads((results / "metrics.json").read_text()) if (results / "metrics.json").exists() else {}
-    table = rl_table(metrics, profile.runs_dir)
-    (results / "rl_table.md").write_text(table.to_markdown(index=False) + "\n")
+    for folder in (results / "esci_us_wide_test", results):  # the wide test split's table when it was scored
+        if folder == results or (folder / "metrics.json").exists():
+            metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
+            table = rl_table(metrics, profile.runs_dir)
+            (folder / "rl_table.md").write_text(table.to_markdown(index=False) + "\n")
     shift = grade_shift(profile)
     if len(shift):
         (results / "rl_grade_shift.md").write_text(shift.round(3).to_markdown() + "\n")

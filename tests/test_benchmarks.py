@@ -73,3 +73,12 @@ def test_rl_benchmark_runs_on_tiny(tmp_path, monkeypatch):
     for x in v.values():
         assert x["s_per_step"] > 0 and 0 < x["generate_s_per_step"] <= x["s_per_step"] and x["completion_tok_s"] > 0
         assert x["rollout_tok_s"] >= x["completion_tok_s"]
+
+
+def test_rollout_precision_benchmark_runs_on_tiny(tmp_path, monkeypatch):
+    out = tmp_path / "b.json"
+    assert bench_main(monkeypatch, "bench_rollout_precision.py",
+                      ["--tiny", "--prompts", "2", "--samples", "2", "--new-tokens", "6", "--out", str(out)]) == 0
+    p = json.loads(out.read_text())["precisions"]
+    assert set(p) == {"float32", "bfloat16", "int8"} and p["float32"]["kl_from_fp32_mean"] == 0.0
+    assert all(v["new_tok_s"] > 0 and v["kl_from_fp32_mean"] >= 0 for v in p.values())

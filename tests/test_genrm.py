@@ -57,6 +57,10 @@ def test_verdict_lines_and_tokens(tokenizer):
         {"role": "user", "content": "Query: mug\nProduct: Blue Mug\nRationale:\n<grade>Exact</grade>"}]
     assert genrm_messages(ex, "<grade>Exact</grade>")[1]["content"] == \
         "Query: mug\nProduct: Blue Mug\nHuman grade: Substitute\nRationale:\n<grade>Exact</grade>"
+    facts = {**ex, "matched_terms": ["mug"], "missing_terms": ["red", "12oz"], "negation_hits": []}
+    assert genrm_messages(facts, "r", show_label=False, show_evidence=True)[1]["content"] == \
+        "Query: mug\nProduct: Blue Mug\nEvidence: found: mug; missing: red, 12oz\nRationale:\nr"
+    assert "Evidence" not in genrm_messages(facts, "r")[1]["content"]
 
 
 # ------------------------------------------------------------------------------------------ corruptions

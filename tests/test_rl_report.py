@@ -59,8 +59,12 @@ def test_write_report_from_finished_runs(tmp_path):
     results.mkdir()
     m = {"accuracy": 0.5, "macro_f1": 0.4, "macro_f1_ci": [0.3, 0.5], "n_examples": 10}
     (results / "metrics.json").write_text(json.dumps({"grpo": m, "srpo_first_token": m, "lexical": m}))
+    (results / "esci_us_wide_test").mkdir()  # the wide test split's scores get a table of their own
+    (results / "esci_us_wide_test" / "metrics.json").write_text(json.dumps({"agrl_first_token": m}))
     table = write_report(get_profile("smoke", runs_dir=str(runs), results_dir=str(results)))
     assert list(zip(table["method"], table["read-out"])) == [("grpo", "decoded"), ("srpo", "first token")]
+    wide = (results / "esci_us_wide_test" / "rl_table.md").read_text()
+    assert "| agrl " in wide and "| grpo " not in wide
     assert (results / "figures" / "04_rl_training.png").stat().st_size > 1000
     import matplotlib.pyplot as plt
 

@@ -264,6 +264,12 @@ def test_vllm_settings_and_batch_split(smoke):
     args = rl_config(smoke, "srpo", num_generations=4, prompts_per_step=3)
     assert args.per_device_train_batch_size == 12 and prompts_per_step(args) == 3 and not args.use_vllm
     assert rl_config(smoke, "grpo").process_weight == 0 and rl_config(smoke, "agrl").process_weight == 0
+    # 12 rollouts a step in 2 micro-batches of 6, generated together: the same step, half the activations at once
+    args = rl_config(smoke, "srpo", num_generations=4, prompts_per_step=3, gradient_accumulation_steps=2)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.generation_batch_size) == (6, 2, 12)
+    assert prompts_per_step(args) == 3
+    with pytest.raises(ValueError, match="do not split into 5 micro-batches"):
+        rl_config(smoke, "srpo", num_generations=4, prompts_per_step=3, gradient_accumulation_steps=5)
     assert per_device_rollouts(4, 3, 2) == 6  # under a 2-process launch each process takes half of the rollouts
     with pytest.raises(ValueError, match="do not split over 2 processes"):
         per_device_rollouts(3, 1, 2)
