@@ -277,6 +277,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stage-order", choices=["random", "balanced"], default=None,
                     help="how curriculum stages fill their slots (she_lib.curriculum; default: the profile's); "
                          "balanced names the run <method>_bal")
+    ap.add_argument("--scale-rewards", choices=["group", "batch", "none"], default=None,
+                    help="TRL's reward scaling (default: the profile's, TRL's 'group'); another names the run "
+                         "<method>[_bal]_<scale>")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
     ap.add_argument("--save", action="store_true")
     a = ap.parse_args(argv)
@@ -286,8 +289,9 @@ def main(argv=None) -> int:
     if a.genrm:
         examiner = Examiner(GenRM.load(a.genrm, profile), HybridConfig(), profile.grade_scale)
     curriculum = curriculum_for(profile, **({"stage_order": a.stage_order} if a.stage_order else {}))
-    name = a.name or run_name(a.method, a.seed, curriculum.stage_order)
-    args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}))
+    name = a.name or run_name(a.method, a.seed, curriculum.stage_order, a.scale_rewards)
+    args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}),
+                     **({"scale_rewards": a.scale_rewards} if a.scale_rewards else {}))
     run = train_rl(profile, a.method, a.sft, args, curriculum, name=name, examiner=examiner, progress=True)
     if not is_main_process():
         return 0

@@ -29,9 +29,12 @@ CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats
           ("srpo/step_reward", "mean step reward"), ("completions/mean_length", "completion tokens"))
 
 
-def run_name(method: str, seed: int, stage_order: str = "random") -> str:
-    """``<method>[_bal][_s<seed>]``: the run folder of an RL method, its prompt order and seed (seed 0 unsuffixed)."""
-    return method_key(method, "_bal" if stage_order == "balanced" else "", seed)
+def run_name(method: str, seed: int, stage_order: str = "random", scale_rewards: str | None = None) -> str:
+    """``<method>[_bal][_<scale>][_s<seed>]``: the run folder of an RL method, its prompt order, its reward scaling
+    when not TRL's default ``group``, and seed (seed 0 unsuffixed)."""
+    variant = ("_bal" if stage_order == "balanced" else "") + (
+        f"_{scale_rewards}" if scale_rewards not in (None, "group") else "")
+    return method_key(method, variant, seed)
 
 
 def training_log(run: str | Path) -> pd.DataFrame:

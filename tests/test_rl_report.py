@@ -9,6 +9,7 @@ from she_lib.rl_report import reward_tail, rl_table, run_name
 def test_run_names_and_table(tmp_path):
     assert run_name("srpo", 0) == "srpo" and run_name("srpo", 2) == "srpo_s2"
     assert run_name("grpo", 0, "balanced") == "grpo_bal" and run_name("grpo", 1, "balanced") == "grpo_bal_s1"
+    assert run_name("grpo", 1, "balanced", "batch") == "grpo_bal_batch_s1" and run_name("grpo", 0, "random", "group") == "grpo"
     for name, rewards in {"srpo": [0.1, 0.5, 0.7], "srpo_s1": [0.2, 0.3, 0.5]}.items():
         (tmp_path / name).mkdir()
         log = [{"loss": 0.0, "step": i + 1, "reward": r} for i, r in enumerate(rewards)] + [{"train_runtime": 1.0}]
