@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "results" / "bench_rollout_precision.json"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "bench_rollout_precision.json"))
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

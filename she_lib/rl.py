@@ -63,8 +63,8 @@ def rl_config(profile: Profile | str, method: str = "srpo", output_dir: str | Pa
     ``overrides``. One optimizer step = ``prompts_per_step`` prompts x G rollouts, generated at once and trained in
     ``gradient_accumulation_steps`` micro-batches (``per_device_train_batch_size`` = their product / the number of
     processes of the launch / the micro-batches; TRL generates ``steps_per_generation`` = that many micro-batches'
-    rollouts together, so the step's groups and advantages are the same, only the activations held at once shrink). ``grpo`` sets
-    process_weight 0 (and trains with TRL's GRPO algorithm); CPU runs train fp32 weights (bf16 autocast where the CPU
+    rollouts together, so the step's groups and advantages are the same, only the activations held at once shrink).
+    ``grpo`` sets process_weight 0 (and trains with TRL's GRPO algorithm); CPU runs train fp32 weights (bf16 autocast where the CPU
     has it) without gradient checkpointing and without a reference model (beta = 0 saves a forward pass per step;
     set beta for the KL term), sample from she_lib.rollouts and run each group's prompt once in the loss."""
     if method not in METHODS:

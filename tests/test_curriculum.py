@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 
 import she_lib.rl as rl
+from she_lib.curriculum import (CurriculumConfig, build_rl_prompts, curriculum_order, difficulty_filter,
+                                diversity_sample, entropy_bits, label_cv, pass_rates, stage_of)
 from she_lib.inference import grade_probabilities
 from she_lib.labels import get_scale
 from she_lib.modeling import load_run
 from she_lib.schema import render_prompt
-from she_lib.curriculum import (CurriculumConfig, build_rl_prompts, curriculum_order, difficulty_filter,
-                                diversity_sample, entropy_bits, label_cv, pass_rates, stage_of)
 
 WORDS = ("Exact", "Substitute", "Complement", "Irrelevant")
 
@@ -146,7 +146,8 @@ def test_rates_given_directly_are_the_pass_rates():
     rates = pd.Series([0.95, 0.005, 0.5, 0.2, 0.9, 0.01, 0.7, 0.3], index=[f"e{i}" for i in range(8)])
     cfg = CurriculumConfig(min_prompts=1, diversity=False, curriculum=False, pass_source="first_token")
     out, rep = build_rl_prompts(frame(), None, cfg, WORDS, 1, rates=rates)
-    assert rep["difficulty"]["kept"] == 6 and rep["difficulty"]["above_max"] == 1 and rep["difficulty"]["below_min"] == 1
+    d = rep["difficulty"]
+    assert d["kept"] == 6 and d["above_max"] == 1 and d["below_min"] == 1
     assert sorted(out["example_id"]) == ["e2", "e3", "e4", "e5", "e6", "e7"]
     assert dict(zip(out["example_id"], out["pass_rate"])) == {e: rates[e] for e in out["example_id"]}
     assert rep["config"]["pass_source"] == "first_token"
@@ -160,9 +161,8 @@ def test_first_token_pass_rates_are_p_gold_and_cached(smoke, splits, trained_sft
     rates = rl.first_token_pass_rates(smoke, trained_sft, pool)
     policy = load_run(trained_sft, smoke)
     words = get_scale("esci").words
-    probs = grade_probabilities(policy.model, policy.tokenizer,
-                                [render_prompt(policy.tokenizer, r, get_scale("esci")) for r in pool.to_dict("records")],
-                                words, progress=False)
+    prompts = [render_prompt(policy.tokenizer, r, get_scale("esci")) for r in pool.to_dict("records")]
+    probs = grade_probabilities(policy.model, policy.tokenizer, prompts, words, progress=False)
     expected = [probs[i][words.index(label)] for i, label in enumerate(pool["label"])]
     assert list(rates.index) == list(pool["example_id"]) and rates.to_numpy() == pytest.approx(expected, abs=1e-5)
     monkeypatch.setattr(rl, "load_run", None)  # a cached pool needs no model

@@ -14,7 +14,8 @@ from she_lib.trl_compat import ensure_trl_cpu_support
 def _batch(pad: int):
     """2 prompts (7 and 5 tokens, left-padded to 7) x G = 3 completions (right-padded to 4)."""
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, 400, (7,), generator=g).tolist(), [pad, pad] + torch.randint(3, 400, (5,), generator=g).tolist()]
+    prompts = [torch.randint(3, 400, (7,), generator=g).tolist(),
+               [pad, pad] + torch.randint(3, 400, (5,), generator=g).tolist()]
     pmask = [[1] * 7, [0, 0] + [1] * 5]
     comps, cmask = [], []
     for lengths in ((4, 2, 3), (1, 4, 3)):

@@ -9,7 +9,8 @@ from she_lib.rl_report import reward_tail, rl_table, run_name
 def test_run_names_and_table(tmp_path):
     assert run_name("srpo", 0) == "srpo" and run_name("srpo", 2) == "srpo_s2"
     assert run_name("grpo", 0, "balanced") == "grpo_bal" and run_name("grpo", 1, "balanced") == "grpo_bal_s1"
-    assert run_name("grpo", 1, "balanced", "batch") == "grpo_bal_batch_s1" and run_name("grpo", 0, "random", "group") == "grpo"
+    assert run_name("grpo", 1, "balanced", "batch") == "grpo_bal_batch_s1"
+    assert run_name("grpo", 0, "random", "group") == "grpo"
     for name, rewards in {"srpo": [0.1, 0.5, 0.7], "srpo_s1": [0.2, 0.3, 0.5]}.items():
         (tmp_path / name).mkdir()
         log = [{"loss": 0.0, "step": i + 1, "reward": r} for i, r in enumerate(rewards)] + [{"train_runtime": 1.0}]
@@ -20,9 +21,11 @@ def test_run_names_and_table(tmp_path):
     # seed 1 is always right: TV 0
     cm0 = [[2, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 1], [1, 0, 0, 0, 0]]
     cm1 = [[2, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0]]
-    metrics = {"srpo": m(0.5, 0.4, step_accuracy=0.8, rule_violation_rate=0.1, confusion_matrix={"rows_true_cols_pred": cm0},
+    metrics = {"srpo": m(0.5, 0.4, step_accuracy=0.8, rule_violation_rate=0.1,
+                         confusion_matrix={"rows_true_cols_pred": cm0},
                          per_class_f1={"Exact": 0.67, "Substitute": 0.0, "Complement": 0.0, "Irrelevant": 0.0}),
-               "srpo_s1": m(0.7, 0.2, step_accuracy=0.6, rule_violation_rate=0.3, confusion_matrix={"rows_true_cols_pred": cm1},
+               "srpo_s1": m(0.7, 0.2, step_accuracy=0.6, rule_violation_rate=0.3,
+                            confusion_matrix={"rows_true_cols_pred": cm1},
                             per_class_f1={"Exact": 1.0, "Substitute": 1.0, "Complement": 1.0, "Irrelevant": 0.5}),
                "srpo_first_token": m(0.6, 0.3), "sft": m(0.4, 0.3), "sft_steps_first": m(0, 0), "lexical": m(0.4, 0.3),
                "srpo_bal_s1": m(0.3, 0.35)}

@@ -177,7 +177,7 @@ def test_srpo_with_zero_process_weight_equals_grpo(smoke, tmp_path, splits):
     rows = splits["train"].head(2).to_dict("records")
     grpo, ds = _trainer(GRPOTrainer, smoke, tmp_path, rows, 0.0)
     srpo0, _ = _trainer(SRPOTrainer, smoke, tmp_path, rows, 0.0)
-    srpo0.args.share_prompt_prefix = False  # TRL's own loss path, for equality to 1e-8 (the sharing: test_prompt_sharing)
+    srpo0.args.share_prompt_prefix = False  # TRL's own loss path, for equality to 1e-8 (sharing: test_prompt_sharing)
     out_g, loss_g, grads_g = _loss_and_grads(grpo, ds)
     out_s, loss_s, grads_s = _loss_and_grads(srpo0, ds)
     assert out_g["advantages"].dim() == 1 and out_s["advantages"].dim() == 2
