@@ -45,7 +45,7 @@ from .rewards import OutcomeReward
 from .rl_report import run_name
 from .rollouts import rollout_func_for
 from .rules import RuleReward, RuleRewardConfig
-from .sampling import cache_covers, sample_cache, sample_rationales
+from .sampling import cache_covers, sample_cache, sample_rationales, samples_dir
 from .schema import build_messages
 from .sft import _precision, _sample
 from .srpo_config import SRPOConfig
@@ -224,7 +224,7 @@ def first_token_pass_rates(profile: Profile, sft_run: str | Path, pool: pd.DataF
     if profile.order != "grade_first":
         raise ValueError("pass_source 'first_token' needs the grade_first order (the grade is the first thing "
                          f"sampled); this run is {profile.order!r}")
-    cache = sample_cache(profile, sft_run, 1, 0, 1.0, 1.0, 0, 0).parent / f"first_token_{profile.order}.jsonl"
+    cache = samples_dir(profile, sft_run) / f"first_token_{profile.order}.jsonl"
     model = tok = None
     if not cache_covers(cache, pool):
         policy = load_run(sft_run, profile)

@@ -162,14 +162,20 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
         plt.close(plot_training(runs, results / "figures" / "04_rl_training.png"))
     replay = {n: json.loads((Path(r) / "run.json").read_text()).get("replay") for n, r in runs.items()}
     (results / "rl_replay.json").write_text(json.dumps({n: r for n, r in replay.items() if r}, indent=2))
-    for folder in (results / "esci_us_wide_test", results):  # the wide test split's table when it was scored
-        if folder == results or (folder / "metrics.json").exists():
-            metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
-            table = rl_table(metrics, profile.runs_dir)
-            (folder / "rl_table.md").write_text(table.to_markdown(index=False) + "\n")
+    if (results / "esci_us_wide_test" / "metrics.json").exists():  # the wide test split, where it was scored
+        _write_table(results / "esci_us_wide_test", profile.runs_dir)
+    table = _write_table(results, profile.runs_dir)
     shift = grade_shift(profile)
     if len(shift):
         (results / "rl_grade_shift.md").write_text(shift.round(3).to_markdown() + "\n")
+    return table
+
+
+def _write_table(folder: Path, runs_dir) -> pd.DataFrame:
+    """:func:`rl_table` over ``folder/metrics.json`` (empty without one), written to ``folder/rl_table.md``."""
+    path = folder / "metrics.json"
+    table = rl_table(json.loads(path.read_text()) if path.exists() else {}, runs_dir)
+    (folder / "rl_table.md").write_text(table.to_markdown(index=False) + "\n")
     return table
 
 

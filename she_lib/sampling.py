@@ -72,11 +72,17 @@ def sample_cache(profile, policy_run: str | Path | None, n: int, max_new_tokens:
     rationales) reads and extends the same file; the stamp changes when the run is retrained. Rows are keyed by
     example id and chunk c of a call is seeded seed + c, so a row first drawn by a call over other prompts was drawn
     at another position: still a sample of the same policy, not bit-identical to a fresh call's."""
+    return samples_dir(profile, policy_run) / (
+        f"{tag}n{n}_t{max_new_tokens}_T{temperature}_p{top_p}_b{batch_size}_s{seed}.jsonl")
+
+
+def samples_dir(profile, policy_run: str | Path | None) -> Path:
+    """``runs_dir/samples/<run>_<stamp>`` (``base`` for the base model): where every cache read off one policy
+    lives (:func:`sample_cache`; the RL pool's first-token pass rates, she_lib.rl)."""
     from .runs import stamp
 
     folder = f"{Path(policy_run).name}_{stamp(policy_run)}" if policy_run else "base"
-    return Path(profile.runs_dir) / "samples" / folder / (
-        f"{tag}n{n}_t{max_new_tokens}_T{temperature}_p{top_p}_b{batch_size}_s{seed}.jsonl")
+    return Path(profile.runs_dir) / "samples" / folder
 
 
 def cache_covers(cache: str | Path | None, df: pd.DataFrame) -> bool:
