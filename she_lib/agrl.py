@@ -3,7 +3,12 @@ rule-aware reward is she_lib.rules.
 
 Tracking. After every generation each prompt's *unguided* group accuracy acc = (right unguided rollouts) /
 (unguided rollouts) is recorded; ``fails[prompt]`` counts its consecutive visits with acc <= ``threshold``
-(default 0.25, PAPERS §6.9; 0 = the strict variant) and resets when acc rises above it.
+(default 0.25, PAPERS §6.9; 0 = the strict variant) and resets when acc rises above it. Before a prompt's first
+visit its history is its pass rate from the RL prompt set (``pass_rate``, she_lib.curriculum: the SFT model's
+estimated chance of a right answer) when ``prior_from_pass_rate``: a rate <= ``threshold`` counts as one failed
+visit. The choice, and why: the papers replay prompts that failed in earlier epochs, but a CPU-sized run visits each
+prompt once (72 of 336 on cpu-full), so history-only replay never fired there; the pool's pass rate is the same
+evidence, measured before training.
 
 Trigger and guidance. On a prompt's next visit with fails >= ``patience``, the last m = max(1, round(
 ``replace_fraction`` * G)) rollouts of its group are generated from a *guided* prompt: the user message plus a
@@ -50,6 +55,7 @@ class AGRLConfig:
     replace_fraction: float = 0.25  # share of the G rollouts generated with the hint (at least one)
     hint: str = "steps"  # "grade" (gold grade) | "steps" (gold grade + accepted type and attribute verdicts)
     positive_only: bool = True  # guided rollouts keep only positive advantages
+    prior_from_pass_rate: bool = True  # an unvisited prompt's pass_rate <= threshold counts as one failed visit
 
 
 def hint_text(example, hint: str = "steps") -> str:
@@ -88,12 +94,20 @@ class AdaptiveReplay:
     def n_guided(self, g: int) -> int:
         return max(1, round(self.config.replace_fraction * g)) if g > 1 else 0
 
+    def failed_visits(self, ex: dict) -> int:
+        """The prompt's consecutive failed visits; before its first visit, 1 when its pass rate is known and at or
+        below the threshold (``prior_from_pass_rate``), else 0."""
+        if ex["example_id"] in self.fails:
+            return self.fails[ex["example_id"]]
+        rate = ex.get("pass_rate") if self.config.prior_from_pass_rate else None
+        return int(rate is not None and rate == rate and rate <= self.config.threshold)
+
     def prepare_inputs(self, trainer, inputs: list[dict]) -> list[dict]:
         """Swap the prompt of the last m rollouts of every flagged prompt's group for the guided prompt."""
         g = trainer.num_generations if trainer.model.training else trainer.num_generations_eval
         lo, m, out = trainer.accelerator.process_index * len(inputs), self.n_guided(g), []
         for j, ex in enumerate(inputs):
-            flagged = trainer.model.training and self.fails.get(ex["example_id"], 0) >= self.config.patience
+            flagged = trainer.model.training and self.failed_visits(ex) >= self.config.patience
             if flagged and (lo + j) % g >= g - m:
                 out.append({**ex, "prompt": guided_messages(ex, self.scale, self.order, self.config.hint),
                             "guided": True})

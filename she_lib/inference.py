@@ -24,9 +24,27 @@ with pads after a cached prefix) take the plain path.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+
+@contextmanager
+def decode_attention(model, implementation: str | None):
+    """Run the block with the model's attention implementation set to ``implementation`` ("eager", "sdpa"; None
+    leaves it), restored afterwards. Why: torch's CPU SDPA kernel is slow for the one-query-token steps of decoding in
+    bf16; benchmarks/bench_decode.py measures eager against it."""
+    before = model.config._attn_implementation
+    if implementation is None or implementation == before:
+        yield model
+        return
+    model.set_attn_implementation(implementation)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(before)
 
 
 def _batches(prompts, tokenizer, batch_size):
@@ -137,13 +155,32 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int = 16, max_new
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              num_return_sequences: int = 1, progress: bool = True, desc: str = "generate",
              share_prefix: bool = True, share_common_prefix: bool = True, return_ids: bool = False,
-             **generate_kwargs):
+             attention: str | None = "auto", **generate_kwargs):
     """Completions for ``prompts`` (a list of str, or of lists when num_return_sequences > 1).
     ``batch_size`` counts prompts; a batch decodes ``batch_size * num_return_sequences`` sequences.
     ``share_prefix``: each prompt prefilled once for its n samples; ``share_common_prefix``: the batch's
     common token prefix prefilled once for all its prompts (module docstring). ``return_ids``: each completion as
-    its token ids up to and including the first end token (all of them when none came), instead of text. Extra
-    keyword arguments go to HF ``generate`` (e.g. ``min_new_tokens``, a list ``eos_token_id``)."""
+    its token ids up to and including the first end token (all of them when none came), instead of text.
+    ``attention``: the attention implementation while generating (:func:`decode_attention`); "auto" is eager for a
+    bf16 model on the CPU and the model's own otherwise. Extra keyword arguments go to HF ``generate`` (e.g.
+    ``min_new_tokens``, a list ``eos_token_id``)."""
+    with decode_attention(model, generation_attention(model, attention)):
+        return _generate(model, tokenizer, prompts, batch_size, max_new_tokens, do_sample, temperature, top_p,
+                         num_return_sequences, progress, desc, share_prefix, share_common_prefix, return_ids,
+                         generate_kwargs)
+
+
+def generation_attention(model, attention: str | None = "auto") -> str | None:
+    """``attention`` resolved: "auto" -> "eager" for a bf16 model on the CPU (torch's CPU SDPA kernel is slow on
+    decoding's one-token queries in bf16: 1.7x fewer tokens/s in benchmarks/bench_decode.py), else None (leave it)."""
+    if attention != "auto":
+        return attention
+    p = next(model.parameters())
+    return "eager" if p.device.type == "cpu" and p.dtype == torch.bfloat16 else None
+
+
+def _generate(model, tokenizer, prompts, batch_size, max_new_tokens, do_sample, temperature, top_p,
+              num_return_sequences, progress, desc, share_prefix, share_common_prefix, return_ids, generate_kwargs):
     model.eval()
     out: list = [None] * len(prompts)
     n, shared = num_return_sequences, share_prefix and num_return_sequences > 1

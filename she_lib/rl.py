@@ -129,7 +129,8 @@ def rl_dataset(df: pd.DataFrame, profile: Profile):
 
 def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfig | None = None,
              curriculum=None, splits: dict | None = None, name: str | None = None, examiner: Examiner | None = None,
-             resume: bool = True, callbacks: list | None = None, progress: bool = False) -> Path:
+             resume: bool = True, callbacks: list | None = None, progress: bool = False,
+             replay: AGRLConfig | None = None) -> Path:
     """RL from an SFT run; returns ``runs_dir/name`` (she_lib.runs protocol: resumes, reuses a finished run).
 
     1. Prompt set: pass-rate samples of the pool from the SFT model (cached, keyed by the SFT run's stamp), then
@@ -139,7 +140,8 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
     3. Trainer: ``grpo`` -> ``SharedPromptGRPOTrainer`` (TRL's GRPO) with :class:`OutcomeReward`; ``srpo`` -> :class:`SRPOTrainer`
        with the examiner's step rewards; ``agrl`` -> :class:`SRPOTrainer` with she_lib.rules' rule reward and
        she_lib.agrl's adaptive guided replay (process_weight as configured; 0 = AGRL on GRPO's advantages).
-       ``max_steps`` is the curriculum's step count; the rollout log goes to ``rollouts.jsonl``."""
+       ``max_steps`` is the curriculum's step count; the rollout log goes to ``rollouts.jsonl``. ``replay``: AGRL's
+       replay settings (default AGRLConfig(); part of an AGRL run's key)."""
     from .trl_compat import ensure_trl_cpu_support  # patches TRL on import: only where a trainer is built
 
     name = name or method
@@ -152,6 +154,9 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
         "verifier" if getattr(examiner, "genrm", None) is None else type(examiner.genrm).__name__)
     key = {"method": method, "args": _args_key(args), "curriculum": curriculum.to_dict(), "init_adapter": init,
            "examiner": {"scorer": scorer, **dataclasses.asdict(examiner.config)} if examiner else "verifier"}
+    replay = replay or AGRLConfig()
+    if method == "agrl":
+        key["replay"] = dataclasses.asdict(replay)
     if resume and runs.finished(run, profile, key):
         return run
     scale = get_scale(profile.grade_scale)
@@ -178,7 +183,7 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
     else:
         trainer = SRPOTrainer(reward_funcs=[RuleReward(RuleRewardConfig(), scale, eos_token_ids=eos)],
                               examiner=examiner, scale=scale,
-                              replay=AdaptiveReplay(AGRLConfig(), scale, profile.order),
+                              replay=AdaptiveReplay(replay, scale, profile.order),
                               rollout_log=run / "rollouts.jsonl", **common)
     if last is None and is_main_process() and (run / "rollouts.jsonl").exists():
         (run / "rollouts.jsonl").unlink()  # a fresh start: the log of an earlier attempt is stale
@@ -280,9 +285,13 @@ def main(argv=None) -> int:
     ap.add_argument("--scale-rewards", choices=["group", "batch", "none"], default=None,
                     help="TRL's reward scaling (default: the profile's, TRL's 'group'); another names the run "
                          "<method>[_bal]_<scale>")
+    ap.add_argument("--replace-fraction", type=float, default=None,
+                    help="AGRL: share of a flagged group's rollouts generated with the hint (AGRLConfig; needs --name)")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
     ap.add_argument("--save", action="store_true")
     a = ap.parse_args(argv)
+    if a.replace_fraction is not None and not (a.method == "agrl" and a.name):
+        ap.error("--replace-fraction is an AGRL setting and its run needs its own --name")
     sft_info = json.loads((Path(a.sft) / "run.json").read_text())
     profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
     examiner = None
@@ -292,7 +301,9 @@ def main(argv=None) -> int:
     name = a.name or run_name(a.method, a.seed, curriculum.stage_order, a.scale_rewards)
     args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}),
                      **({"scale_rewards": a.scale_rewards} if a.scale_rewards else {}))
-    run = train_rl(profile, a.method, a.sft, args, curriculum, name=name, examiner=examiner, progress=True)
+    replay = AGRLConfig(**({"replace_fraction": a.replace_fraction} if a.replace_fraction is not None else {}))
+    run = train_rl(profile, a.method, a.sft, args, curriculum, name=name, examiner=examiner, progress=True,
+                   replay=replay)
     if not is_main_process():
         return 0
     info = json.loads((run / "run.json").read_text())

@@ -103,3 +103,20 @@ def test_guided_rollouts_train_as_unguided_with_positive_advantages(smoke, tmp_p
     loss = trainer._compute_loss(trainer.model, out)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_unvisited_prompt_with_low_pass_rate_is_guided_on_its_first_visit(splits):
+    """A cpu-sized run visits each prompt once: the pool's pass rate stands in for the history (prior_from_pass_rate)."""
+    rows = splits["train"].head(3).to_dict("records")
+    low, high, unknown = ({**rows[0], "pass_rate": 0.25}, {**rows[1], "pass_rate": 0.26},
+                          {**rows[2], "pass_rate": float("nan")})
+    replay = AdaptiveReplay(AGRLConfig(), SCALE)  # threshold 0.25, patience 1, one of 4 rollouts guided
+    assert [replay.failed_visits(ex) for ex in (low, high, unknown, rows[0])] == [1, 0, 0, 0]
+    t = fake()
+    inputs = replay.prepare_inputs(t, [low] * 4 + [high] * 4 + [unknown] * 4)
+    assert [x["guided"] for x in inputs] == [False, False, False, True] + [False] * 8
+    # once visited, the history decides: low's unguided rollouts were 2 of 3 right, so it is no longer flagged
+    replay._update([(low["example_id"], c, g) for c, g in ((1, 0), (1, 0), (0, 0), (1, 1))], t)
+    assert replay.fails[low["example_id"]] == 0 and replay.failed_visits(low) == 0
+    off = AdaptiveReplay(AGRLConfig(prior_from_pass_rate=False), SCALE)
+    assert not any(x["guided"] for x in off.prepare_inputs(t, [low] * 4))

@@ -82,3 +82,14 @@ def test_rollout_precision_benchmark_runs_on_tiny(tmp_path, monkeypatch):
     p = json.loads(out.read_text())["precisions"]
     assert set(p) == {"float32", "bfloat16", "int8"} and p["float32"]["kl_from_fp32_mean"] == 0.0
     assert all(v["new_tok_s"] > 0 and v["kl_from_fp32_mean"] >= 0 for v in p.values())
+
+
+def test_decode_benchmark_runs_on_tiny(tmp_path, monkeypatch):
+    out = tmp_path / "b.json"
+    assert bench_main(monkeypatch, "bench_decode.py", ["--tiny", "--prompts", "3", "--new-tokens", "6",
+                                                       "--repeats", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    v = res["variants"]
+    assert set(v) == {"plain", "sdpa", "project"} and v["plain"]["speedup"] == 1.0
+    # the tiny model is fp32: every variant decodes the same greedy tokens, hence the same grades
+    assert all(x["seconds"] > 0 and x["new_tok_s"] > 0 and x["same_grade_as_plain"] == 1.0 for x in v.values())

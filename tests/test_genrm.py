@@ -267,3 +267,9 @@ def test_cli_end_to_end_on_smoke(tmp_path, monkeypatch, capsys):
     test_ids = set(pd.read_parquet(tmp_path / "processed" / "test.parquet")["example_id"])
     assert held_ids and not held_ids & test_ids
     assert json.loads((tmp_path / "runs" / "genrm" / "run.json").read_text())["finished"]
+    # a named variant reports under results/<name>/ and leaves the main GenRM's report as it was
+    before = (tmp_path / "results" / "metrics.json").read_text()
+    assert main(["--profile", "smoke", "--name", "genrm_variant"]) == 0
+    assert (tmp_path / "results" / "metrics.json").read_text() == before
+    assert json.loads((tmp_path / "results" / "genrm_variant" / "metrics.json").read_text())["genrm"]["split"] == \
+        "validation"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from she_lib.config import get_profile
-from she_lib.inference import generate, grade_probabilities, grade_token_ids
+from she_lib.inference import decode_attention, generate, generation_attention, grade_probabilities, grade_token_ids
 from she_lib.labels import ESCI
 from she_lib.modeling import EOS_TOKEN, convert_smollm2, load_policy, resolve_dtype, unsloth_available
 
@@ -58,6 +58,25 @@ def test_generate_keeps_input_order(tiny_policy):
     multi = generate(m, tok, prompts, batch_size=2, max_new_tokens=3, progress=False, do_sample=True,
                      num_return_sequences=2)
     assert [len(x) for x in multi] == [2, 2, 2]
+
+
+def test_decode_attention_same_greedy_tokens_and_restored(tiny_policy):
+    """Eager attention while generating (the bf16 CPU default) gives the tokens SDPA gives in fp32, and the model
+    gets its own implementation back afterwards."""
+    import copy
+
+    m, tok = copy.deepcopy(tiny_policy.model), tiny_policy.tokenizer
+    m.set_attn_implementation("sdpa")
+    prompts = ["a", "a much longer prompt with many words in it", "mid length prompt"]
+    sdpa = generate(m, tok, prompts, batch_size=3, max_new_tokens=8, progress=False, return_ids=True, attention=None)
+    eager = generate(m, tok, prompts, batch_size=3, max_new_tokens=8, progress=False, return_ids=True,
+                     attention="eager")
+    assert eager == sdpa and m.config._attn_implementation == "sdpa"
+    with decode_attention(m, "eager"):
+        assert m.config._attn_implementation == "eager"
+    assert m.config._attn_implementation == "sdpa"
+    assert generation_attention(m) is None and generation_attention(m, "sdpa") == "sdpa"  # fp32: left as it is
+    assert generation_attention(m.to(torch.bfloat16)) == "eager"  # bf16 on the CPU
 
 
 def test_grade_probabilities_padding_invariant(tiny_policy):

@@ -238,7 +238,12 @@ def test_rl_end_to_end_on_smoke(smoke, splits, trained_sft, method):
     log = json.loads((run / "train_log.json").read_text())
     assert [e["stage"] for e in log if "loss" in e] == [0, 0] and all("entropy" in e for e in log if "loss" in e)
     if method == "agrl":
+        from dataclasses import asdict
+
+        from she_lib.agrl import AGRLConfig
+
         assert set(info["replay"]) >= {"groups_guided", "prompts_guided", "prompts_recovered"}
+        assert json.loads((run / "start.json").read_text())["config"]["replay"] == asdict(AGRLConfig())
     if method != "grpo":
         recs = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
         assert len(recs) == 2 * 4  # 2 steps x 2 prompts x G = 2 (the resumed step's rollouts are logged again)
@@ -251,6 +256,15 @@ def test_rl_end_to_end_on_smoke(smoke, splits, trained_sft, method):
     assert train_rl(smoke, method, sft, args(), splits=splits) == run and (run / "run.json").stat().st_mtime_ns == stamp
     (m,) = evaluate_run(run, smoke, splits["test"].head(4), modes=("first_token",)).values()
     assert m["n_examples"] == 4 and m["run"]["kind"] == method
+
+
+def test_rl_cli_refuses_an_unnamed_replay_variant():
+    from she_lib.rl import main
+
+    with pytest.raises(SystemExit):  # argparse's error: an AGRL variant must not reuse the default run's folder
+        main(["--method", "agrl", "--profile", "smoke", "--sft", "none", "--replace-fraction", "0.5"])
+    with pytest.raises(SystemExit):
+        main(["--method", "grpo", "--profile", "smoke", "--sft", "none", "--replace-fraction", "0.5", "--name", "x"])
 
 
 def test_vllm_settings_and_batch_split(smoke):
