@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import get_profile
-from .evaluate import prediction_files
+from .config import REPO_ROOT, get_profile
+from .data import load_splits
+from .evaluate import eval_frame, external_set, load_predictions, prediction_files
 from .labels import get_scale
-from .metrics import grade_tv, method_key, parse_method
+from .metrics import grade_tv, method_key, parse_method, significance_table
 from .predictions import read_predictions
 
 CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats)"),
@@ -136,6 +137,28 @@ def grade_shift(profile, runs=("sft", "dpo")) -> pd.DataFrame:
     return table.astype({"pairs": int}) if len(table) else table
 
 
+def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = None,
+                    baseline: str = "grpo_bal") -> pd.DataFrame:
+    """Paired bootstrap over test queries (she_lib.metrics.significance_table) of the first-token read-outs of
+    ``test``: every finished RL run against ``sft``, and every SRPO / AGRL run against its GRPO partner (same variant
+    and seed) or, where that was not trained, against ``baseline`` (the table's GRPO, seed 0). ``runs_dir`` holds the
+    runs when ``profile`` is an external set's (she_lib.evaluate.external_set)."""
+    runs_dir = runs_dir or profile.runs_dir
+    preds = load_predictions(profile, test, runs_dir=runs_dir)
+    have = {c[: -len("_first_token")] for c in preds.columns if c.endswith("_first_token")}
+    runs = [n for n in finished_rl_runs(runs_dir) if n in have]
+    pairs = [(n, "sft") for n in runs if "sft" in have]
+    for n in runs:
+        m = parse_method(n)
+        partner = method_key("grpo", m["variant"], m["seed"])
+        partner = partner if partner in have else baseline
+        if m["family"] in ("srpo", "agrl") and partner in have:
+            pairs.append((n, partner))
+    pairs = [(f"{a}_first_token", f"{b}_first_token") for a, b in pairs]
+    return significance_table(preds, pairs, get_scale(profile.grade_scale).words, profile.bootstrap_samples,
+                              profile.seed)
+
+
 def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> dict[str, Path]:
     """``{run name: folder}`` of the finished RL runs under ``runs_dir`` (``run.json`` with ``finished`` and a kind
     in ``methods``), by method, then seeds in order."""
@@ -149,8 +172,8 @@ def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> 
 
 def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataFrame:
     """What notebook 04 writes, from runs already trained (nothing is run): ``figures/04_rl_training.png``,
-    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``; also in ``esci_us_wide_test/`` where that test split
-    was scored), ``rl_replay.json`` (AGRL's replay counts) and
+    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``) and ``rl_significance.md`` (:func:`rl_significance`),
+    both also in the results folder of each extra test split (``esci_us_wide_test/``) where it was scored, ``rl_replay.json`` (AGRL's replay counts) and
     ``rl_grade_shift.md`` (:func:`grade_shift`)."""
     import matplotlib.pyplot as plt
 
@@ -162,13 +185,27 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
         plt.close(plot_training(runs, results / "figures" / "04_rl_training.png"))
     replay = {n: json.loads((Path(r) / "run.json").read_text()).get("replay") for n, r in runs.items()}
     (results / "rl_replay.json").write_text(json.dumps({n: r for n, r in replay.items() if r}, indent=2))
-    if (results / "esci_us_wide_test" / "metrics.json").exists():  # the wide test split, where it was scored
-        _write_table(results / "esci_us_wide_test", profile.runs_dir)
+    # each extra test split where it was scored: the profile's extra_eval_dirs, else esci_us_wide's (which
+    # scripts/cpu_full_rl.sh scores with --data)
+    for folder in profile.extra_eval_dirs or (str(REPO_ROOT / "data_samples" / "esci_us_wide"),):
+        ext, frame = external_set(profile, folder, "test")
+        if (Path(ext.results_dir) / "metrics.json").exists():
+            _write_table(Path(ext.results_dir), profile.runs_dir)
+            _write_significance(ext, frame, profile.runs_dir)
     table = _write_table(results, profile.runs_dir)
+    _write_significance(profile, eval_frame(profile, load_splits(profile)))
     shift = grade_shift(profile)
     if len(shift):
         (results / "rl_grade_shift.md").write_text(shift.round(3).to_markdown() + "\n")
     return table
+
+
+def _write_significance(profile, test: pd.DataFrame, runs_dir=None) -> None:
+    sig = rl_significance(profile, test, runs_dir)
+    (Path(profile.results_dir) / "rl_significance.md").write_text(
+        "First-token read-outs; paired bootstrap over test queries (same resample for both), A - B, p two-sided "
+        f"({profile.bootstrap_samples} resamples; she_lib.rl_report.rl_significance).\n\n"
+        + (sig.to_markdown(index=False) if len(sig) else "(no pairs)") + "\n")
 
 
 def _write_table(folder: Path, runs_dir) -> pd.DataFrame:

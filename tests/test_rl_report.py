@@ -65,10 +65,14 @@ def test_write_report_from_finished_runs(tmp_path):
     (results / "metrics.json").write_text(json.dumps({"grpo": m, "srpo_first_token": m, "lexical": m}))
     (results / "esci_us_wide_test").mkdir()  # the wide test split's scores get a table of their own
     (results / "esci_us_wide_test" / "metrics.json").write_text(json.dumps({"agrl_first_token": m}))
-    table = write_report(get_profile("smoke", runs_dir=str(runs), results_dir=str(results)))
+    from she_lib.config import REPO_ROOT
+
+    table = write_report(get_profile("smoke", runs_dir=str(runs), results_dir=str(results),
+                                     extra_eval_dirs=(str(REPO_ROOT / "data_samples" / "esci_us_wide"),)))
     assert list(zip(table["method"], table["read-out"])) == [("grpo", "decoded"), ("srpo", "first token")]
     wide = (results / "esci_us_wide_test" / "rl_table.md").read_text()
     assert "| agrl " in wide and "| grpo " not in wide
+    assert "(no pairs)" in (results / "esci_us_wide_test" / "rl_significance.md").read_text()  # no read-outs cached
     assert (results / "figures" / "04_rl_training.png").stat().st_size > 1000
     import matplotlib.pyplot as plt
 
@@ -106,3 +110,34 @@ def test_grade_shift_from_first_token_caches(tmp_path):
     assert t.loc["sft", "mean P(Exact)"] == pytest.approx(0.4) and t.loc["sft", "argmax Exact"] == 0.5
     assert t.loc["grpo", "mean P(Exact)"] == pytest.approx(0.85) and t.loc["grpo", "argmax Exact"] == 1.0
     assert t.loc["grpo", "argmax Substitute"] == 0.0 and t.loc["sft", "pairs"] == 2
+
+
+def test_rl_significance_pairs_and_differences(tmp_path, splits):
+    """Each RL run against SFT, SRPO / AGRL against their GRPO partner or the table's GRPO; A - B exact."""
+    from sklearn.metrics import f1_score
+
+    from she_lib.config import get_profile
+    from she_lib.rl_report import rl_significance
+
+    test = splits["test"]
+    words = ["Exact", "Substitute", "Complement", "Irrelevant"]
+    preds = {"sft": list(test["label"]), "grpo_bal": ["Exact"] * len(test), "agrl_bal": list(test["label"]),
+             "agrl_bal_s1": ["Exact"] * len(test)}
+    for name, pred in preds.items():
+        (tmp_path / name).mkdir()
+        kind = name.split("_")[0]
+        (tmp_path / name / "run.json").write_text(json.dumps({"kind": kind, "finished": True}))
+        (tmp_path / name / "adapter_config.json").write_text("{}")
+        rows = [{"example_id": e, "pred": g, **{f"p_{w}": float(w == g) for w in words}}
+                for e, g in zip(test["example_id"], pred)]
+        (tmp_path / name / "predictions_test_first_token_grade_first.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows))
+    sig = rl_significance(get_profile("smoke", runs_dir=str(tmp_path)), test)
+    pairs = list(zip(sig["A"].str.replace("_first_token", ""), sig["B"].str.replace("_first_token", "")))
+    assert pairs == [("grpo_bal", "sft"), ("agrl_bal", "sft"), ("agrl_bal_s1", "sft"), ("agrl_bal", "grpo_bal"),
+                     ("agrl_bal_s1", "grpo_bal")]  # no grpo_bal_s1: the table's GRPO (seed 0) stands in
+    row = sig.set_index(["A", "B"]).loc[("agrl_bal_first_token", "grpo_bal_first_token")]
+    f1 = {n: f1_score(test["label"], preds[n], labels=words, average="macro", zero_division=0) for n in preds}
+    exact = f1["agrl_bal"] - f1["grpo_bal"]  # a grade absent from both truth and predictions scores 0
+    assert row["macro_f1 A-B"] == round(exact, 3) and row["pairs"] == len(test)
+    assert sig.set_index(["A", "B"]).loc[("agrl_bal_first_token", "sft_first_token"), "macro_f1 A-B"] == 0
