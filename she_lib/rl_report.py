@@ -173,7 +173,8 @@ def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> 
 def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataFrame:
     """What notebook 04 writes, from runs already trained (nothing is run): ``figures/04_rl_training.png``,
     ``rl_table.md`` (:func:`rl_table` over ``metrics.json``) and ``rl_significance.md`` (:func:`rl_significance`),
-    both also in the results folder of each extra test split (``esci_us_wide_test/``) where it was scored, ``rl_replay.json`` (AGRL's replay counts) and
+    both also in the results folder of each extra test split (``esci_us_wide_test/``) where it was scored,
+    ``rl_replay.json`` (AGRL's replay counts) and
     ``rl_grade_shift.md`` (:func:`grade_shift`)."""
     import matplotlib.pyplot as plt
 
