@@ -6,7 +6,8 @@
 # is built once first, then two single-threaded lanes share the 2 cores. Every run resumes from its last checkpoint,
 # a finished run is reused and read-outs resume from their prediction caches, so re-running this script continues
 # the table. Logs: logs/cpu-full_rl_{a,b}.log. Examiner: the offline verifier, plus the GenRM when
-# GENRM=runs/cpu-full/genrm is set (the same for every run). Runs are named <method>_bal[_s<seed>].
+# GENRM=runs/cpu-full/genrm is set (the same for every run). Runs are named <method>_bal[_half][_s<seed>] (_half: AGRL
+# with half of each flagged group guided, --replace-fraction 0.5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 TRL_EXPERIMENTAL_SILENCE=1
@@ -14,15 +15,17 @@ PY=.venv/bin/python
 WIDE=data_samples/esci_us_wide
 mkdir -p logs
 EXAMINER=(); [ -n "${GENRM:-}" ] && EXAMINER=(--genrm "$GENRM")
-name() { [ "$2" = 0 ] && echo "$1_bal" || echo "$1_bal_s$2"; }
+name() { [ "$2" = 0 ] && echo "$1_bal${3:-}" || echo "$1_bal${3:-}_s$2"; }
 wide() {  # wide RUN MODE: the run's read-out on the esci_us_wide test split
   $PY -m she_lib.evaluate --run "$1" --profile cpu-full --data "$WIDE" --split test --mode "$2" --save
 }
-rl() {  # rl METHOD SEED READ-OUT: train (or reuse) the run, read it on both test splits
-  local method=$1 seed=$2 mode=$3
+rl() {  # rl METHOD SEED READ-OUT [VARIANT ARGS...]: train (or reuse) the run, read it on both test splits
+  local method=$1 seed=$2 mode=$3 variant=${4:-}
+  local extra=("${@:5}")
+  [ -n "$variant" ] && extra+=(--name "$(name "$method" "$seed" "$variant")")
   $PY -m she_lib.rl --method "$method" --profile cpu-full --sft runs/cpu-full/sft --seed "$seed" "${EXAMINER[@]}" \
-      --evaluate "$mode" --save
-  [ "$mode" = first_token ] && wide "runs/cpu-full/$(name "$method" "$seed")" first_token
+      "${extra[@]}" --evaluate "$mode" --save
+  [ "$mode" = first_token ] && wide "runs/cpu-full/$(name "$method" "$seed" "$variant")" first_token
   return 0
 }
 # the prompt set's pass rates, cached beside the SFT run's samples (both lanes read the cache)
@@ -37,6 +40,7 @@ p = get_profile('cpu-full'); print(rl_prompts(p, 'runs/cpu-full/sft', curriculum
 ) >> logs/cpu-full_rl_a.log 2>&1 &
 (
   for seed in 0 1 2; do rl srpo "$seed" first_token; done
+  for seed in 0 1 2; do rl agrl "$seed" first_token _half --replace-fraction 0.5; done  # half of a flagged group guided
   for seed in 0 1 2; do rl srpo "$seed" generate; done
 ) >> logs/cpu-full_rl_b.log 2>&1 &
 wait
