@@ -164,10 +164,40 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int = 16, max_new
     ``attention``: the attention implementation while generating (:func:`decode_attention`); "auto" is eager for a
     bf16 model on the CPU and the model's own otherwise. Extra keyword arguments go to HF ``generate`` (e.g.
     ``min_new_tokens``, a list ``eos_token_id``)."""
+    model.eval()
+    out: list = [None] * len(prompts)
+    n, shared = num_return_sequences, share_prefix and num_return_sequences > 1
+    kwargs = {**dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=1 if shared else n,
+                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id), **generate_kwargs}
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
     with decode_attention(model, generation_attention(model, attention)):
-        return _generate(model, tokenizer, prompts, batch_size, max_new_tokens, do_sample, temperature, top_p,
-                         num_return_sequences, progress, desc, share_prefix, share_common_prefix, return_ids,
-                         generate_kwargs)
+        bar = tqdm(total=len(prompts), desc=desc, disable=not progress)
+        for idx in _batches(prompts, tokenizer, batch_size):
+            batch = [prompts[i] for i in idx]
+            common = _encode_shared(model, tokenizer, batch, model.device) if share_common_prefix else None
+            if common and shared:
+                enc = common[0]
+                ids = model.generate(**_common_prefill(model, enc, common[1], n), **kwargs)
+            elif common:  # HF generate repeats each row n times, then prefills the suffixes after the cached prefix
+                enc, cache = common
+                cache.batch_repeat_interleave(n)
+                ids = model.generate(**enc, past_key_values=cache, **{**kwargs, "num_return_sequences": n})
+            else:
+                enc = _encode(tokenizer, batch, model.device)
+                if shared and enc["input_ids"].shape[1] > 1:  # a one-token prompt has nothing to share
+                    ids = model.generate(**_shared_prefill(model, enc, n), **kwargs)
+                else:
+                    ids = model.generate(**enc, **{**kwargs, "num_return_sequences": n})
+            ids = ids[:, enc["input_ids"].shape[1]:]
+            texts = (_until_end(ids, kwargs["eos_token_id"]) if return_ids
+                     else tokenizer.batch_decode(ids, skip_special_tokens=True))
+            for k, i in enumerate(idx):
+                chunk = texts[k * n:(k + 1) * n]
+                out[i] = chunk if n > 1 else chunk[0]
+            bar.update(len(idx))
+    bar.close()
+    return out
 
 
 def generation_attention(model, attention: str | None = "auto") -> str | None:
@@ -177,43 +207,6 @@ def generation_attention(model, attention: str | None = "auto") -> str | None:
         return attention
     p = next(model.parameters())
     return "eager" if p.device.type == "cpu" and p.dtype == torch.bfloat16 else None
-
-
-def _generate(model, tokenizer, prompts, batch_size, max_new_tokens, do_sample, temperature, top_p,
-              num_return_sequences, progress, desc, share_prefix, share_common_prefix, return_ids, generate_kwargs):
-    model.eval()
-    out: list = [None] * len(prompts)
-    n, shared = num_return_sequences, share_prefix and num_return_sequences > 1
-    kwargs = {**dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=1 if shared else n,
-                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id), **generate_kwargs}
-    if do_sample:
-        kwargs.update(temperature=temperature, top_p=top_p)
-    bar = tqdm(total=len(prompts), desc=desc, disable=not progress)
-    for idx in _batches(prompts, tokenizer, batch_size):
-        batch = [prompts[i] for i in idx]
-        common = _encode_shared(model, tokenizer, batch, model.device) if share_common_prefix else None
-        if common and shared:
-            enc = common[0]
-            ids = model.generate(**_common_prefill(model, enc, common[1], n), **kwargs)
-        elif common:  # HF generate repeats each row n times, then prefills the suffixes after the cached prefix
-            enc, cache = common
-            cache.batch_repeat_interleave(n)
-            ids = model.generate(**enc, past_key_values=cache, **{**kwargs, "num_return_sequences": n})
-        else:
-            enc = _encode(tokenizer, batch, model.device)
-            if shared and enc["input_ids"].shape[1] > 1:  # a one-token prompt has nothing to share
-                ids = model.generate(**_shared_prefill(model, enc, n), **kwargs)
-            else:
-                ids = model.generate(**enc, **{**kwargs, "num_return_sequences": n})
-        ids = ids[:, enc["input_ids"].shape[1]:]
-        texts = (_until_end(ids, kwargs["eos_token_id"]) if return_ids
-                 else tokenizer.batch_decode(ids, skip_special_tokens=True))
-        for k, i in enumerate(idx):
-            chunk = texts[k * n:(k + 1) * n]
-            out[i] = chunk if n > 1 else chunk[0]
-        bar.update(len(idx))
-    bar.close()
-    return out
 
 
 def _until_end(ids: torch.Tensor, eos) -> list[list[int]]:
