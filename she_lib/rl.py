@@ -173,7 +173,7 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
                   peft_config=policy.lora_config, callbacks=[meter, StageLogger(prompts["stage"].tolist(),
                                                                                 prompts_per_step(args)),
                                                              *(callbacks or [])],
-                  rollout_func=rollout_func_for(args, policy.model))
+                  rollout_func=rollout_func_for(args, policy.model, scale.words))
     eos = [policy.tokenizer.eos_token_id]  # a rollout cut at the token limit earns 0 (she_lib.rewards.truncated)
     if method == "grpo":
         trainer = SharedPromptGRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos)], **common)
@@ -287,11 +287,17 @@ def main(argv=None) -> int:
                          "<method>[_bal]_<scale>")
     ap.add_argument("--replace-fraction", type=float, default=None,
                     help="AGRL: share of a flagged group's rollouts generated with the hint (AGRLConfig; needs --name)")
+    ap.add_argument("--grade-temperature", type=float, default=None,
+                    help="exploration temperature of the grade token (SRPOConfig.grade_temperature; needs --name)")
+    ap.add_argument("--min-p", type=float, default=None, help="TRL's min_p for the rollouts (needs --name)")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
     ap.add_argument("--save", action="store_true")
     a = ap.parse_args(argv)
     if a.replace_fraction is not None and not (a.method == "agrl" and a.name):
         ap.error("--replace-fraction is an AGRL setting and its run needs its own --name")
+    sampling = {k: v for k, v in (("grade_temperature", a.grade_temperature), ("min_p", a.min_p)) if v is not None}
+    if sampling and not a.name:
+        ap.error("--grade-temperature and --min-p make a variant, and its run needs its own --name")
     sft_info = json.loads((Path(a.sft) / "run.json").read_text())
     profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
     examiner = None
@@ -300,7 +306,7 @@ def main(argv=None) -> int:
     curriculum = curriculum_for(profile, **({"stage_order": a.stage_order} if a.stage_order else {}))
     name = a.name or run_name(a.method, a.seed, curriculum.stage_order, a.scale_rewards)
     args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}),
-                     **({"scale_rewards": a.scale_rewards} if a.scale_rewards else {}))
+                     **({"scale_rewards": a.scale_rewards} if a.scale_rewards else {}), **sampling)
     replay = AGRLConfig(**({"replace_fraction": a.replace_fraction} if a.replace_fraction is not None else {}))
     run = train_rl(profile, a.method, a.sft, args, curriculum, name=name, examiner=examiner, progress=True,
                    replay=replay)

@@ -17,38 +17,53 @@ returns (no importance-sampling correction is computed from them). The only diff
 precision of the sampling model; ``tests/test_rollouts.py`` checks that in float32 greedy decoding gives TRL's tokens.
 Which engine a run uses is ``SRPOConfig.rollout_engine`` (:func:`rollout_func_for`); the speed of each is
 ``benchmarks/bench_rl.py``'s.
+
+Exploration of the grade (``SRPOConfig.grade_temperature`` T_g, :class:`GradeTemperature`): the grade word's first
+token is sampled from softmax(z / (T_g T)) over the grade words' first tokens only, instead of softmax(z / T) over
+the vocabulary; every other token as before. A group can only
+reinforce a grade one of its rollouts names; under a weak SFT model the rare grades are seldom named (P(Complement)
+~0.01 at the grade token), so their groups carry no signal and GRPO drifts to the majority grade. The loss still
+takes log-probabilities at T: the grade is drawn from a tempered behaviour policy and trained without an importance
+weight, an exploration choice (as top_p and min_p truncation are), not an unbiased estimate.
 """
 from __future__ import annotations
 
 import copy
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
-from .inference import generate
+from .inference import generate, grade_token_ids
 
 
-def rollout_func_for(args, model):
+def rollout_func_for(args, model, grade_words=None):
     """The ``rollout_func`` a run's config asks for, or None for TRL's own generation: ``rollout_engine`` "shared"
-    -> :class:`SharedPrefixRollouts`; "trl" -> None; "auto" -> "shared" on a CPU without vLLM, else "trl"."""
+    -> :class:`SharedPrefixRollouts`; "trl" -> None; "auto" -> "shared" on a CPU without vLLM or where
+    ``grade_temperature`` != 1 (which needs ``grade_words``, the scale's words), else "trl"."""
     engine = args.rollout_engine
+    explore = getattr(args, "grade_temperature", 1.0) != 1.0  # only this engine applies GradeTemperature
     if engine == "auto":
-        engine = "trl" if args.use_vllm or next(model.parameters()).is_cuda else "shared"
+        engine = "trl" if args.use_vllm or (next(model.parameters()).is_cuda and not explore) else "shared"
     if engine == "trl":
+        if explore:
+            raise ValueError("grade_temperature != 1 needs rollout_engine 'shared' (TRL's generate does not apply it)")
         return None
     if engine != "shared":
         raise ValueError(f"rollout_engine must be auto, shared or trl, got {engine!r}")
     if args.use_vllm:
         raise ValueError("rollout_engine 'shared' and use_vllm exclude each other")
-    return SharedPrefixRollouts(torch.bfloat16 if args.bf16 else torch.float32)
+    if explore and not grade_words:
+        raise ValueError("grade_temperature != 1 needs the grade words (rollout_func_for(..., grade_words))")
+    return SharedPrefixRollouts(torch.bfloat16 if args.bf16 else torch.float32, grade_words)
 
 
 class SharedPrefixRollouts:
     """``rollout_func(prompts, trainer)`` (module docstring). ``prompts`` is TRL's per-process slice, in which
-    each prompt appears as G consecutive copies; runs of equal length n are sampled as n samples of one prompt."""
+    each prompt appears as G consecutive copies; runs of equal length n are sampled as n samples of one prompt.
+    ``grade_words``: the scale's words, for the grade exploration of ``trainer.args.grade_temperature``."""
 
-    def __init__(self, dtype: torch.dtype = torch.float32):
-        self.dtype, self.copy, self.step = dtype, None, None
+    def __init__(self, dtype: torch.dtype = torch.float32, grade_words=None):
+        self.dtype, self.grade_words, self.copy, self.step = dtype, grade_words, None, None
 
     def __call__(self, prompts: list, trainer) -> dict:
         tok = trainer.processing_class
@@ -57,11 +72,14 @@ class SharedPrefixRollouts:
         n = len(runs[0]) if len({len(r) for r in runs}) == 1 else 1
         unique = [texts[r[0]] for r in runs] if n > 1 else texts
         model = self.policy_copy(trainer)
+        t_grade = getattr(trainer.args, "grade_temperature", 1.0)
+        extra = {} if t_grade == 1.0 else {"logits_processor": LogitsProcessorList([GradeTemperature(
+            tok("<grade>", add_special_tokens=False).input_ids, grade_token_ids(tok, self.grade_words), t_grade)])}
         out = generate(model, tok, unique, batch_size=len(unique), max_new_tokens=trainer.max_completion_length,
                        do_sample=True, temperature=trainer.temperature, top_p=trainer.top_p,
                        num_return_sequences=n, progress=False, return_ids=True, top_k=trainer.top_k,
                        min_p=trainer.min_p, repetition_penalty=trainer.repetition_penalty,
-                       eos_token_id=list(trainer.eos_token_ids))
+                       eos_token_id=list(trainer.eos_token_ids), **extra)
         completions = [c for group in out for c in group] if n > 1 else out
         return {"prompt_ids": [tok(t, add_special_tokens=False).input_ids for t in texts],
                 "completion_ids": completions, "logprobs": None}
@@ -75,6 +93,33 @@ class SharedPrefixRollouts:
             refresh(self.copy, model)
         self.step = trainer.state.global_step
         return self.copy
+
+
+class GradeTemperature(LogitsProcessor):
+    """At the rows whose last tokens are the grade's opening tag (``tag_ids``, "<grade>"): keeps only the scores of
+    the grade words' first tokens (``grade_ids``, she_lib.inference.grade_token_ids) and divides them by
+    ``temperature``, so the grade word's first token is drawn from softmax over the grades of z / (T_g T). HF
+    ``generate`` runs it before its temperature, top_p, top_k and min_p, which then see the tempered grade scores.
+    Without the restriction a tempered step spreads its mass over the 49k-token vocabulary and most rollouts stop
+    naming a grade at all (scripts/grade_exploration_probe.py)."""
+
+    def __init__(self, tag_ids: list[int], grade_ids: list[int], temperature: float):
+        if temperature <= 0:
+            raise ValueError(f"grade_temperature must be > 0, got {temperature}")
+        self.tag, self.grades, self.temperature = torch.tensor(tag_ids), torch.tensor(grade_ids), float(temperature)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        k = len(self.tag)
+        if input_ids.shape[1] < k:
+            return scores
+        hit = (input_ids[:, -k:] == self.tag.to(input_ids.device)).all(-1)
+        if hit.any():
+            grades = self.grades.to(scores.device)
+            rows = torch.full_like(scores[hit], float("-inf"))
+            rows[:, grades] = scores[hit][:, grades] / self.temperature
+            scores = scores.clone()
+            scores[hit] = rows
+        return scores
 
 
 def _runs(texts: list[str]) -> list[list[int]]:

@@ -20,4 +20,6 @@ class SRPOConfig(GRPOConfig):
                                                                "(she_lib.prompt_sharing; speed only)"})
     rollout_engine: str = field(default="auto", metadata={"help": "'shared' (she_lib.rollouts), 'trl' (TRL's own "
                                                           "generate) or 'auto' (shared on a CPU without vLLM)"})
+    grade_temperature: float = field(default=1.0, metadata={"help": "exploration temperature T_g of the grade "
+                                                            "token (she_lib.rollouts.GradeTemperature; 1 = off)"})
     rollout_log_every: int = field(default=1, metadata={"help": "write rollouts.jsonl every k generations (0 = off)"})

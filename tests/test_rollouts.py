@@ -5,11 +5,11 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
-from she_lib.inference import _until_end
+from she_lib.inference import _until_end, grade_token_ids
 from she_lib.modeling import load_policy
 from she_lib.rewards import OutcomeReward
 from she_lib.rl import rl_config, rl_dataset
-from she_lib.rollouts import SharedPrefixRollouts, _runs, rollout_func_for
+from she_lib.rollouts import GradeTemperature, SharedPrefixRollouts, _runs, rollout_func_for
 from she_lib.trl_compat import ensure_trl_cpu_support
 
 
@@ -91,3 +91,44 @@ def test_engine_choice(smoke, tiny_policy, tmp_path):
     args.rollout_engine = "auto"
     assert rollout_func_for(args, tiny_policy.model) is None
 
+
+
+def test_grade_temperature_hand_case():
+    """Rows ending in the tag keep only the grade tokens' scores, divided by T_g; other rows are untouched."""
+    proc = GradeTemperature([7, 8], [0, 2], 2.0)
+    ids = torch.tensor([[1, 7, 8], [7, 8, 3], [8, 7, 8]])
+    scores = torch.tensor([[2.0, 5.0, -2.0]] * 3)
+    out = proc(ids, scores.clone())
+    inf = float("-inf")
+    assert torch.equal(out[0], torch.tensor([1.0, inf, -1.0])) and torch.equal(out[2], out[0])
+    assert torch.equal(out[1], scores[1])
+    # softmax over the grades of z / 2, z = (2, -2): e^1 / (e^1 + e^-1) = 0.880797
+    assert torch.allclose(torch.softmax(out[0], -1), torch.tensor([0.880797, 0.0, 0.119203]), atol=1e-6)
+    assert torch.equal(proc(torch.tensor([[8]]), scores[:1]), scores[:1])  # shorter than the tag
+    with pytest.raises(ValueError, match="grade_temperature"):
+        GradeTemperature([7], [0], 0.0)
+
+
+def test_grade_temperature_reaches_the_rollouts(smoke, splits, tmp_path, monkeypatch):
+    """The engine hands generate a GradeTemperature with "<grade>"'s ids and the grade words' first tokens;
+    TRL's engine refuses the setting, and so does an engine without the grade words."""
+    trainer, prompts = _trainer(smoke, splits, tmp_path, grade_temperature=3.0)
+    seen = {}
+    import she_lib.rollouts as rollouts
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return [[[1]] * 3] * 2
+    monkeypatch.setattr(rollouts, "generate", spy)
+    words = ("Exact", "Substitute", "Complement", "Irrelevant")
+    rollout_func_for(trainer.args, trainer.model, words)(prompts, trainer)
+    (proc,) = seen["logits_processor"]
+    tok = trainer.processing_class
+    assert isinstance(proc, GradeTemperature) and proc.temperature == 3.0
+    assert proc.tag.tolist() == tok("<grade>", add_special_tokens=False).input_ids
+    assert proc.grades.tolist() == grade_token_ids(tok, words)
+    with pytest.raises(ValueError, match="grade words"):
+        rollout_func_for(trainer.args, trainer.model)
+    args = rl_config(smoke, "grpo", tmp_path, vllm="off", grade_temperature=2.0, rollout_engine="trl")
+    with pytest.raises(ValueError, match="grade_temperature"):
+        rollout_func_for(args, trainer.model, words)

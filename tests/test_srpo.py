@@ -265,6 +265,9 @@ def test_rl_cli_refuses_an_unnamed_replay_variant():
         main(["--method", "agrl", "--profile", "smoke", "--sft", "none", "--replace-fraction", "0.5"])
     with pytest.raises(SystemExit):
         main(["--method", "grpo", "--profile", "smoke", "--sft", "none", "--replace-fraction", "0.5", "--name", "x"])
+    for flag in ("--grade-temperature", "--min-p"):  # a sampling variant too
+        with pytest.raises(SystemExit):
+            main(["--method", "grpo", "--profile", "smoke", "--sft", "none", flag, "2"])
 
 
 def test_vllm_settings_and_batch_split(smoke):
