@@ -137,7 +137,8 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
        difficulty filter, diversity selection and curriculum order (she_lib.curriculum); ``data_report.json``.
     2. Model: the SFT adapter merged into the base and a fresh LoRA on top (as DPO), so the adapter-disabled
        model is the SFT policy (TRL's reference when ``beta`` > 0).
-    3. Trainer: ``grpo`` -> ``SharedPromptGRPOTrainer`` (TRL's GRPO) with :class:`OutcomeReward`; ``srpo`` -> :class:`SRPOTrainer`
+    3. Trainer: ``grpo`` -> ``SharedPromptGRPOTrainer`` (TRL's GRPO) with :class:`OutcomeReward` (with
+       ``advantage_baseline="batch"``: :class:`SRPOTrainer` at process_weight 0); ``srpo`` -> :class:`SRPOTrainer`
        with the examiner's step rewards; ``agrl`` -> :class:`SRPOTrainer` with she_lib.rules' rule reward and
        she_lib.agrl's adaptive guided replay (process_weight as configured; 0 = AGRL on GRPO's advantages).
        ``max_steps`` is the curriculum's step count; the rollout log goes to ``rollouts.jsonl``. ``replay``: AGRL's
@@ -175,9 +176,9 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
                                                              *(callbacks or [])],
                   rollout_func=rollout_func_for(args, policy.model, scale.words))
     eos = [policy.tokenizer.eos_token_id]  # a rollout cut at the token limit earns 0 (she_lib.rewards.truncated)
-    if method == "grpo":
+    if method == "grpo" and args.advantage_baseline == "group":
         trainer = SharedPromptGRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos)], **common)
-    elif method == "srpo":
+    elif method in ("grpo", "srpo"):  # GRPO with another baseline: SRPO's trainer at process_weight 0
         trainer = SRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos)], examiner=examiner, scale=scale,
                               rollout_log=run / "rollouts.jsonl", **common)
     else:
@@ -289,15 +290,18 @@ def main(argv=None) -> int:
                     help="AGRL: share of a flagged group's rollouts generated with the hint (AGRLConfig; needs --name)")
     ap.add_argument("--grade-temperature", type=float, default=None,
                     help="exploration temperature of the grade token (SRPOConfig.grade_temperature; needs --name)")
+    ap.add_argument("--baseline", choices=["group", "batch"], default=None,
+                    help="the outcome advantage's baseline (SRPOConfig.advantage_baseline; needs --name)")
     ap.add_argument("--min-p", type=float, default=None, help="TRL's min_p for the rollouts (needs --name)")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
     ap.add_argument("--save", action="store_true")
     a = ap.parse_args(argv)
     if a.replace_fraction is not None and not (a.method == "agrl" and a.name):
         ap.error("--replace-fraction is an AGRL setting and its run needs its own --name")
-    sampling = {k: v for k, v in (("grade_temperature", a.grade_temperature), ("min_p", a.min_p)) if v is not None}
+    sampling = {k: v for k, v in (("grade_temperature", a.grade_temperature), ("min_p", a.min_p),
+                                  ("advantage_baseline", a.baseline)) if v is not None}
     if sampling and not a.name:
-        ap.error("--grade-temperature and --min-p make a variant, and its run needs its own --name")
+        ap.error("--grade-temperature, --min-p and --baseline make a variant, and its run needs its own --name")
     sft_info = json.loads((Path(a.sft) / "run.json").read_text())
     profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
     examiner = None

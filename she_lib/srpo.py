@@ -6,6 +6,7 @@ judged_{i,k} = 1 when the reward is a verdict (the verifier's, the GenRM's or th
 undecided step, of a missing step or of an unparsable / over-length rollout):
 
     A_out_i   = (R_i - mean_g R) / (std_g R + 1e-4)                          TRL's GRPO advantage, unchanged
+              = (R_i - mean_B R) / (std_B R + 1e-4)     advantage_baseline = "batch" (:func:`batch_advantages`)
     z_{i,k}   = (r_{i,k} - mu_k) / (sigma_k + 1e-4) if judged_{i,k}, else 0   mu_k, sigma_k: mean and unbiased std of
                 step k's judged rewards in the group (sigma_k = 0 with fewer than two): each step type is compared
                 with the same step of the other rollouts (DeepSeekMath's process supervision normalises per group;
@@ -41,6 +42,27 @@ import torch
 from .schema import GRADE_TAG, STEPS
 
 CREDITS = ("step", "to_go")
+BASELINES = ("group", "batch")
+
+
+def batch_advantages(rewards: torch.Tensor, scale_rewards: str = "batch") -> torch.Tensor:
+    """Outcome advantages against the step's whole batch B (every group) instead of each group:
+    A_i = (R_i - mean_B R) / (std_B R + 1e-4), std unbiased as TRL's; R_i - mean_B R when ``scale_rewards`` is
+    "none". REINFORCE++'s global baseline, here for a failure of GRPO's group baseline on a weak policy: in a group
+    whose rollouts are all wrong every advantage is ~0, so the grade they all named (the majority grade, under this
+    SFT model) is never pushed down on the prompts where it is wrong, while it is pushed up wherever it is right. With
+    the batch's mean the wrong rollouts of such a group get R - mean_B R < 0. A rollout with a NaN reward (TRL's
+    unscorable) is left out of the statistics and gets 0."""
+    ok = ~torch.isnan(rewards)
+    r = rewards[ok]
+    adv = torch.zeros_like(rewards)
+    if r.numel() == 0:
+        return adv
+    centred = r - r.mean()
+    if scale_rewards != "none":
+        centred = centred / ((r.std() if r.numel() > 1 else r.new_zeros(())) + 1e-4)
+    adv[ok] = centred
+    return adv
 
 
 def step_advantages(step_rewards: torch.Tensor, correct: torch.Tensor, group_size: int, kappa_first_error: float = 1.0,

@@ -15,6 +15,8 @@ class SRPOConfig(GRPOConfig):
     step_threshold: float = field(default=0.5, metadata={"help": "a step reward below it reads as a wrong step"})
     process_credit: str = field(default="step", metadata={"help": "'step' (own step) or 'to_go' (own + later steps)"})
     decision_credit: bool = field(default=True, metadata={"help": "the <grade> tokens get the mean step value D_i"})
+    advantage_baseline: str = field(default="group", metadata={"help": "'group' (TRL's: R minus its group's mean) "
+                                                              "or 'batch' (the step's whole batch; srpo.batch_advantages)"})
     advantage_clip: float | None = field(default=None, metadata={"help": "clamp token advantages to +-clip"})
     share_prompt_prefix: bool = field(default=True, metadata={"help": "run each group's prompt once in the loss "
                                                                "(she_lib.prompt_sharing; speed only)"})

@@ -28,7 +28,7 @@ from .labels import GradeScale, get_scale
 from .prompt_sharing import SharedPromptGRPOTrainer
 from .rollout_log import rollout_record, token_steps
 from .schema import STEPS, parse
-from .srpo import decision_credit, step_advantages, token_advantages
+from .srpo import BASELINES, batch_advantages, decision_credit, step_advantages, token_advantages
 from .step_spans import completion_step_spans
 
 
@@ -75,6 +75,10 @@ class SRPOTrainer(SharedPromptGRPOTrainer):
         lo = self.accelerator.process_index * len(inputs)
         steps, code = steps_all[lo:lo + len(inputs)], code_all[lo:lo + len(inputs)]
         outcome = out["advantages"]
+        if self.args.advantage_baseline != "group":
+            if self.args.advantage_baseline not in BASELINES:
+                raise ValueError(f"advantage_baseline must be one of {BASELINES}, got {self.args.advantage_baseline!r}")
+            outcome = batch_advantages(self._last_rewards, self.args.scale_rewards)[lo:lo + len(inputs)].to(outcome)
         decision = decision_credit(steps, judged_all[lo:lo + len(inputs)]) if self.args.decision_credit else None
         adv = token_advantages(outcome, steps.to(outcome.dtype), spans, ids.shape[1], self.args.process_weight,
                                self.args.process_credit, self.args.advantage_clip, decision)

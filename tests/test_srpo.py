@@ -13,7 +13,7 @@ from she_lib.rationales import teacher_rationale
 from she_lib.schema import STEPS, parse
 from she_lib.rl import rl_config, train_rl
 from she_lib.rewards import OutcomeReward
-from she_lib.srpo import decision_credit, step_advantages, token_advantages
+from she_lib.srpo import batch_advantages, decision_credit, step_advantages, token_advantages
 from she_lib.srpo_trainer import SRPOTrainer
 from she_lib.step_spans import completion_step_spans, token_char_offsets
 from fakes import fake_trainer as _trainer
@@ -216,6 +216,37 @@ def test_srpo_with_zero_process_weight_equals_grpo(smoke, tmp_path, splits):
         assert torch.equal(adv[i][outside], out_g["advantages"][i].expand(int(outside.sum()))), i
     assert spans[7] == {} and out_1["completion_mask"][3].sum() == len("<grade>maybe") + 1  # one id a character + EOS
     assert (adv[0][out_1["completion_mask"][0].bool()] != out_g["advantages"][0]).any()
+
+
+def test_batch_advantages_hand_case():
+    """Two groups of 4: one with a right rollout (1.1), one all wrong (format 0.1, a cut rollout 0). The group
+    baseline gives the all-wrong group ~0; the batch baseline makes its wrong rollouts negative."""
+    r = torch.tensor([1.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.0])
+    # mean 1.7 / 8 = 0.2125; squared deviations 0.787656 + 6 x 0.012656 + 0.045156 = 0.908750, / 7 -> std 0.360307
+    none = batch_advantages(r, "none")
+    torch.testing.assert_close(none, r - 0.2125)
+    scaled = batch_advantages(r, "batch")
+    torch.testing.assert_close(scaled, (r - 0.2125) / (0.360307 + 1e-4), rtol=1e-5, atol=1e-6)
+    assert (scaled[4:] < 0).all() and scaled[0] > 0
+    assert torch.allclose(batch_advantages(r, "group"), scaled)  # any scaling but "none" divides by the batch std
+    with_nan = batch_advantages(torch.tensor([1.0, float("nan"), 0.0]), "none")
+    torch.testing.assert_close(with_nan, torch.tensor([0.5, 0.0, -0.5]))
+    assert torch.equal(batch_advantages(torch.tensor([float("nan")])), torch.zeros(1))
+
+
+def test_batch_baseline_in_the_trainer(smoke, tmp_path, splits):
+    """advantage_baseline="batch": the outcome advantages are batch_advantages of the step's summed rewards."""
+    rows = splits["train"].head(2).to_dict("records")
+    trainer, ds = _trainer(SRPOTrainer, smoke, tmp_path, rows, 0.0)
+    trainer.args.advantage_baseline, trainer.args.scale_rewards = "batch", "none"
+    out = trainer._generate_and_score_completions([ds[i] for i in (0, 0, 0, 0, 1, 1, 1, 1)])
+    r = trainer._last_rewards
+    assert r.std() > 0
+    want = (r - r.mean()).view(-1, 1).expand_as(out["advantages"])
+    torch.testing.assert_close(out["advantages"], want)
+    trainer.args.advantage_baseline = "prompt"
+    with pytest.raises(ValueError, match="advantage_baseline"):
+        trainer._generate_and_score_completions([ds[i] for i in (0, 0, 0, 0, 1, 1, 1, 1)])
 
 
 # --------------------------------------------------------------------------------------- end to end
