@@ -16,15 +16,18 @@ def truncated(completion_ids, eos_token_ids, n: int) -> list[bool]:
 
 
 class OutcomeReward:
-    """R = 1[parsed grade == human label] + format_weight * 1[well formed]; unparsable output earns 0, and so does a
+    """R = w_label * 1[parsed grade == human label] + format_weight * 1[well formed] (w = 1 unless ``grade_weights``
+    maps labels to weights: :func:`recall_weights`); unparsable output earns 0, and so does a
     completion cut at the token limit when ``eos_token_ids`` are given (TRL passes ``completion_ids``): the
     examiner marks such a rollout wrong (she_lib.examiner), so its outcome and its steps agree, and an answer that
     never ends is not one a deployed judge could return.
 
     A TRL reward function (``prompts, completions, label, **columns -> list[float]``); GRPO and SRPO share it."""
 
-    def __init__(self, scale: GradeScale | str = "esci", format_weight: float = 0.1, eos_token_ids=()):
+    def __init__(self, scale: GradeScale | str = "esci", format_weight: float = 0.1, eos_token_ids=(),
+                 grade_weights: dict | None = None):
         self.scale = get_scale(scale)
+        self.grade_weights = dict(grade_weights or {})
         self.format_weight = format_weight
         self.eos_token_ids = tuple(eos_token_ids or ())
         self.__name__ = "outcome"
@@ -34,5 +37,27 @@ class OutcomeReward:
         out = []
         for completion, gold, over in zip(completions, label, cut):
             p = parse(completion_text(completion), self.scale)
-            out.append(0.0 if over else float(p.grade == gold) + self.format_weight * float(p.well_formed))
+            w = self.grade_weights.get(gold, 1.0)
+            out.append(0.0 if over else w * float(p.grade == gold) + self.format_weight * float(p.well_formed))
         return out
+
+
+def recall_weights(labels, pass_rates, max_weight: float = 10.0) -> dict[str, float]:
+    """w_g = min(max_weight, max_c pbar_c / pbar_g), pbar_g the mean pass rate (P(gold) under the SFT model) of the
+    prompts labelled g: the grade the SFT model recognises best weighs 1, the others in inverse proportion.
+
+    Why: accuracy's expected gradient for a shared bias b_c on grade c is
+    sum_g pi_g w_g (1[g = c] q_c^g - q_c^g q_g^g), q_c^g the chance a rollout names c on a g prompt. With w = 1 and a
+    policy that recognises one grade best (high q_E^E, low q_g^g elsewhere) it is positive for that grade: sharpening
+    onto it raises the sampled policy's expected accuracy and ruins the argmax's macro-F1 (the collapse of every GRPO
+    run here; no baseline changes an expected gradient). With w_g = 1 / q_g^g it is the gradient of
+    sum_g log recall_g, which falls when any grade's recall does. Group-scaled advantages divide w_g out (a group
+    has one label), so these weights need ``scale_rewards`` "batch" or "none"."""
+    frame = {}
+    for label, p in zip(labels, pass_rates):
+        frame.setdefault(label, []).append(float(p))
+    means = {g: sum(v) / len(v) for g, v in frame.items()}
+    if any(m <= 0 for m in means.values()):
+        raise ValueError(f"recall_weights needs positive mean pass rates, got {means}")
+    top = max(means.values())
+    return {g: min(max_weight, top / m) for g, m in means.items()}

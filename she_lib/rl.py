@@ -41,7 +41,7 @@ from .labels import get_scale
 from .modeling import load_run
 from .predictions import predict_llm
 from .prompt_sharing import SharedPromptGRPOTrainer
-from .rewards import OutcomeReward
+from .rewards import OutcomeReward, recall_weights
 from .rl_report import run_name
 from .rollouts import rollout_func_for
 from .rules import RuleReward, RuleRewardConfig
@@ -176,10 +176,13 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
                                                              *(callbacks or [])],
                   rollout_func=rollout_func_for(args, policy.model, scale.words))
     eos = [policy.tokenizer.eos_token_id]  # a rollout cut at the token limit earns 0 (she_lib.rewards.truncated)
+    weights = outcome_weights(args, prompts)
     if method == "grpo" and args.advantage_baseline == "group":
-        trainer = SharedPromptGRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos)], **common)
+        trainer = SharedPromptGRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos,
+                                                                      grade_weights=weights)], **common)
     elif method in ("grpo", "srpo"):  # GRPO with another baseline: SRPO's trainer at process_weight 0
-        trainer = SRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos)], examiner=examiner, scale=scale,
+        trainer = SRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos, grade_weights=weights)],
+                              examiner=examiner, scale=scale,
                               rollout_log=run / "rollouts.jsonl", **common)
     else:
         trainer = SRPOTrainer(reward_funcs=[RuleReward(RuleRewardConfig(), scale, eos_token_ids=eos)],
@@ -194,6 +197,18 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
         info = json.loads((run / "run.json").read_text())
         (run / "run.json").write_text(json.dumps({**info, "replay": trainer.replay.report()}, indent=2))
     return run
+
+
+def outcome_weights(args: SRPOConfig, prompts: pd.DataFrame) -> dict | None:
+    """The outcome reward's grade weights of ``args.grade_weighting``: None ("none") or she_lib.rewards.recall_weights
+    of the prompt set's labels and pass rates ("recall"; group-scaled advantages would divide them out)."""
+    if args.grade_weighting == "none":
+        return None
+    if args.grade_weighting != "recall":
+        raise ValueError(f"grade_weighting must be none or recall, got {args.grade_weighting!r}")
+    if args.scale_rewards == "group":
+        raise ValueError("grade_weighting 'recall' needs scale_rewards 'batch' or 'none' (a group's std divides it out)")
+    return recall_weights(prompts["label"], prompts["pass_rate"], args.grade_weight_max)
 
 
 def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step: int = 4, splits: dict | None = None,
@@ -292,6 +307,8 @@ def main(argv=None) -> int:
                     help="exploration temperature of the grade token (SRPOConfig.grade_temperature; needs --name)")
     ap.add_argument("--baseline", choices=["group", "batch"], default=None,
                     help="the outcome advantage's baseline (SRPOConfig.advantage_baseline; needs --name)")
+    ap.add_argument("--grade-weighting", choices=["none", "recall"], default=None,
+                    help="the outcome reward's grade weights (SRPOConfig.grade_weighting; needs --name)")
     ap.add_argument("--min-p", type=float, default=None, help="TRL's min_p for the rollouts (needs --name)")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
     ap.add_argument("--save", action="store_true")
@@ -299,9 +316,10 @@ def main(argv=None) -> int:
     if a.replace_fraction is not None and not (a.method == "agrl" and a.name):
         ap.error("--replace-fraction is an AGRL setting and its run needs its own --name")
     sampling = {k: v for k, v in (("grade_temperature", a.grade_temperature), ("min_p", a.min_p),
-                                  ("advantage_baseline", a.baseline)) if v is not None}
+                                  ("advantage_baseline", a.baseline), ("grade_weighting", a.grade_weighting))
+                if v is not None}
     if sampling and not a.name:
-        ap.error("--grade-temperature, --min-p and --baseline make a variant, and its run needs its own --name")
+        ap.error("--grade-temperature, --min-p, --baseline and --grade-weighting make a variant, and its run needs its own --name")
     sft_info = json.loads((Path(a.sft) / "run.json").read_text())
     profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
     examiner = None

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import pandas as pd
 import torch
 
 from she_lib.labels import get_scale
@@ -323,3 +324,26 @@ def test_vllm_settings_and_batch_split(smoke):
         per_device_rollouts(3, 1, 2)
     with pytest.raises(ValueError, match="unknown RL method"):
         rl_config(smoke, "ppo")
+
+
+def test_recall_weights_and_weighted_reward(smoke):
+    from she_lib.rewards import OutcomeReward, recall_weights
+    from she_lib.rl import outcome_weights
+
+    w = recall_weights(["Exact", "Exact", "Substitute", "Complement", "Irrelevant"], [0.6, 0.4, 0.25, 0.01, 0.1])
+    # means: Exact 0.5, Substitute 0.25, Complement 0.01, Irrelevant 0.1 -> 0.5 / mean, capped at 10
+    assert w == pytest.approx({"Exact": 1.0, "Substitute": 2.0, "Complement": 10.0, "Irrelevant": 5.0})
+    with pytest.raises(ValueError, match="positive"):
+        recall_weights(["Exact"], [0.0])
+    right = "<grade>Irrelevant</grade>"
+    r = OutcomeReward(grade_weights=w)([None] * 3, [right, right, "<grade>Exact</grade>"],
+                                       ["Irrelevant", "Exact", "Exact"])
+    plain = OutcomeReward()([None] * 3, [right, right, "<grade>Exact</grade>"], ["Irrelevant", "Exact", "Exact"])
+    assert [a - b for a, b in zip(r, plain)] == pytest.approx([4.0, 0.0, 0.0])  # only a right Irrelevant moves
+    prompts = pd.DataFrame({"label": ["Exact", "Irrelevant"], "pass_rate": [0.5, 0.1]})
+    args = rl_config(smoke, "grpo", "x", grade_weighting="recall", scale_rewards="batch")
+    assert outcome_weights(args, prompts) == pytest.approx({"Exact": 1.0, "Irrelevant": 5.0})
+    args.scale_rewards = "group"
+    with pytest.raises(ValueError, match="scale_rewards"):
+        outcome_weights(args, prompts)
+    assert outcome_weights(rl_config(smoke, "grpo", "x"), prompts) is None
