@@ -8,7 +8,8 @@
 # the table. Logs: logs/cpu-full_rl_{a,b}.log. Examiner: the offline verifier, plus the GenRM when
 # GENRM=runs/cpu-full/genrm is set (the same for every run). Runs are named <method>_bal[_half|_explore][_s<seed>]
 # (_half: AGRL with half of each flagged group guided, --replace-fraction 0.5; _explore: the grade token sampled over
-# the grades at temperature 2 and the rest with min_p 0.05, she_lib.rollouts.GradeTemperature).
+# the grades at temperature 2 and the rest with min_p 0.05, she_lib.rollouts.GradeTemperature; _recall_explore: that,
+# with the recall-weighted reward of she_lib.rewards.recall_weights and batch-scaled rewards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 TRL_EXPERIMENTAL_SILENCE=1
@@ -17,6 +18,7 @@ WIDE=data_samples/esci_us_wide
 mkdir -p logs
 EXAMINER=(); [ -n "${GENRM:-}" ] && EXAMINER=(--genrm "$GENRM")
 EXPLORE=(--grade-temperature 2 --min-p 0.05)
+RECALL=(--scale-rewards batch --grade-weighting recall "${EXPLORE[@]}")  # recall-weighted reward, grade explored
 name() { [ "$2" = 0 ] && echo "$1_bal${3:-}" || echo "$1_bal${3:-}_s$2"; }
 wide() {  # wide RUN MODE: the run's read-out on the esci_us_wide test split
   $PY -m she_lib.evaluate --run "$1" --profile cpu-full --data "$WIDE" --split test --mode "$2" --save
@@ -37,6 +39,7 @@ p = get_profile('cpu-full'); print(rl_prompts(p, 'runs/cpu-full/sft', curriculum
   $PY -m she_lib.evaluate --run runs/cpu-full/sft --profile cpu-full --mode first_token --save  # the SFT row
   wide runs/cpu-full/sft first_token
   for seed in 0 1 2; do rl grpo "$seed" first_token; rl agrl "$seed" first_token; done
+  for seed in 0 1 2; do rl grpo "$seed" first_token _recall_explore "${RECALL[@]}"; done
   for seed in 0 1 2; do rl grpo "$seed" first_token _explore "${EXPLORE[@]}"; done
   $PY -m she_lib.evaluate --run runs/cpu-full/sft --profile cpu-full --mode generate --save
   for seed in 0 1 2; do rl grpo "$seed" generate; rl agrl "$seed" generate; done
@@ -44,6 +47,7 @@ p = get_profile('cpu-full'); print(rl_prompts(p, 'runs/cpu-full/sft', curriculum
 (
   for seed in 0 1 2; do rl srpo "$seed" first_token; done
   for seed in 0 1 2; do rl agrl "$seed" first_token _half --replace-fraction 0.5; done  # half of a flagged group guided
+  for seed in 0 1 2; do rl srpo "$seed" first_token _recall_explore "${RECALL[@]}"; done
   for seed in 0 1 2; do rl srpo "$seed" first_token _explore "${EXPLORE[@]}"; done
   for seed in 0 1 2; do rl srpo "$seed" generate; done
 ) >> logs/cpu-full_rl_b.log 2>&1 &
