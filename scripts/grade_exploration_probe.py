@@ -17,7 +17,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from she_lib.config import REPO_ROOT, get_profile
-from she_lib.inference import generate, grade_token_ids
+from she_lib.inference import generate
 from she_lib.labels import get_scale
 from she_lib.modeling import load_run
 from she_lib.provenance import command_line, machine
@@ -41,11 +41,10 @@ if __name__ == "__main__":
     tok, rows = policy.tokenizer, df.to_dict("records")
     texts = [tok.apply_chat_template(build_messages(r, scale, prof.order), tokenize=False, add_generation_prompt=True)
              for r in rows]
-    tag = tok("<grade>", add_special_tokens=False).input_ids
     table = {}
     for name, (t_grade, min_p) in SETTINGS.items():
         torch.manual_seed(0)
-        procs = LogitsProcessorList([GradeTemperature(tag, grade_token_ids(tok, scale.words), t_grade)]) if t_grade != 1 else None
+        procs = LogitsProcessorList([GradeTemperature.for_tokenizer(tok, scale.words, t_grade)]) if t_grade != 1 else None
         out = generate(policy.model, tok, texts, batch_size=8, max_new_tokens=a.tokens, do_sample=True,
                        num_return_sequences=a.generations, progress=True, desc=name, min_p=min_p or None,
                        **({"logits_processor": procs} if procs else {}))

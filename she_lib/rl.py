@@ -176,7 +176,7 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
                                                              *(callbacks or [])],
                   rollout_func=rollout_func_for(args, policy.model, scale.words))
     eos = [policy.tokenizer.eos_token_id]  # a rollout cut at the token limit earns 0 (she_lib.rewards.truncated)
-    weights = outcome_weights(args, prompts)
+    weights = outcome_weights(args, prompts, method)
     if method == "grpo" and args.advantage_baseline == "group":
         trainer = SharedPromptGRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos,
                                                                       grade_weights=weights)], **common)
@@ -199,11 +199,14 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
     return run
 
 
-def outcome_weights(args: SRPOConfig, prompts: pd.DataFrame) -> dict | None:
+def outcome_weights(args: SRPOConfig, prompts: pd.DataFrame, method: str = "grpo") -> dict | None:
     """The outcome reward's grade weights of ``args.grade_weighting``: None ("none") or she_lib.rewards.recall_weights
-    of the prompt set's labels and pass rates ("recall"; group-scaled advantages would divide them out)."""
+    of the prompt set's labels and pass rates ("recall"; group-scaled advantages would divide them out). AGRL's rule
+    reward takes no weights: asking for them there is an error, not a setting silently dropped."""
     if args.grade_weighting == "none":
         return None
+    if method == "agrl":
+        raise ValueError("grade_weighting weights the outcome reward of grpo and srpo; agrl's rule reward has none")
     if args.grade_weighting != "recall":
         raise ValueError(f"grade_weighting must be none or recall, got {args.grade_weighting!r}")
     if args.scale_rewards == "group":
@@ -315,11 +318,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.replace_fraction is not None and not (a.method == "agrl" and a.name):
         ap.error("--replace-fraction is an AGRL setting and its run needs its own --name")
-    sampling = {k: v for k, v in (("grade_temperature", a.grade_temperature), ("min_p", a.min_p),
-                                  ("advantage_baseline", a.baseline), ("grade_weighting", a.grade_weighting))
-                if v is not None}
-    if sampling and not a.name:
-        ap.error("--grade-temperature, --min-p, --baseline and --grade-weighting make a variant, and its run needs its own --name")
+    variant = {k: v for k, v in (("grade_temperature", a.grade_temperature), ("min_p", a.min_p),
+                                 ("advantage_baseline", a.baseline), ("grade_weighting", a.grade_weighting))
+               if v is not None}
+    if variant and not a.name:
+        ap.error("--grade-temperature, --min-p, --baseline and --grade-weighting make a variant, and its run needs "
+                 "its own --name")
     sft_info = json.loads((Path(a.sft) / "run.json").read_text())
     profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
     examiner = None
@@ -328,7 +332,7 @@ def main(argv=None) -> int:
     curriculum = curriculum_for(profile, **({"stage_order": a.stage_order} if a.stage_order else {}))
     name = a.name or run_name(a.method, a.seed, curriculum.stage_order, a.scale_rewards)
     args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}),
-                     **({"scale_rewards": a.scale_rewards} if a.scale_rewards else {}), **sampling)
+                     **({"scale_rewards": a.scale_rewards} if a.scale_rewards else {}), **variant)
     replay = AGRLConfig(**({"replace_fraction": a.replace_fraction} if a.replace_fraction is not None else {}))
     run = train_rl(profile, a.method, a.sft, args, curriculum, name=name, examiner=examiner, progress=True,
                    replay=replay)

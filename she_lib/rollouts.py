@@ -20,9 +20,10 @@ Which engine a run uses is ``SRPOConfig.rollout_engine`` (:func:`rollout_func_fo
 
 Exploration of the grade (``SRPOConfig.grade_temperature`` T_g, :class:`GradeTemperature`): the grade word's first
 token is sampled from softmax(z / (T_g T)) over the grade words' first tokens only, instead of softmax(z / T) over
-the vocabulary; every other token as before. A group can only
-reinforce a grade one of its rollouts names; under a weak SFT model the rare grades are seldom named (P(Complement)
-~0.01 at the grade token), so their groups carry no signal and GRPO drifts to the majority grade. The loss still
+the vocabulary; every other token as before. A group can only reinforce a grade one of its rollouts names; under a
+weak SFT model the rare grades are seldom named (P(Complement) ~0.01 at the grade token), so their groups carry no
+signal. (Exploration alone does not stop GRPO's drift to the majority grade; with she_lib.rewards.recall_weights it
+does, docs/results.md.) The loss still
 takes log-probabilities at T: the grade is drawn from a tempered behaviour policy and trained without an importance
 weight, an exploration choice (as top_p and min_p truncation are), not an unbiased estimate.
 """
@@ -73,8 +74,8 @@ class SharedPrefixRollouts:
         unique = [texts[r[0]] for r in runs] if n > 1 else texts
         model = self.policy_copy(trainer)
         t_grade = getattr(trainer.args, "grade_temperature", 1.0)
-        extra = {} if t_grade == 1.0 else {"logits_processor": LogitsProcessorList([GradeTemperature(
-            tok("<grade>", add_special_tokens=False).input_ids, grade_token_ids(tok, self.grade_words), t_grade)])}
+        extra = {} if t_grade == 1.0 else {"logits_processor": LogitsProcessorList([
+            GradeTemperature.for_tokenizer(tok, self.grade_words, t_grade)])}
         out = generate(model, tok, unique, batch_size=len(unique), max_new_tokens=trainer.max_completion_length,
                        do_sample=True, temperature=trainer.temperature, top_p=trainer.top_p,
                        num_return_sequences=n, progress=False, return_ids=True, top_k=trainer.top_k,
@@ -107,6 +108,12 @@ class GradeTemperature(LogitsProcessor):
         if temperature <= 0:
             raise ValueError(f"grade_temperature must be > 0, got {temperature}")
         self.tag, self.grades, self.temperature = torch.tensor(tag_ids), torch.tensor(grade_ids), float(temperature)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, words, temperature: float) -> "GradeTemperature":
+        """The processor for ``tokenizer``'s "<grade>" ids and the first tokens of the grade ``words``."""
+        return cls(tokenizer("<grade>", add_special_tokens=False).input_ids, grade_token_ids(tokenizer, words),
+                   temperature)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         k = len(self.tag)

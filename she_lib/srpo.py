@@ -48,11 +48,11 @@ BASELINES = ("group", "batch")
 def batch_advantages(rewards: torch.Tensor, scale_rewards: str = "batch") -> torch.Tensor:
     """Outcome advantages against the step's whole batch B (every group) instead of each group:
     A_i = (R_i - mean_B R) / (std_B R + 1e-4), std unbiased as TRL's; R_i - mean_B R when ``scale_rewards`` is
-    "none". REINFORCE++'s global baseline, here for a failure of GRPO's group baseline on a weak policy: in a group
-    whose rollouts are all wrong every advantage is ~0, so the grade they all named (the majority grade, under this
-    SFT model) is never pushed down on the prompts where it is wrong, while it is pushed up wherever it is right. With
-    the batch's mean the wrong rollouts of such a group get R - mean_B R < 0. A rollout with a NaN reward (TRL's
-    unscorable) is left out of the statistics and gets 0."""
+    "none". REINFORCE++'s global baseline: in a group whose rollouts are all wrong the group baseline gives every
+    advantage ~0, the batch's mean gives them R - mean_B R < 0. A baseline changes the variance of the update, not its
+    expectation: it did not stop GRPO's drift to the majority grade here (docs/results.md), whose cause is the reward
+    (she_lib.rewards.recall_weights). A rollout with a NaN reward (TRL's unscorable) is left out of the statistics and
+    gets 0."""
     ok = ~torch.isnan(rewards)
     r = rewards[ok]
     adv = torch.zeros_like(rewards)

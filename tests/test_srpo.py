@@ -347,3 +347,6 @@ def test_recall_weights_and_weighted_reward(smoke):
     with pytest.raises(ValueError, match="scale_rewards"):
         outcome_weights(args, prompts)
     assert outcome_weights(rl_config(smoke, "grpo", "x"), prompts) is None
+    args.scale_rewards = "batch"
+    with pytest.raises(ValueError, match="agrl"):
+        outcome_weights(args, prompts, "agrl")
