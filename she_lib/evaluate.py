@@ -33,8 +33,8 @@ from .grade_probe import PROBE_FILE, GradeProbeConfig, evaluate_probe, train_pro
 from .labels import get_scale
 from .lexical import LexicalBaseline, LexicalConfig
 from .metrics import UNPARSED, default_pairs, significance_table
-from .predictions import (MODES, as_trained, method_name, per_query, predict_llm, prediction_cache,
-                          prediction_seconds, read_predictions)
+from .predictions import (MODES, archive_predictions, archived_predictions, as_trained, method_name, per_query,
+                          predict_llm, prediction_cache, prediction_seconds, read_predictions)
 from .prior_correction import evaluate_prior_corrected
 from .results import save_metrics, score, write_summary
 
@@ -152,8 +152,10 @@ def evaluate_lexical(profile: Profile, splits: dict[str, pd.DataFrame], save: bo
     return m
 
 
-def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> dict[str, dict]:
-    """Score a saved run: a lexical model, or a peft adapter / full checkpoint of the profile's base.
+def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES,
+                 archive: str | Path | None = None) -> dict[str, dict]:
+    """Score a saved run: a lexical model, or a peft adapter / full checkpoint of the profile's base; with
+    ``archive`` (a results folder) each LLM read-out's predictions are archived there (predictions.archive_predictions).
     An LLM run is read in the reasoning order and with the prompt (evidence line or not) its ``run.json`` records;
     ``first_token`` reads the grade
     before any reasoning, so a ``steps_first`` run is read by decoding only."""
@@ -181,6 +183,8 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES) -> 
     for mode in modes:
         frame = per_query(df, profile.eval_generate_per_query) if mode == "generate" else df
         preds = predict_llm(model, policy.tokenizer, frame, profile, mode, prediction_cache(run, profile, mode))
+        if archive:
+            archive_predictions(archive, method_name(run.name, mode), preds)
         out[method_name(run.name, mode)] = score(
             frame, preds, profile, split=profile.eval_split, model=str(run), scoring=mode, run=info,
             seconds=prediction_seconds(preds), pairs_per_query=profile.eval_generate_per_query if mode == "generate" else None)
@@ -201,7 +205,8 @@ def evaluate_runs(profile: Profile, df: pd.DataFrame, modes=None, save: bool = T
     """Score every policy run of ``profile`` (see :func:`evaluate_run` for orders and read-outs)."""
     results = {}
     for run in policy_runs(profile):
-        for name, m in evaluate_run(run, profile, df, modes or profile.eval_trained_modes).items():
+        for name, m in evaluate_run(run, profile, df, modes or profile.eval_trained_modes,
+                                    archive=profile.results_dir if save else None).items():
             results[name] = m
             if save:
                 save_metrics(profile.results_dir, name, m)
@@ -223,7 +228,8 @@ def probe_runs(profile: Profile, splits: dict[str, pd.DataFrame], df: pd.DataFra
 def report_run(run: Path, profile: Profile, modes, save: bool = False) -> dict[str, dict]:
     """Score ``run`` on the profile's evaluation split, print the headline figures, optionally save them
     (``metrics.json``, then ``summary.md`` and the confusion figure): what the training CLIs call."""
-    results = evaluate_run(run, profile, eval_frame(profile, load_splits(profile)), modes)
+    results = evaluate_run(run, profile, eval_frame(profile, load_splits(profile)), modes,
+                           archive=profile.results_dir if save else None)
     for method, m in results.items():
         print(method, {k: m[k] for k in ("accuracy", "macro_f1", "macro_f1_ci", "parse_failure_rate")})
         if save:
@@ -234,12 +240,13 @@ def report_run(run: Path, profile: Profile, modes, save: bool = False) -> dict[s
 
 
 # ------------------------------------------------------------------------------ saved predictions
-def prediction_files(profile: Profile, runs_dir: str | Path | None = None) -> dict[str, Path]:
+def prediction_files(profile: Profile, runs_dir: str | Path | None = None, archived: bool = False) -> dict[str, Path]:
     """method -> its existing prediction cache on the eval split: lexical, zero-shot and every policy run, each
     read-out (a run in its own reasoning order), and CumPT (``<base>_cumpt``), the prior-corrected read-out
     (``<base>_prior``) and the grade probe (``<base>_probe``) where they were written. ``runs_dir``: where the
     zero-shot and policy runs are (default the profile's; an external set's profile, evaluate.external_set, keeps
-    only its lexical run in its own)."""
+    only its lexical run in its own). ``archived``: also the read-outs archived in the profile's results folder
+    (predictions.archived_predictions) whose run cache is not here, e.g. runs trained in another checkout."""
     zs = profile.replace(eval_max_new_tokens=profile.zero_shot_max_new_tokens)
     runs = Path(runs_dir or profile.runs_dir)
     files = {"lexical": Path(profile.runs_dir) / "lexical" / f"predictions_{profile.eval_split}.jsonl"}
@@ -251,16 +258,17 @@ def prediction_files(profile: Profile, runs_dir: str | Path | None = None) -> di
         files[f"{folder.name}_prior"] = prediction_cache(folder, prof, "prior")
         files[f"{folder.name}_probe"] = prediction_cache(folder, prof, "probe")
         files[f"{folder.name}_tune"] = prediction_cache(folder, prof, "tune")
-    return {k: v for k, v in files.items() if v is not None and v.exists()}
+    files = {k: v for k, v in files.items() if v is not None and v.exists()}
+    return {**archived_predictions(profile.results_dir), **files} if archived else files
 
 
 def load_predictions(profile: Profile, df: pd.DataFrame, column: str = "pred",
-                     runs_dir: str | Path | None = None) -> pd.DataFrame:
+                     runs_dir: str | Path | None = None, archived: bool = False) -> pd.DataFrame:
     """``df`` (example_id, query, label, ...) plus one column per method of :func:`prediction_files` (``runs_dir``
-    as there) holding its ``column`` (the grade: UNPARSED where the answer had none; NaN where the method has no
+    and ``archived`` as there) holding its ``column`` (the grade: UNPARSED where the answer had none; NaN where the method has no
     prediction, e.g. a decoded read-out of k pairs per query)."""
     out = df.copy()
-    for name, path in prediction_files(profile, runs_dir).items():
+    for name, path in prediction_files(profile, runs_dir, archived).items():
         p = read_predictions(path)
         if column in p.columns:
             have = out["example_id"].isin(p.index)
@@ -354,7 +362,7 @@ def main(argv=None) -> int:
     elif args.baseline == "lexical":
         results = {"lexical": evaluate_lexical(profile, splits, save=args.save)}
     else:
-        results = evaluate_run(Path(args.run), profile, df, modes)
+        results = evaluate_run(Path(args.run), profile, df, modes, archive=profile.results_dir if args.save else None)
         for name, m in results.items() if args.save else ():
             save_metrics(profile.results_dir, name, m)
     if args.save:

@@ -7,7 +7,10 @@ Two read-outs of an LLM's grade:
   the prediction is their argmax.
 
 Predictions are appended to a JSON-lines cache chunk by chunk (:func:`prediction_cache` names it after every
-setting the predictions depend on), so an interrupted read-out resumes where it stopped.
+setting the predictions depend on), so an interrupted read-out resumes where it stopped. The caches live in the
+run folder, outside git; a saved read-out is also archived beside its metrics (:func:`archive_predictions`:
+``<results>/predictions/<method>.jsonl.gz``, the grade and its probabilities per pair), so the paired tests over
+queries can be redone from a clone that has the results but not the runs.
 """
 from __future__ import annotations
 
@@ -107,6 +110,28 @@ def prediction_cache(folder: str | Path, profile: Profile, mode: str) -> Path | 
 def method_name(base: str, mode: str) -> str:
     """Method names in metrics.json: ``base`` decodes, ``base_first_token`` scores the first token."""
     return base if mode == "generate" else f"{base}_first_token"
+
+
+ARCHIVED = ("example_id", "pred", "well_formed")  # and every p_<grade>: what a paired test or a grade shift reads
+
+
+def archive_path(results_dir: str | Path, method: str) -> Path:
+    return Path(results_dir) / "predictions" / f"{method}.jsonl.gz"
+
+
+def archive_predictions(results_dir: str | Path, method: str, preds: pd.DataFrame) -> Path:
+    """Write ``preds``' columns of :data:`ARCHIVED` and ``p_*`` (not the completions) to
+    ``results_dir/predictions/<method>.jsonl.gz``, replacing an earlier archive of the method."""
+    path = archive_path(results_dir, method)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keep = [c for c in preds.columns if c in ARCHIVED or c.startswith("p_")]
+    preds[keep].to_json(path, orient="records", lines=True, compression="gzip")
+    return path
+
+
+def archived_predictions(results_dir: str | Path) -> dict[str, Path]:
+    """method -> its archived read-out in ``results_dir/predictions/``."""
+    return {p.name[: -len(".jsonl.gz")]: p for p in sorted((Path(results_dir) / "predictions").glob("*.jsonl.gz"))}
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:

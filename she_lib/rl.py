@@ -29,7 +29,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from . import runs
-from .agrl import AdaptiveReplay, AGRLConfig
+from .agrl import HINTS, AdaptiveReplay, AGRLConfig
 from .config import Profile, get_profile, stage_budget
 from .curriculum import CurriculumConfig, build_rl_prompts, save_report
 from .data import load_splits
@@ -42,7 +42,7 @@ from .modeling import load_run
 from .predictions import predict_llm
 from .prompt_sharing import SharedPromptGRPOTrainer
 from .rewards import OutcomeReward, recall_weights
-from .rl_report import run_name
+from .rl_report import reward_tail, run_name
 from .rollouts import rollout_func_for
 from .rules import RuleReward, RuleRewardConfig
 from .sampling import cache_covers, sample_cache, sample_rationales, samples_dir
@@ -193,9 +193,11 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
         (run / "rollouts.jsonl").unlink()  # a fresh start: the log of an earlier attempt is stale
     runs.fit(trainer, run, last, meter, profile, key, kind=method, order=profile.order, init_adapter=init,
              data=report, processes=world_size())
-    if method == "agrl" and is_main_process():  # how often replay fired and whether those prompts recovered
-        info = json.loads((run / "run.json").read_text())
-        (run / "run.json").write_text(json.dumps({**info, "replay": trainer.replay.report()}, indent=2))
+    if is_main_process():  # kept in run.json, so in the read-outs' metrics entries when runs/ is gone
+        info = {**json.loads((run / "run.json").read_text()), "final_reward": reward_tail(run)}
+        if method == "agrl":  # how often replay fired and whether those prompts recovered
+            info["replay"] = trainer.replay.report()
+        (run / "run.json").write_text(json.dumps(info, indent=2))
     return run
 
 
@@ -306,6 +308,9 @@ def main(argv=None) -> int:
                          "<method>[_bal]_<scale>")
     ap.add_argument("--replace-fraction", type=float, default=None,
                     help="AGRL: share of a flagged group's rollouts generated with the hint (AGRLConfig; needs --name)")
+    ap.add_argument("--hint", choices=HINTS, default=None,
+                    help="AGRL: what a guided rollout is told (AGRLConfig.hint: the gold grade, or it and the accepted "
+                         "step verdicts; needs --name)")
     ap.add_argument("--grade-temperature", type=float, default=None,
                     help="exploration temperature of the grade token (SRPOConfig.grade_temperature; needs --name)")
     ap.add_argument("--baseline", choices=["group", "batch"], default=None,
@@ -313,17 +318,20 @@ def main(argv=None) -> int:
     ap.add_argument("--grade-weighting", choices=["none", "recall"], default=None,
                     help="the outcome reward's grade weights (SRPOConfig.grade_weighting; needs --name)")
     ap.add_argument("--min-p", type=float, default=None, help="TRL's min_p for the rollouts (needs --name)")
+    ap.add_argument("--learning-rate", type=float, default=None, help="the RL learning rate (needs --name)")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
     ap.add_argument("--save", action="store_true")
     a = ap.parse_args(argv)
-    if a.replace_fraction is not None and not (a.method == "agrl" and a.name):
-        ap.error("--replace-fraction is an AGRL setting and its run needs its own --name")
+    replay = {k: v for k, v in (("replace_fraction", a.replace_fraction), ("hint", a.hint)) if v is not None}
+    if replay and not (a.method == "agrl" and a.name):
+        ap.error("--replace-fraction and --hint are AGRL settings and their run needs its own --name")
     variant = {k: v for k, v in (("grade_temperature", a.grade_temperature), ("min_p", a.min_p),
-                                 ("advantage_baseline", a.baseline), ("grade_weighting", a.grade_weighting))
+                                 ("advantage_baseline", a.baseline), ("grade_weighting", a.grade_weighting),
+                                 ("learning_rate", a.learning_rate))
                if v is not None}
     if variant and not a.name:
-        ap.error("--grade-temperature, --min-p, --baseline and --grade-weighting make a variant, and its run needs "
-                 "its own --name")
+        ap.error("--grade-temperature, --min-p, --baseline, --grade-weighting and --learning-rate make a variant, "
+                 "and its run needs its own --name")
     sft_info = json.loads((Path(a.sft) / "run.json").read_text())
     profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
     examiner = None
@@ -333,9 +341,8 @@ def main(argv=None) -> int:
     name = a.name or run_name(a.method, a.seed, curriculum.stage_order, a.scale_rewards)
     args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}),
                      **({"scale_rewards": a.scale_rewards} if a.scale_rewards else {}), **variant)
-    replay = AGRLConfig(**({"replace_fraction": a.replace_fraction} if a.replace_fraction is not None else {}))
     run = train_rl(profile, a.method, a.sft, args, curriculum, name=name, examiner=examiner, progress=True,
-                   replay=replay)
+                   replay=AGRLConfig(**replay))
     if not is_main_process():
         return 0
     info = json.loads((run / "run.json").read_text())

@@ -70,8 +70,17 @@ def plot_training(runs: dict[str, str | Path], path: str | Path | None = None):
 
 
 def reward_tail(run: str | Path, tail: int = 5) -> float:
+    """The mean reward of a run's last ``tail`` logged steps (NaN without any)."""
     log = training_log(run)
     return float(log["reward"].tail(tail).mean()) if "reward" in log and len(log) else float("nan")
+
+
+def final_reward(run: Path, entry: dict, tail: int = 5) -> float | None:
+    """:func:`reward_tail` of the run folder where it is here, else the ``final_reward`` its run.json recorded at the
+    end of training (kept in the metrics ``entry``; None for runs older than that field)."""
+    if (run / "train_log.json").exists():
+        return reward_tail(run, tail)
+    return (entry.get("run") or {}).get("final_reward")
 
 
 def rl_table(metrics: dict, runs_dir: str | Path, methods=("sft", "dpo", "grpo", "srpo", "agrl"),
@@ -91,9 +100,9 @@ def rl_table(metrics: dict, runs_dir: str | Path, methods=("sft", "dpo", "grpo",
         ms = [metrics[k] for _, k in entries]
         acc, f1 = np.array([m["accuracy"] for m in ms]), np.array([m["macro_f1"] for m in ms])
         first = ms[0]
-        rewards = [reward_tail(Path(runs_dir) / key.replace("_first_token", ""), tail) for _, key in entries
-                   if (Path(runs_dir) / key.replace("_first_token", "") / "train_log.json").exists()]
-        rewards = [r for r in rewards if not np.isnan(r)]
+        rewards = [final_reward(Path(runs_dir) / key.replace("_first_token", ""), metrics[key], tail)
+                   for _, key in entries]
+        rewards = [r for r in rewards if r is not None and not np.isnan(r)]
         ci = first.get("macro_f1_ci")
         rows.append({
             "method": method, "read-out": read, "seeds": len(ms), "pairs": first.get("n_examples"),
@@ -125,8 +134,8 @@ def grade_shift(profile, runs=("sft", "dpo")) -> pd.DataFrame:
     position and the share of pairs whose argmax is each grade, from the cached read-outs
     (she_lib.evaluate.prediction_files). ``runs`` are always listed first, then every finished RL run. A collapse
     onto one grade shows as its share going to 1."""
-    words, files = get_scale(profile.grade_scale).words, prediction_files(profile)
-    names = list(runs) + [n for n in finished_rl_runs(profile.runs_dir) if n not in runs]
+    words, files = get_scale(profile.grade_scale).words, prediction_files(profile, archived=True)
+    names = list(runs) + [n for n in rl_runs_read(files) if n not in runs]
     rows = {}
     for name in names:
         if f"{name}_first_token" in files:
@@ -142,11 +151,12 @@ def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = N
     """Paired bootstrap over test queries (she_lib.metrics.significance_table) of the first-token read-outs of
     ``test``: every finished RL run against ``sft``, and every SRPO / AGRL run against its GRPO partner (same variant
     and seed) or, where that was not trained, against ``baseline`` (the table's GRPO, seed 0). ``runs_dir`` holds the
-    runs when ``profile`` is an external set's (she_lib.evaluate.external_set)."""
+    runs when ``profile`` is an external set's (she_lib.evaluate.external_set). Read-outs archived in the results
+    folder count as well as the runs' own caches (evaluate.prediction_files)."""
     runs_dir = runs_dir or profile.runs_dir
-    preds = load_predictions(profile, test, runs_dir=runs_dir)
+    preds = load_predictions(profile, test, runs_dir=runs_dir, archived=True)
     have = {c[: -len("_first_token")] for c in preds.columns if c.endswith("_first_token")}
-    runs = [n for n in finished_rl_runs(runs_dir) if n in have]
+    runs = [n for n in rl_runs_read(have) if n in have]
     pairs = [(n, "sft") for n in runs if "sft" in have]
     for n in runs:
         m = parse_method(n)
@@ -157,6 +167,15 @@ def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = N
     pairs = [(f"{a}_first_token", f"{b}_first_token") for a, b in pairs]
     return significance_table(preds, pairs, get_scale(profile.grade_scale).words, profile.bootstrap_samples,
                               profile.seed)
+
+
+def rl_runs_read(methods, families=("grpo", "srpo", "agrl")) -> list[str]:
+    """The RL runs among ``methods`` (metrics or prediction names; a ``_first_token`` suffix is dropped), by family,
+    then variant and seed."""
+    names = {m[: -len("_first_token")] if m.endswith("_first_token") else m for m in methods}
+    parsed = [(n, parse_method(n)) for n in names]
+    return [n for n, m in sorted(((n, m) for n, m in parsed if m and m["family"] in families and not m["readout"]),
+                                 key=lambda nm: (families.index(nm[1]["family"]), nm[1]["variant"], nm[1]["seed"]))]
 
 
 def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> dict[str, Path]:

@@ -9,7 +9,7 @@ import pytest
 
 from she_lib.data import load_splits
 from she_lib.evaluate import main
-from she_lib.predictions import predict_llm
+from she_lib.predictions import predict_llm, read_predictions
 from she_lib.results import save_metrics, score
 
 
@@ -206,8 +206,11 @@ def test_steps_first_runs_are_read_by_decoding_only(tmp_path, smoke, monkeypatch
     monkeypatch.setattr(evaluate, "predict_llm", lambda m, t, df, p, mode, cache: seen.append((p.order, mode)) or
                         pd.DataFrame({"example_id": df["example_id"], "pred": "Exact"}))
     df = pd.DataFrame({"example_id": ["1", "2"], "label": ["Exact", "Irrelevant"], "query": ["q", "r"]})
-    out = evaluate.evaluate_run(run, smoke, df, modes=("generate", "first_token"))
+    out = evaluate.evaluate_run(run, smoke, df, modes=("generate", "first_token"), archive=tmp_path / "results")
     assert seen == [("steps_first", "generate")] and list(out) == ["sft_steps_first"]
+    # with a results folder the read-out is archived under the method's name (predictions.archive_predictions)
+    assert list(read_predictions(tmp_path / "results" / "predictions" / "sft_steps_first.jsonl.gz")["pred"]) == [
+        "Exact", "Exact"]
 
 
 def test_prediction_seconds_survive_the_cache(tiny_policy, tmp_path):

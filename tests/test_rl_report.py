@@ -105,7 +105,8 @@ def test_grade_shift_from_first_token_caches(tmp_path):
             "".join(json.dumps(r) + "\n" for r in rows))
     from she_lib.config import get_profile
 
-    t = grade_shift(get_profile("smoke", runs_dir=str(tmp_path)), runs=("sft", "dpo"))
+    t = grade_shift(get_profile("smoke", runs_dir=str(tmp_path), results_dir=str(tmp_path / "results")),
+                    runs=("sft", "dpo"))
     assert list(t.index) == ["sft", "grpo"]  # dpo has no cache; RL runs follow
     assert t.loc["sft", "mean P(Exact)"] == pytest.approx(0.4) and t.loc["sft", "argmax Exact"] == 0.5
     assert t.loc["grpo", "mean P(Exact)"] == pytest.approx(0.85) and t.loc["grpo", "argmax Exact"] == 1.0
@@ -132,7 +133,7 @@ def test_rl_significance_pairs_and_differences(tmp_path, splits):
                 for e, g in zip(test["example_id"], pred)]
         (tmp_path / name / "predictions_test_first_token_grade_first.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in rows))
-    sig = rl_significance(get_profile("smoke", runs_dir=str(tmp_path)), test)
+    sig = rl_significance(get_profile("smoke", runs_dir=str(tmp_path), results_dir=str(tmp_path / "results")), test)
     pairs = list(zip(sig["A"].str.replace("_first_token", ""), sig["B"].str.replace("_first_token", "")))
     assert pairs == [("grpo_bal", "sft"), ("agrl_bal", "sft"), ("agrl_bal_s1", "sft"), ("agrl_bal", "grpo_bal"),
                      ("agrl_bal_s1", "grpo_bal")]  # no grpo_bal_s1: the table's GRPO (seed 0) stands in
@@ -141,3 +142,58 @@ def test_rl_significance_pairs_and_differences(tmp_path, splits):
     exact = f1["agrl_bal"] - f1["grpo_bal"]  # a grade absent from both truth and predictions scores 0
     assert row["macro_f1 A-B"] == round(exact, 3) and row["pairs"] == len(test)
     assert sig.set_index(["A", "B"]).loc[("agrl_bal_first_token", "sft_first_token"), "macro_f1 A-B"] == 0
+
+
+def test_archived_read_outs_stand_in_for_missing_runs(tmp_path, splits):
+    """A clone with results/ but no runs/: the paired tests and the grade shift read the archived predictions
+    (results/predictions/<method>.jsonl.gz); a run's own cache wins over its archive."""
+    import pandas as pd
+
+    from she_lib.config import get_profile
+    from she_lib.evaluate import prediction_files
+    from she_lib.predictions import archive_predictions, archived_predictions, read_predictions
+    from she_lib.rl_report import grade_shift, rl_runs_read, rl_significance
+
+    test, words = splits["test"], ["Exact", "Substitute", "Complement", "Irrelevant"]
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    prof = get_profile("smoke", runs_dir=str(runs), results_dir=str(results))
+    frame = lambda pred: pd.DataFrame({"example_id": test["example_id"], "pred": pred, "completion": "x",  # noqa: E731
+                                       **{f"p_{w}": [float(w == g) for g in pred] for w in words}})
+    archive_predictions(results, "sft_first_token", frame(list(test["label"])))
+    archive_predictions(results, "grpo_bal_first_token", frame(["Exact"] * len(test)))
+    archive_predictions(results, "srpo_bal_first_token", frame(list(test["label"])))
+    path = archived_predictions(results)["srpo_bal_first_token"]
+    assert path.name == "srpo_bal_first_token.jsonl.gz"
+    back = read_predictions(path)  # the completion is not archived; grades and probabilities are
+    assert "completion" not in back and list(back["pred"]) == list(test["label"]) and "p_Exact" in back
+    assert prediction_files(prof) == {} and set(prediction_files(prof, archived=True)) == {
+        "sft_first_token", "grpo_bal_first_token", "srpo_bal_first_token"}
+    sig = rl_significance(prof, test)
+    pairs = list(zip(sig["A"].str.replace("_first_token", ""), sig["B"].str.replace("_first_token", "")))
+    assert pairs == [("grpo_bal", "sft"), ("srpo_bal", "sft"), ("srpo_bal", "grpo_bal")]
+    assert sig.set_index(["A", "B"]).loc[("grpo_bal_first_token", "sft_first_token"), "accuracy A-B"] < 0
+    assert list(grade_shift(prof, runs=("sft",)).index) == ["sft", "grpo_bal", "srpo_bal"]
+    # the run's own cache, where the run is here, is read instead of the archive
+    (runs / "sft").mkdir(parents=True)
+    (runs / "sft" / "run.json").write_text(json.dumps({"kind": "sft", "finished": True}))
+    (runs / "sft" / "adapter_config.json").write_text("{}")
+    frame(["Irrelevant"] * len(test)).to_json(runs / "sft" / "predictions_test_first_token_grade_first.jsonl",
+                                              orient="records", lines=True)
+    assert prediction_files(prof, archived=True)["sft_first_token"].parent == runs / "sft"
+    assert rl_runs_read(["agrl_bal_s1_first_token", "srpo_bal", "grpo_bal_s2", "grpo_bal", "sft_first_token",
+                         "grpo_bal_cumpt", "lexical"]) == ["grpo_bal", "grpo_bal_s2", "srpo_bal", "agrl_bal_s1"]
+
+
+def test_final_reward_from_the_run_or_its_metrics_entry(tmp_path):
+    """The table's final reward: the run's training log where the run is here, else the value its run.json kept."""
+    from she_lib.rl_report import final_reward
+
+    (tmp_path / "grpo").mkdir()
+    log = [{"loss": 0.0, "step": i + 1, "reward": r} for i, r in enumerate([0.1, 0.2, 0.6])]
+    (tmp_path / "grpo" / "train_log.json").write_text(json.dumps(log))
+    entry = {"run": {"final_reward": 0.9}}
+    assert final_reward(tmp_path / "grpo", entry, tail=2) == pytest.approx(0.4)  # (0.2 + 0.6) / 2: the log wins
+    assert final_reward(tmp_path / "gone", entry) == 0.9 and final_reward(tmp_path / "gone", {"run": {}}) is None
+    m = {"accuracy": 0.5, "macro_f1": 0.4, "n_examples": 10, "run": {"final_reward": 0.25}}
+    t = rl_table({"srpo_first_token": m, "srpo_s1_first_token": {**m, "run": {"final_reward": 0.75}}}, tmp_path)
+    assert t.loc[0, "final reward (seed std)"] == "0.500 (0.354)"  # mean 0.5, sample std of (0.25, 0.75)

@@ -297,7 +297,12 @@ def test_rl_cli_refuses_an_unnamed_replay_variant():
         main(["--method", "agrl", "--profile", "smoke", "--sft", "none", "--replace-fraction", "0.5"])
     with pytest.raises(SystemExit):
         main(["--method", "grpo", "--profile", "smoke", "--sft", "none", "--replace-fraction", "0.5", "--name", "x"])
-    for flag in ("--grade-temperature", "--min-p"):  # a sampling variant too
+    for args in (["--hint", "grade"], ["--hint", "grade", "--method", "grpo", "--name", "x"]):  # the hint likewise
+        with pytest.raises(SystemExit):
+            main(["--method", "agrl", "--profile", "smoke", "--sft", "none", *args])
+    with pytest.raises(SystemExit):  # an unknown hint is argparse's error, not a crash in the trainer
+        main(["--method", "agrl", "--profile", "smoke", "--sft", "none", "--hint", "label", "--name", "x"])
+    for flag in ("--grade-temperature", "--min-p", "--learning-rate"):  # a sampling or optimiser variant too
         with pytest.raises(SystemExit):
             main(["--method", "grpo", "--profile", "smoke", "--sft", "none", flag, "2"])
 
