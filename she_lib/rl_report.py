@@ -193,7 +193,7 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
     """What notebook 04 writes, from runs already trained (nothing is run): ``figures/04_rl_training.png``,
     ``rl_table.md`` (:func:`rl_table` over ``metrics.json``) and ``rl_significance.md`` (:func:`rl_significance`),
     both also in the results folder of each extra test split (``esci_us_wide_test/``) where it was scored,
-    ``rl_replay.json`` (AGRL's replay counts) and
+    ``rl_replay.json`` (AGRL's replay counts, from the runs here and the metrics entries of runs gone) and
     ``rl_grade_shift.md`` (:func:`grade_shift`)."""
     import matplotlib.pyplot as plt
 
@@ -203,8 +203,10 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
     if runs:
         (results / "figures").mkdir(parents=True, exist_ok=True)
         plt.close(plot_training(runs, results / "figures" / "04_rl_training.png"))
-    replay = {n: json.loads((Path(r) / "run.json").read_text()).get("replay") for n, r in runs.items()}
-    (results / "rl_replay.json").write_text(json.dumps({n: r for n, r in replay.items() if r}, indent=2))
+    saved = json.loads((results / "metrics.json").read_text()) if (results / "metrics.json").exists() else {}
+    replay = {**recorded_replay(saved),  # runs no longer here, from their read-outs' entries; then the runs here
+              **{n: json.loads((Path(r) / "run.json").read_text()).get("replay") for n, r in runs.items()}}
+    (results / "rl_replay.json").write_text(json.dumps({n: r for n, r in sorted(replay.items()) if r}, indent=2))
     # each extra test split where it was scored: the profile's extra_eval_dirs, else esci_us_wide's (which
     # scripts/cpu_full_rl.sh scores with --data)
     for folder in profile.extra_eval_dirs or (str(REPO_ROOT / "data_samples" / "esci_us_wide"),):
@@ -220,11 +222,23 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
     return table
 
 
+def recorded_replay(metrics: dict) -> dict[str, dict]:
+    """``{run: AGRL replay counts}`` from the run.json that each read-out's metrics entry keeps (``run.replay``)."""
+    out = {}
+    for key, entry in metrics.items():
+        m = parse_method(key)
+        if m and m["readout"] in ("", "_first_token") and (entry.get("run") or {}).get("replay"):
+            out[method_key(m["family"], m["variant"], m["seed"])] = entry["run"]["replay"]
+    return out
+
+
 def _write_significance(profile, test: pd.DataFrame, runs_dir=None) -> None:
     sig = rl_significance(profile, test, runs_dir)
     (Path(profile.results_dir) / "rl_significance.md").write_text(
         "First-token read-outs; paired bootstrap over test queries (same resample for both), A - B, p two-sided "
-        f"({profile.bootstrap_samples} resamples; she_lib.rl_report.rl_significance).\n\n"
+        f"({profile.bootstrap_samples} resamples; she_lib.rl_report.rl_significance). Only runs whose predictions are "
+        "here (their run folder, or archived in predictions/) are tested; earlier pairs are in this file's git "
+        "history and docs/results.md.\n\n"
         + (sig.to_markdown(index=False) if len(sig) else "(no pairs)") + "\n")
 
 

@@ -62,14 +62,17 @@ def test_write_report_from_finished_runs(tmp_path):
     assert list(finished_rl_runs(runs)) == ["grpo", "srpo", "srpo_s1", "agrl"]
     results.mkdir()
     m = {"accuracy": 0.5, "macro_f1": 0.4, "macro_f1_ci": [0.3, 0.5], "n_examples": 10}
-    (results / "metrics.json").write_text(json.dumps({"grpo": m, "srpo_first_token": m, "lexical": m}))
+    gone = {**m, "run": {"replay": {"fired": 5, "recovered": 2}}}  # a run trained elsewhere: its entry keeps replay
+    (results / "metrics.json").write_text(json.dumps({"grpo": m, "srpo_first_token": m, "lexical": m,
+                                                      "agrl_bal_s1_first_token": gone}))
     (results / "esci_us_wide_test").mkdir()  # the wide test split's scores get a table of their own
     (results / "esci_us_wide_test" / "metrics.json").write_text(json.dumps({"agrl_first_token": m}))
     from she_lib.config import REPO_ROOT
 
     table = write_report(get_profile("smoke", runs_dir=str(runs), results_dir=str(results),
                                      extra_eval_dirs=(str(REPO_ROOT / "data_samples" / "esci_us_wide"),)))
-    assert list(zip(table["method"], table["read-out"])) == [("grpo", "decoded"), ("srpo", "first token")]
+    assert list(zip(table["method"], table["read-out"])) == [("grpo", "decoded"), ("srpo", "first token"),
+                                                             ("agrl_bal", "first token")]
     wide = (results / "esci_us_wide_test" / "rl_table.md").read_text()
     assert "| agrl " in wide and "| grpo " not in wide
     assert "(no pairs)" in (results / "esci_us_wide_test" / "rl_significance.md").read_text()  # no read-outs cached
@@ -86,7 +89,8 @@ def test_write_report_from_finished_runs(tmp_path):
     assert colours[0]["agrl"] == colours[2]["agrl"] != colours[0]["grpo"] and "grpo" not in colours[2]
     plt.close(fig)
     assert "| grpo " in (results / "rl_table.md").read_text()
-    assert json.loads((results / "rl_replay.json").read_text()) == {"agrl": {"fired": 3, "recovered": 1}}
+    assert json.loads((results / "rl_replay.json").read_text()) == {"agrl": {"fired": 3, "recovered": 1},
+                                                                    "agrl_bal_s1": {"fired": 5, "recovered": 2}}
     assert not (results / "rl_grade_shift.md").exists()  # no first-token read-out cached
 
 
