@@ -41,7 +41,7 @@ from .labels import get_scale
 from .modeling import load_run
 from .predictions import predict_llm
 from .prompt_sharing import SharedPromptGRPOTrainer
-from .rewards import OutcomeReward, recall_weights
+from .rewards import OnlineRecallWeights, OutcomeReward, recall_weights
 from .rl_report import reward_tail, run_name
 from .rollouts import rollout_func_for
 from .rules import RuleReward, RuleRewardConfig
@@ -202,17 +202,22 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
 
 
 def outcome_weights(args: SRPOConfig, prompts: pd.DataFrame, method: str = "grpo") -> dict | None:
-    """The outcome reward's grade weights of ``args.grade_weighting``: None ("none") or she_lib.rewards.recall_weights
-    of the prompt set's labels and pass rates ("recall"; group-scaled advantages would divide them out). AGRL's rule
-    reward takes no weights: asking for them there is an error, not a setting silently dropped."""
+    """The outcome reward's grade weights of ``args.grade_weighting``: None ("none"), she_lib.rewards.recall_weights
+    of the prompt set's labels and pass rates ("recall"), or she_lib.rewards.OnlineRecallWeights starting there
+    ("recall_online"); group-scaled advantages would divide them out. AGRL's rule reward takes no weights: asking for
+    them there is an error, not a setting silently dropped."""
     if args.grade_weighting == "none":
         return None
     if method == "agrl":
         raise ValueError("grade_weighting weights the outcome reward of grpo and srpo; agrl's rule reward has none")
-    if args.grade_weighting != "recall":
-        raise ValueError(f"grade_weighting must be none or recall, got {args.grade_weighting!r}")
+    if args.grade_weighting not in ("recall", "recall_online"):
+        raise ValueError(f"grade_weighting must be none, recall or recall_online, got {args.grade_weighting!r}")
     if args.scale_rewards == "group":
-        raise ValueError("grade_weighting 'recall' needs scale_rewards 'batch' or 'none' (a group's std divides it out)")
+        raise ValueError(f"grade_weighting {args.grade_weighting!r} needs scale_rewards 'batch' or 'none' (a group's "
+                         "std divides it out)")
+    if args.grade_weighting == "recall_online":
+        return OnlineRecallWeights(prompts["label"], prompts["pass_rate"], args.grade_weight_max,
+                                   args.grade_weight_momentum)
     return recall_weights(prompts["label"], prompts["pass_rate"], args.grade_weight_max)
 
 
@@ -315,7 +320,7 @@ def main(argv=None) -> int:
                     help="exploration temperature of the grade token (SRPOConfig.grade_temperature; needs --name)")
     ap.add_argument("--baseline", choices=["group", "batch"], default=None,
                     help="the outcome advantage's baseline (SRPOConfig.advantage_baseline; needs --name)")
-    ap.add_argument("--grade-weighting", choices=["none", "recall"], default=None,
+    ap.add_argument("--grade-weighting", choices=["none", "recall", "recall_online"], default=None,
                     help="the outcome reward's grade weights (SRPOConfig.grade_weighting; needs --name)")
     ap.add_argument("--min-p", type=float, default=None, help="TRL's min_p for the rollouts (needs --name)")
     ap.add_argument("--learning-rate", type=float, default=None, help="the RL learning rate (needs --name)")

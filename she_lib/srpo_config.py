@@ -17,10 +17,14 @@ class SRPOConfig(GRPOConfig):
     decision_credit: bool = field(default=True, metadata={"help": "the <grade> tokens get the mean step value D_i"})
     advantage_baseline: str = field(default="group", metadata={"help": "'group' (TRL's: R minus its group's mean) "
                                                               "or 'batch' (the step's whole batch; srpo.batch_advantages)"})
-    grade_weighting: str = field(default="none", metadata={"help": "'none' or 'recall' (the grade reward weighted "
-                                                               "by rewards.recall_weights; needs scale_rewards "
-                                                               "batch or none)"})
+    grade_weighting: str = field(default="none", metadata={"help": "'none', 'recall' (the grade reward weighted "
+                                                               "by rewards.recall_weights of the SFT model) or "
+                                                               "'recall_online' (rewards.OnlineRecallWeights, kept "
+                                                               "at the current policy); needs scale_rewards batch "
+                                                               "or none"})
     grade_weight_max: float = field(default=10.0, metadata={"help": "cap of a recall weight"})
+    grade_weight_momentum: float = field(default=0.8, metadata={"help": "'recall_online': the moving average's "
+                                                                "momentum m over batches"})
     advantage_clip: float | None = field(default=None, metadata={"help": "clamp token advantages to +-clip"})
     share_prompt_prefix: bool = field(default=True, metadata={"help": "run each group's prompt once in the loss "
                                                                "(she_lib.prompt_sharing; speed only)"})

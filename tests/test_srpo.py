@@ -355,3 +355,36 @@ def test_recall_weights_and_weighted_reward(smoke):
     args.scale_rewards = "batch"
     with pytest.raises(ValueError, match="agrl"):
         outcome_weights(args, prompts, "agrl")
+
+
+def test_online_recall_weights_follow_the_rollouts(smoke):
+    """OnlineRecallWeights: r_g <- m r_g + (1 - m) acc_g after each call, w_g = min(cap, max_c r_c / r_g); a batch is
+    weighted by the estimate from before it (hand-computed)."""
+    from she_lib.rewards import OnlineRecallWeights, OutcomeReward
+    from she_lib.rl import outcome_weights
+
+    online = OnlineRecallWeights(["Exact", "Exact", "Irrelevant"], [0.6, 0.4, 0.1], max_weight=10.0, momentum=0.5)
+    assert online.weights() == pytest.approx({"Exact": 1.0, "Irrelevant": 5.0})  # 0.5 / 0.1 at the start
+    reward = OutcomeReward(grade_weights=online, format_weight=0.0)
+    irr, exact = "<grade>Irrelevant</grade>", "<grade>Exact</grade>"
+    # batch 1: Irrelevant prompts answered right 2 of 2, Exact prompts 0 of 2 (both say Irrelevant)
+    r = reward([None] * 4, [irr, irr, irr, irr], ["Irrelevant", "Irrelevant", "Exact", "Exact"])
+    assert r == pytest.approx([5.0, 5.0, 0.0, 0.0])  # the weights from before the batch
+    # r_Irr = 0.5 * 0.1 + 0.5 * 1 = 0.55, r_Exact = 0.5 * 0.5 + 0.5 * 0 = 0.25: Exact now the rarer grade
+    assert online.recall == pytest.approx({"Exact": 0.25, "Irrelevant": 0.55})
+    assert online.weights() == pytest.approx({"Exact": 2.2, "Irrelevant": 1.0})
+    assert reward([None], [exact], ["Exact"]) == pytest.approx([2.2])
+    assert online.recall == pytest.approx({"Exact": 0.625, "Irrelevant": 0.55})  # only the grades in the batch move
+    online.recall["Irrelevant"] = 0.0  # a grade never answered right weighs the cap
+    assert online.weights()["Irrelevant"] == 10.0
+    with pytest.raises(ValueError, match="momentum"):
+        OnlineRecallWeights(["Exact"], [0.5], momentum=1.0)
+    prompts = pd.DataFrame({"label": ["Exact", "Irrelevant"], "pass_rate": [0.5, 0.1]})
+    args = rl_config(smoke, "grpo", "x", grade_weighting="recall_online", scale_rewards="batch",
+                     grade_weight_momentum=0.9)
+    made = outcome_weights(args, prompts)
+    assert isinstance(made, OnlineRecallWeights) and made.momentum == 0.9
+    assert made.weights() == pytest.approx({"Exact": 1.0, "Irrelevant": 5.0})
+    args.scale_rewards = "group"
+    with pytest.raises(ValueError, match="scale_rewards"):
+        outcome_weights(args, prompts)
