@@ -147,26 +147,32 @@ def grade_shift(profile, runs=("sft", "dpo")) -> pd.DataFrame:
 
 
 def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = None,
-                    baseline: str = "grpo_bal") -> pd.DataFrame:
+                    baselines=("_bal_recall_explore", "_bal")) -> pd.DataFrame:
     """Paired bootstrap over test queries (she_lib.metrics.significance_table) of the first-token read-outs of
-    ``test``: every finished RL run against ``sft``, and every SRPO / AGRL run against its GRPO partner (same variant
-    and seed) or, where that was not trained, against ``baseline`` (the table's GRPO, seed 0). ``runs_dir`` holds the
-    runs when ``profile`` is an external set's (she_lib.evaluate.external_set). Read-outs archived in the results
-    folder count as well as the runs' own caches (evaluate.prediction_files)."""
+    ``test``: every RL run read here against ``sft``, and every SRPO / AGRL run against :func:`grpo_partner`.
+    ``runs_dir`` holds the runs when ``profile`` is an external set's (she_lib.evaluate.external_set). Read-outs
+    archived in the results folder count as well as the runs' own caches (evaluate.prediction_files)."""
     runs_dir = runs_dir or profile.runs_dir
     preds = load_predictions(profile, test, runs_dir=runs_dir, archived=True)
     have = {c[: -len("_first_token")] for c in preds.columns if c.endswith("_first_token")}
     runs = [n for n in rl_runs_read(have) if n in have]
     pairs = [(n, "sft") for n in runs if "sft" in have]
     for n in runs:
-        m = parse_method(n)
-        partner = method_key("grpo", m["variant"], m["seed"])
-        partner = partner if partner in have else baseline
-        if m["family"] in ("srpo", "agrl") and partner in have:
+        partner = grpo_partner(n, have, baselines)
+        if parse_method(n)["family"] in ("srpo", "agrl") and partner:
             pairs.append((n, partner))
     pairs = [(f"{a}_first_token", f"{b}_first_token") for a, b in pairs]
     return significance_table(preds, pairs, get_scale(profile.grade_scale).words, profile.bootstrap_samples,
                               profile.seed)
+
+
+def grpo_partner(run: str, have, baselines=("_bal_recall_explore", "_bal")) -> str | None:
+    """The GRPO run an SRPO / AGRL run is tested against, the first of ``have``: GRPO of the same variant and seed,
+    else GRPO of each of ``baselines`` (variants: the best GRPO setting first) with the same seed, else their seed 0."""
+    m = parse_method(run)
+    candidates = [method_key("grpo", m["variant"], m["seed"]), *(method_key("grpo", v, m["seed"]) for v in baselines),
+                  *(method_key("grpo", v) for v in baselines)]
+    return next((c for c in candidates if c in have), None)
 
 
 def rl_runs_read(methods, families=("grpo", "srpo", "agrl")) -> list[str]:

@@ -201,3 +201,15 @@ def test_final_reward_from_the_run_or_its_metrics_entry(tmp_path):
     m = {"accuracy": 0.5, "macro_f1": 0.4, "n_examples": 10, "run": {"final_reward": 0.25}}
     t = rl_table({"srpo_first_token": m, "srpo_s1_first_token": {**m, "run": {"final_reward": 0.75}}}, tmp_path)
     assert t.loc[0, "final reward (seed std)"] == "0.500 (0.354)"  # mean 0.5, sample std of (0.25, 0.75)
+
+
+def test_grpo_partner_order():
+    """Same variant and seed, else the best GRPO setting of the same seed, then plain balanced GRPO, then seed 0."""
+    from she_lib.rl_report import grpo_partner
+
+    have = {"grpo_bal", "grpo_bal_recall_explore_s1", "grpo_bal_explore", "grpo_bal_s2"}
+    assert grpo_partner("srpo_bal_explore", have) == "grpo_bal_explore"
+    assert grpo_partner("agrl_bal_half_hint_s1", have) == "grpo_bal_recall_explore_s1"
+    assert grpo_partner("agrl_bal_half_hint_s2", have) == "grpo_bal_s2"
+    assert grpo_partner("agrl_bal_half_hint", have) == "grpo_bal"
+    assert grpo_partner("agrl_bal_half_hint", {"sft"}) is None
