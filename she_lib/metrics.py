@@ -138,7 +138,7 @@ def paired_bootstrap(y_true, pred_a, pred_b, groups, labels, n_samples: int | No
 
 TRAINED_FROM_SFT = ("dpo", "grpo", "srpo", "agrl")  # methods that start from the SFT model
 ON_GRPO = ("srpo", "agrl")  # methods whose goal is stated against GRPO (same variant, seed and read-out)
-_METHOD = re.compile(r"^(?P<family>sft|dpo|grpo|srpo|agrl)(?P<variant>(?:_(?!s\d+(?:_|$)|first_token$|cumpt$|prior$|probe$)[a-z]+)*)"
+_METHOD = re.compile(r"^(?P<family>sft|dpo|grpo|srpo|agrl)(?P<variant>(?:_(?!s\d|first_token$|cumpt$|prior$|probe$)[a-z][a-z0-9]*)*)"
                      r"(?:_s(?P<seed>\d+))?(?P<readout>_first_token|_cumpt|_prior|_probe)?$")
 
 

@@ -209,7 +209,10 @@ def test_parse_method_is_the_one_run_name_parser():
                                                            "readout": "_prior"}
     assert parse_method("sft_evidence_probe") == {"family": "sft", "variant": "_evidence", "seed": 0,
                                                   "readout": "_probe"}
-    assert [parse_method(k) for k in ("lexical", "zero_shot_first_token", "grpo_S1", "srpo_s1x")] == [None] * 4
+    assert parse_method("grpo_bal_lr1e4_s2_first_token") == {"family": "grpo", "variant": "_bal_lr1e4", "seed": 2,
+                                                             "readout": "_first_token"}  # digits inside a part
+    assert [parse_method(k) for k in ("lexical", "zero_shot_first_token", "grpo_S1", "srpo_s1x", "grpo_1e4")] == [
+        None] * 5
     for key in ("srpo_bal_s1_first_token", "sft_steps_first", "agrl_s12_cumpt", "grpo", "dpo_first_token"):
         assert method_key(**parse_method(key)) == key  # the inverse
 
