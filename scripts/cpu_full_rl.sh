@@ -7,9 +7,11 @@
 # a finished run is reused and read-outs resume from their prediction caches, so re-running this script continues
 # the table. Logs: logs/cpu-full_rl_{a,b}.log. Examiner: the offline verifier, plus the GenRM when
 # GENRM=runs/cpu-full/genrm is set (the same for every run). Runs are named <method>_bal[_half|_explore][_s<seed>]
-# (_half: AGRL with half of each flagged group guided, --replace-fraction 0.5; _explore: the grade token sampled over
-# the grades at temperature 2 and the rest with min_p 0.05, she_lib.rollouts.GradeTemperature; _recall_explore: that,
-# with the recall-weighted reward of she_lib.rewards.recall_weights and batch-scaled rewards).
+# (_half: AGRL with half of each flagged group guided, --replace-fraction 0.5; _half_hint: that, the hint the gold
+# grade alone, --hint grade; _explore: the grade token sampled over the grades at temperature 2 and the rest with
+# min_p 0.05, she_lib.rollouts.GradeTemperature; _recall_explore: that, with the recall-weighted reward of
+# she_lib.rewards.recall_weights and batch-scaled rewards; _recall_online_explore_lr1e4: the weights kept at the
+# current policy, she_lib.rewards.OnlineRecallWeights, and lr 1e-4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 TRL_EXPERIMENTAL_SILENCE=1
@@ -19,6 +21,7 @@ mkdir -p logs
 EXAMINER=(); [ -n "${GENRM:-}" ] && EXAMINER=(--genrm "$GENRM")
 EXPLORE=(--grade-temperature 2 --min-p 0.05)
 RECALL=(--scale-rewards batch --grade-weighting recall "${EXPLORE[@]}")  # recall-weighted reward, grade explored
+ONLINE=(--scale-rewards batch --grade-weighting recall_online "${EXPLORE[@]}" --learning-rate 1e-4)
 name() { [ "$2" = 0 ] && echo "$1_bal${3:-}" || echo "$1_bal${3:-}_s$2"; }
 wide() {  # wide RUN MODE: the run's read-out on the esci_us_wide test split
   $PY -m she_lib.evaluate --run "$1" --profile cpu-full --data "$WIDE" --split test --mode "$2" --save
@@ -38,6 +41,7 @@ p = get_profile('cpu-full'); print(rl_prompts(p, 'runs/cpu-full/sft', curriculum
 (
   $PY -m she_lib.evaluate --run runs/cpu-full/sft --profile cpu-full --mode first_token --save  # the SFT row
   wide runs/cpu-full/sft first_token
+  for seed in 0 1 2; do rl grpo "$seed" first_token _recall_online_explore_lr1e4 "${ONLINE[@]}"; done
   for seed in 0 1 2; do rl grpo "$seed" first_token; rl agrl "$seed" first_token; done
   for seed in 0 1 2; do rl grpo "$seed" first_token _recall_explore "${RECALL[@]}"; done
   for seed in 0 1 2; do rl grpo "$seed" first_token _explore "${EXPLORE[@]}"; done
@@ -45,6 +49,8 @@ p = get_profile('cpu-full'); print(rl_prompts(p, 'runs/cpu-full/sft', curriculum
   for seed in 0 1 2; do rl grpo "$seed" generate; rl agrl "$seed" generate; done
 ) >> logs/cpu-full_rl_a.log 2>&1 &
 (
+  for seed in 0 1 2; do rl agrl "$seed" first_token _half_hint --replace-fraction 0.5 --hint grade; done
+  for seed in 0 1 2; do rl srpo "$seed" first_token _recall_online_explore_lr1e4 "${ONLINE[@]}"; done
   for seed in 0 1 2; do rl srpo "$seed" first_token; done
   for seed in 0 1 2; do rl agrl "$seed" first_token _half --replace-fraction 0.5; done  # half of a flagged group guided
   for seed in 0 1 2; do rl srpo "$seed" first_token _recall_explore "${RECALL[@]}"; done
