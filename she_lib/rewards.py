@@ -63,8 +63,7 @@ class OnlineRecallWeights:
         self.recall, self.max_weight, self.momentum = grade_means(labels, pass_rates), max_weight, momentum
 
     def weights(self) -> dict[str, float]:
-        top = max(self.recall.values())
-        return {g: min(self.max_weight, top / r) if r > 0 else self.max_weight for g, r in self.recall.items()}
+        return relative_inverse(self.recall, self.max_weight)
 
     def update(self, labels, right) -> None:
         batch = {}
@@ -73,6 +72,12 @@ class OnlineRecallWeights:
         for g, oks in batch.items():
             old = self.recall.get(g, sum(oks) / len(oks))
             self.recall[g] = self.momentum * old + (1 - self.momentum) * sum(oks) / len(oks)
+
+
+def relative_inverse(means: dict[str, float], max_weight: float) -> dict[str, float]:
+    """w_g = min(max_weight, max_c m_c / m_g); a grade with m_g = 0 weighs max_weight."""
+    top = max(means.values())
+    return {g: min(max_weight, top / m) if m > 0 else max_weight for g, m in means.items()}
 
 
 def grade_means(labels, values) -> dict[str, float]:
@@ -97,5 +102,4 @@ def recall_weights(labels, pass_rates, max_weight: float = 10.0) -> dict[str, fl
     means = grade_means(labels, pass_rates)
     if any(m <= 0 for m in means.values()):
         raise ValueError(f"recall_weights needs positive mean pass rates, got {means}")
-    top = max(means.values())
-    return {g: min(max_weight, top / m) for g, m in means.items()}
+    return relative_inverse(means, max_weight)

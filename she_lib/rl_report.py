@@ -23,7 +23,7 @@ from .config import REPO_ROOT, get_profile
 from .data import load_splits
 from .evaluate import eval_frame, external_set, load_predictions, prediction_files
 from .labels import get_scale
-from .metrics import grade_tv, method_key, parse_method, significance_table
+from .metrics import ON_GRPO, grade_tv, method_key, parse_method, significance_table
 from .predictions import read_predictions
 
 CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats)"),
@@ -155,11 +155,11 @@ def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = N
     runs_dir = runs_dir or profile.runs_dir
     preds = load_predictions(profile, test, runs_dir=runs_dir, archived=True)
     have = {c[: -len("_first_token")] for c in preds.columns if c.endswith("_first_token")}
-    runs = [n for n in rl_runs_read(have) if n in have]
+    runs = rl_runs_read(have)
     pairs = [(n, "sft") for n in runs if "sft" in have]
     for n in runs:
         partner = grpo_partner(n, have, baselines)
-        if parse_method(n)["family"] in ("srpo", "agrl") and partner:
+        if parse_method(n)["family"] in ON_GRPO and partner:
             pairs.append((n, partner))
     pairs = [(f"{a}_first_token", f"{b}_first_token") for a, b in pairs]
     return significance_table(preds, pairs, get_scale(profile.grade_scale).words, profile.bootstrap_samples,
