@@ -3,7 +3,9 @@
 # by first token on all pairs of the esci_us test split (results/metrics.json) and of the esci_us_wide test split
 # (results/esci_us_wide_test/metrics.json), then decoded on 8 pairs of each esci_us test query (step accuracy, rule
 # violations). The prompt set (profile cpu-full: P(gold) at the grade token over 1,024 train pairs, balanced stages)
-# is built once first, then two single-threaded lanes share the 2 cores. Every run resumes from its last checkpoint,
+# is built once first, then two single-threaded lanes share the 2 cores: first GRPO and SRPO from the probe-headed
+# start (runs/cpu-full/sft_head, she_lib.probe_head; runs <method>_head_recall_online_explore_lr1e4[_s<seed>]), then
+# the rest. Every run resumes from its last checkpoint,
 # a finished run is reused and read-outs resume from their prediction caches, so re-running this script continues
 # the table. Logs: logs/cpu-full_rl_{a,b}.log. Examiner: the offline verifier, plus the GenRM when
 # GENRM=runs/cpu-full/genrm is set (the same for every run). Runs are named <method>_bal[_half|_explore][_s<seed>]
@@ -35,9 +37,30 @@ rl() {  # rl METHOD SEED READ-OUT [VARIANT ARGS...]: train (or reuse) the run, r
   [ "$mode" = first_token ] && wide "runs/cpu-full/$(name "$method" "$seed" "$variant")" first_token
   return 0
 }
-# the prompt set's pass rates, cached beside the SFT run's samples (both lanes read the cache)
-OMP_NUM_THREADS=2 $PY -c "from she_lib.config import get_profile; from she_lib.rl import rl_prompts, curriculum_for
-p = get_profile('cpu-full'); print(rl_prompts(p, 'runs/cpu-full/sft', curriculum_for(p), 4, progress=True)[1]['curriculum'])"
+prompts() {  # prompts SFT_RUN: the prompt set's pass rates, cached beside the SFT run's samples (both lanes read it)
+  OMP_NUM_THREADS=2 $PY -c "from she_lib.config import get_profile; from she_lib.rl import rl_prompts, curriculum_for
+p = get_profile('cpu-full'); print(rl_prompts(p, '$1', curriculum_for(p), 4, progress=True)[1]['curriculum'])"
+}
+# the probe-headed start (she_lib.probe_head: the SFT model whose grade rows read its last-layer probe), its read-outs
+[ -f runs/cpu-full/sft_head/run.json ] || OMP_NUM_THREADS=2 $PY -m she_lib.probe_head --run runs/cpu-full/sft \
+    --profile cpu-full --out runs/cpu-full/sft_head --pairs-per-query 16
+OMP_NUM_THREADS=2 $PY -m she_lib.evaluate --run runs/cpu-full/sft_head --profile cpu-full --mode first_token --save
+OMP_NUM_THREADS=2 wide runs/cpu-full/sft_head first_token
+prompts runs/cpu-full/sft
+prompts runs/cpu-full/sft_head
+from_head() {  # from_head METHOD SEED: METHOD with online recall weights from the probe-headed start
+  local name; name=$( [ "$2" = 0 ] && echo "$1_head_recall_online_explore_lr1e4" || echo "$1_head_recall_online_explore_lr1e4_s$2")
+  $PY -m she_lib.rl --method "$1" --profile cpu-full --sft runs/cpu-full/sft_head --seed "$2" --name "$name" \
+      "${ONLINE[@]}" --evaluate first_token --save
+  wide "runs/cpu-full/$name" first_token
+}
+(
+  for seed in 0 1 2; do from_head grpo "$seed"; done
+) >> logs/cpu-full_rl_head_a.log 2>&1 &
+(
+  for seed in 0 1 2; do from_head srpo "$seed"; done
+) >> logs/cpu-full_rl_head_b.log 2>&1 &
+wait
 (
   $PY -m she_lib.evaluate --run runs/cpu-full/sft --profile cpu-full --mode first_token --save  # the SFT row
   wide runs/cpu-full/sft first_token

@@ -211,18 +211,23 @@ def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict 
 
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> int:
-    """``python -m she_lib.genrm --profile cpu-full [--show-evidence --name genrm_evidence]``: build data, train
-    (resumes), evaluate, write results: to the profile's results folder for the default name, else to
+    """``python -m she_lib.genrm --profile cpu-full [--show-evidence] [--epochs 3 --name genrm_3ep]``: build data,
+    train (resumes), evaluate, write results: to the profile's results folder for the default name, else to
     ``<results>/<name>/`` (a variant never overwrites the main GenRM's report)."""
     ap = argparse.ArgumentParser(prog="python -m she_lib.genrm", description=main.__doc__)
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--name", default="genrm")
     ap.add_argument("--show-evidence", action="store_true", help="the pair's evidence line in the GenRM prompt")
+    ap.add_argument("--epochs", type=float, help="training epochs (GenRMConfig.epochs; needs --name)")
     args = ap.parse_args(argv)
+    if args.epochs is not None and args.name == "genrm":
+        ap.error("--epochs makes a variant: give it a --name (the main GenRM keeps the profile's epochs)")
     profile = get_profile(args.profile)
     if args.name != "genrm":
         profile = profile.replace(results_dir=str(Path(profile.results_dir) / args.name))
-    config = GenRMConfig.for_profile(profile, **({"show_evidence": True} if args.show_evidence else {}))
+    overrides = {**({"show_evidence": True} if args.show_evidence else {}),
+                 **({"epochs": args.epochs} if args.epochs is not None else {})}
+    config = GenRMConfig.for_profile(profile, **overrides)
     out = run_genrm(profile, config, name=args.name)
     if out["metrics"] is not None:  # rank 0 of a launch, or a single process
         print(json.dumps(out["metrics"], indent=1))

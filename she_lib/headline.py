@@ -1,5 +1,6 @@
-"""The headline table: every method's macro-F1 on the esci_us test split and on the esci_us_wide test split, from the committed
-metrics files (``python -m she_lib.headline`` writes ``results/headline.md`` and refreshes the README's copy).
+"""The headline table: every method's macro-F1 on the esci_us test split and on the esci_us_wide test split, and Cohen's
+kappa of each (she_lib.metrics.chance_agreement: ~0 for a read-out whose grade does not depend on the pair, whatever its
+macro-F1), from the committed metrics files (``python -m she_lib.headline`` writes ``results/headline.md`` and refreshes the README's copy).
 
 Which rows (the rule, applied to ``results/metrics.json`` and every ``results/<folder>/metrics.json``):
 
@@ -27,6 +28,7 @@ import json
 import re
 from pathlib import Path
 
+from .metrics import chance_agreement
 from .provenance import run_labels
 
 DEMO_PROFILES = ("smoke", "cpu")
@@ -77,6 +79,10 @@ def _cell(row: dict | None) -> str:
     return f"{row['macro_f1']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _kappa(row: dict | None) -> str:
+    return "—" if row is None or "confusion_matrix" not in row else f"{chance_agreement(row['confusion_matrix'])['kappa']:.3f}"
+
+
 def _machine(row: dict) -> str:
     """CPU or GPU of the run that made the row, without the torch version."""
     full = (row.get("made_by") or {}).get("machine") or row.get("machine") or "?"
@@ -107,11 +113,12 @@ def headline_markdown(results_dir: str | Path) -> str:
     rows = headline_rows(results_dir)
     cells = {f"{i}/{s}": r[s] for i, r in enumerate(rows) for s in ("test", "wide") if r[s] is not None}
     labels, runs = run_labels(cells)
-    lines = ["| method | esci_us test: macro-F1 [95% CI] | esci_us_wide test: macro-F1 [95% CI] | results (profile) | "
-             "run | machine |", "|---|---|---|---|---|---|"]
+    lines = ["| method | esci_us test: macro-F1 [95% CI] | esci_us_wide test: macro-F1 [95% CI] | kappa (esci_us / wide) | "
+             "results (profile) | run | machine |", "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
         run = ", ".join(dict.fromkeys(labels[f"{i}/{s}"] for s in ("test", "wide") if r[s] is not None))
-        lines.append(f"| {_label(r['method'])} | {_cell(r['test'])} | {_cell(r['wide'])} | `{r['folder']}` "
+        lines.append(f"| {_label(r['method'])} | {_cell(r['test'])} | {_cell(r['wide'])} | "
+                     f"{_kappa(r['test'])} / {_kappa(r['wide'])} | `{r['folder']}` "
                      f"({r['profile']}) | {run} | {_machine(r['test'])} |")
     legend = [f"- {r['label']}: `{r['command']}` at commit {r['commit']}, {r['started']}, on {r['machine']}"
               for r in runs]

@@ -28,7 +28,7 @@ from math import factorial
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
 UNPARSED = "<unparsed>"
 
@@ -76,6 +76,37 @@ def grade_tv(confusion: dict) -> float:
     cm = np.asarray(confusion["rows_true_cols_pred"], dtype=float)
     true = np.append(cm.sum(1), 0.0)
     return float(np.abs(cm.sum(0) - true).sum() / (2 * cm.sum()))
+
+
+def chance_agreement(confusion: dict) -> dict[str, float]:
+    """A read-out against an input-blind predictor with its own predicted-grade shares, from a metrics entry's
+    confusion matrix (rows true, columns predicted, the last column unparsed, a category no label has). With n pairs,
+    p_c the true and q_c the predicted share of grade c:
+
+        kappa           = (p_o - p_e) / (1 - p_e),  p_o = trace / n,  p_e = sum_c p_c q_c
+                          (Cohen's kappa; scikit-learn's ``cohen_kappa_score`` on the same pairs)
+        chance_macro_f1 = mean over the K grades of 2 p_c q_c / (p_c + q_c)   (0 where p_c + q_c = 0)
+
+    chance_macro_f1 is the macro-F1 of grades drawn independently of the pair with shares q_c (its precision on c is
+    p_c, its recall q_c). A read-out whose grade does not depend on the pair has kappa ~ 0 and macro-F1 ~
+    chance_macro_f1, whatever its shares: moving the predicted shares toward the labels' raises both macro-F1 and
+    chance_macro_f1, telling the pairs apart raises kappa and macro-F1 - chance_macro_f1."""
+    cm = np.asarray(confusion["rows_true_cols_pred"], dtype=float)
+    k, n = cm.shape[0], cm.sum()
+    p, q = cm.sum(1) / n, cm[:, :k].sum(0) / n
+    p_o, p_e = np.trace(cm[:, :k]) / n, float(p @ q)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(p + q > 0, 2 * p * q / (p + q), 0.0)
+    return {"kappa": float((p_o - p_e) / (1 - p_e)) if p_e < 1 else 0.0, "chance_macro_f1": float(f1.mean())}
+
+
+def grade_auroc(y_true, probs: pd.DataFrame, labels) -> dict[str, float]:
+    """How well a read-out's probabilities rank the pairs of each grade above the others, whatever its argmax:
+    ``{c: roc_auc_score(y == c, probs["p_" + c])}`` for each grade c of ``labels`` (NaN where every pair or none is
+    c). 0.5: P(c) no higher on the c pairs than on the rest."""
+    y = np.asarray(list(y_true))
+    return {c: float(roc_auc_score(y == c, probs[f"p_{c}"])) if 0 < (y == c).sum() < len(y) else float("nan")
+            for c in labels}
 
 
 def per_group_confusion(y_true, y_pred, groups, labels) -> tuple[list, np.ndarray]:

@@ -7,8 +7,10 @@ she_lib.metrics.parse_method); their metrics in
 mean and the standard deviation over seeds of accuracy and macro-F1, seed 0's query-bootstrap CI, step accuracy and
 rule-violation rate of decoded rationales (she_lib.verifier, she_lib.rules), collapse (``grade TV``: the mean over
 seeds of the total variation between predicted and true grade distributions, she_lib.metrics.grade_tv;
-``min class F1``: the lowest per-grade F1 of any seed), and training stability: the standard deviation over seeds of
-the mean reward of the last ``tail`` logged steps.
+``min class F1``: the lowest per-grade F1 of any seed), skill (means over seeds of Cohen's ``kappa`` and of
+``macro-F1 - chance``, the macro-F1 above an input-blind predictor with the run's own predicted-grade shares,
+she_lib.metrics.chance_agreement), and training stability: the standard deviation over seeds of the mean reward of
+the last ``tail`` logged steps. :func:`grade_skill` adds each first-token read-out's per-grade AUROC.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from .config import REPO_ROOT, get_profile
 from .data import load_splits
 from .evaluate import eval_frame, external_set, load_predictions, prediction_files
 from .labels import get_scale
-from .metrics import ON_GRPO, grade_tv, method_key, parse_method, significance_table
+from .metrics import (ON_GRPO, chance_agreement, classification_metrics, grade_auroc, grade_tv, method_key,
+                      parse_method, significance_table)
 from .predictions import read_predictions
 
 CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats)"),
@@ -104,13 +107,17 @@ def rl_table(metrics: dict, runs_dir: str | Path, methods=("sft", "dpo", "grpo",
                    for _, key in entries]
         rewards = [r for r in rewards if r is not None and not np.isnan(r)]
         ci = first.get("macro_f1_ci")
+        confusions = all("confusion_matrix" in m for m in ms)
         rows.append({
             "method": method, "read-out": read, "seeds": len(ms), "pairs": first.get("n_examples"),
             "accuracy": f"{acc.mean():.3f}" + (f" ± {acc.std(ddof=1):.3f}" if len(ms) > 1 else ""),
             "macro-F1": f"{f1.mean():.3f}" + (f" ± {f1.std(ddof=1):.3f}" if len(ms) > 1 else ""),
             "macro-F1 CI (seed 0)": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "",
-            "grade TV": _fmt(np.mean([grade_tv(m["confusion_matrix"]) for m in ms])
-                             if all("confusion_matrix" in m for m in ms) else None),
+            "grade TV": _fmt(np.mean([grade_tv(m["confusion_matrix"]) for m in ms]) if confusions else None),
+            "kappa": _fmt(np.mean([chance_agreement(m["confusion_matrix"])["kappa"] for m in ms])
+                          if confusions else None),
+            "macro-F1 - chance": _fmt(np.mean([m["macro_f1"] - chance_agreement(m["confusion_matrix"])["chance_macro_f1"]
+                                               for m in ms]) if confusions else None),
             "min class F1": _fmt(min(min(m["per_class_f1"].values()) for m in ms)
                                  if all("per_class_f1" in m for m in ms) else None),
             "step accuracy": _fmt(np.mean([m["step_accuracy"] for m in ms if m.get("step_accuracy") is not None])
@@ -146,17 +153,46 @@ def grade_shift(profile, runs=("sft", "dpo")) -> pd.DataFrame:
     return table.astype({"pairs": int}) if len(table) else table
 
 
+def grade_skill(profile, test: pd.DataFrame, runs_dir: str | Path | None = None) -> pd.DataFrame:
+    """Does a first-token read-out tell the pairs apart, or only set the grades' shares? Per read-out of ``test``
+    whose probabilities are here (the SFT model and every RL run; their run caches or the archive), on the pairs it
+    read: macro-F1, the chance macro-F1 and Cohen's kappa of she_lib.metrics.chance_agreement, and the one-vs-rest
+    AUROC of each grade's probability (she_lib.metrics.grade_auroc) with their mean over grades. A read-out with no
+    skill has kappa ~ 0, macro-F1 ~ chance and AUROCs ~ 0.5, whatever its macro-F1."""
+    words = get_scale(profile.grade_scale).words
+    preds = {w: load_predictions(profile, test, f"p_{w}", runs_dir or profile.runs_dir, archived=True) for w in words}
+    grades = load_predictions(profile, test, "pred", runs_dir or profile.runs_dir, archived=True)
+    starts = sorted((c[: -len("_first_token")] for c in grades.columns if (m := parse_method(c))
+                     and m["family"] == "sft" and m["readout"] == "_first_token"), key=lambda n: (n != "sft", n))
+    names = [n for n in [*starts, *rl_runs_read(grades.columns)] if f"{n}_first_token" in grades.columns
+             and all(f"{n}_first_token" in preds[w].columns for w in words)]
+    rows = {}
+    for name in names:
+        col = f"{name}_first_token"
+        ok = grades[col].notna() & preds[words[0]][col].notna()
+        m = classification_metrics(grades.loc[ok, "label"], grades.loc[ok, col], words)
+        auroc = grade_auroc(grades.loc[ok, "label"], pd.DataFrame({f"p_{w}": preds[w].loc[ok, col] for w in words}),
+                            words)
+        rows[name] = {"pairs": int(ok.sum()), "macro-F1": m["macro_f1"], **chance_agreement(m["confusion_matrix"]),
+                      **{f"AUROC {w}": a for w, a in auroc.items()}, "mean AUROC": np.nanmean(list(auroc.values()))}
+    table = pd.DataFrame(rows).T.rename(columns={"chance_macro_f1": "chance macro-F1"})
+    return table.astype({"pairs": int}) if len(table) else table
+
+
 def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = None,
                     baselines=("_bal_recall_explore", "_bal")) -> pd.DataFrame:
     """Paired bootstrap over test queries (she_lib.metrics.significance_table) of the first-token read-outs of
-    ``test``: every RL run read here against ``sft``, and every SRPO / AGRL run against :func:`grpo_partner`.
+    ``test``: every RL run read here against the SFT run it started from (:func:`sft_start`), and every SRPO / AGRL
+    run against :func:`grpo_partner`.
     ``runs_dir`` holds the runs when ``profile`` is an external set's (she_lib.evaluate.external_set). Read-outs
     archived in the results folder count as well as the runs' own caches (evaluate.prediction_files)."""
     runs_dir = runs_dir or profile.runs_dir
     preds = load_predictions(profile, test, runs_dir=runs_dir, archived=True)
     have = {c[: -len("_first_token")] for c in preds.columns if c.endswith("_first_token")}
     runs = rl_runs_read(have)
-    pairs = [(n, "sft") for n in runs if "sft" in have]
+    path = Path(profile.results_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    pairs = [(n, start) for n in runs if (start := sft_start(n, metrics)) in have]
     for n in runs:
         partner = grpo_partner(n, have, baselines)
         if parse_method(n)["family"] in ON_GRPO and partner:
@@ -164,6 +200,14 @@ def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = N
     pairs = [(f"{a}_first_token", f"{b}_first_token") for a, b in pairs]
     return significance_table(preds, pairs, get_scale(profile.grade_scale).words, profile.bootstrap_samples,
                               profile.seed)
+
+
+def sft_start(run: str, metrics: dict) -> str:
+    """The SFT run an RL run started from: the last part of ``init_adapter`` in its read-out's metrics entry (the
+    run.json it keeps), else ``sft``."""
+    entry = metrics.get(f"{run}_first_token") or metrics.get(run) or {}
+    init = (entry.get("run") or {}).get("init_adapter")
+    return Path(init).name if init else "sft"
 
 
 def grpo_partner(run: str, have, baselines=("_bal_recall_explore", "_bal")) -> str | None:
@@ -197,7 +241,8 @@ def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> 
 
 def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataFrame:
     """What notebook 04 writes, from runs already trained (nothing is run): ``figures/04_rl_training.png``,
-    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``) and ``rl_significance.md`` (:func:`rl_significance`),
+    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``), ``rl_significance.md`` (:func:`rl_significance`) and
+    ``rl_skill.md`` (:func:`grade_skill`),
     both also in the results folder of each extra test split (``esci_us_wide_test/``) where it was scored,
     ``rl_replay.json`` (AGRL's replay counts, from the runs here and the metrics entries of runs gone) and
     ``rl_grade_shift.md`` (:func:`grade_shift`)."""
@@ -239,6 +284,13 @@ def recorded_replay(metrics: dict) -> dict[str, dict]:
 
 
 def _write_significance(profile, test: pd.DataFrame, runs_dir=None) -> None:
+    """``rl_significance.md`` and ``rl_skill.md`` (:func:`grade_skill`) in the profile's results folder."""
+    skill = grade_skill(profile, test, runs_dir)
+    (Path(profile.results_dir) / "rl_skill.md").write_text(
+        "First-token read-outs: macro-F1 against the chance macro-F1 of grades drawn blind to the pair with the "
+        "read-out's own shares, Cohen's kappa, and each grade's one-vs-rest AUROC of its probability "
+        "(she_lib.rl_report.grade_skill).\n\n" + (skill.round(3).to_markdown() if len(skill) else "(no read-outs)")
+        + "\n")
     sig = rl_significance(profile, test, runs_dir)
     (Path(profile.results_dir) / "rl_significance.md").write_text(
         "First-token read-outs; paired bootstrap over test queries (same resample for both), A - B, p two-sided "

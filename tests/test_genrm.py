@@ -273,3 +273,5 @@ def test_cli_end_to_end_on_smoke(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "results" / "metrics.json").read_text() == before
     assert json.loads((tmp_path / "results" / "genrm_variant" / "metrics.json").read_text())["genrm"]["split"] == \
         "validation"
+    with pytest.raises(SystemExit):  # a changed budget needs a name of its own
+        main(["--profile", "smoke", "--epochs", "2"])

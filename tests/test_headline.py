@@ -6,9 +6,11 @@ from she_lib.headline import BEGIN, END, headline_markdown, main, refresh
 
 
 def row(f1, lo, hi, scoring="first_token", profile="cpu-full", split="test", made_by=None,
-        machine="CPU X, 2 cores, no GPU, torch 2"):
+        machine="CPU X, 2 cores, no GPU, torch 2", cm=None):
     out = {"macro_f1": f1, "macro_f1_ci": [lo, hi], "scoring": scoring, "profile": profile, "split": split,
            "machine": machine}
+    if cm is not None:  # rows true, columns predicted, the last unparsed
+        out["confusion_matrix"] = {"rows_true_cols_pred": cm}
     return dict(out, made_by=made_by) if made_by else out
 
 
@@ -35,11 +37,13 @@ def test_headline_table_cells_and_readme_refresh(tmp_path):
         "grpo_s1_first_token": row(0.166, 0.145, 0.184),  # a second seed: left out
         "grpo_s1_probe": row(0.17, 0.15, 0.19, scoring="grade_probe"),  # left out too
         "grpo_s1_prior": row(0.17, 0.15, 0.19, scoring="prior_corrected"),  # left out too
-        "grpo_first_token": row(0.1661, 0.1449, 0.1841),
+        "grpo_first_token": row(0.1661, 0.1449, 0.1841, cm=[[3, 0, 0], [1, 0, 0]]),  # one grade always: kappa 0
         "genrm": {"step_accuracy": 0.75, "profile": "cpu-full"},  # no CI: not a classifier
     })
     write(results / "gpu", {
-        "lexical": row(0.3254, 0.2516, 0.3957, scoring="classifier", profile="gpu-offline", made_by=GPU_RUN),
+        # kappa (1/2 - 5/8) / (3/8) (tests/test_labels_metrics.py)
+        "lexical": row(0.3254, 0.2516, 0.3957, scoring="classifier", profile="gpu-offline", made_by=GPU_RUN,
+                       cm=[[2, 1, 0], [1, 0, 0]]),
         "sft_first_token": row(0.1918, 0.1676, 0.2128, profile="gpu-offline", made_by=GPU_RUN),
     })
     write(results / "gpu" / "esci_us_wide_test", {
@@ -53,23 +57,23 @@ def test_headline_table_cells_and_readme_refresh(tmp_path):
     table = (results / "headline.md").read_text().split("\n\n", 1)[1]
     lines = table.splitlines()
     assert lines[:10] == [
-        "| method | esci_us test: macro-F1 [95% CI] | esci_us_wide test: macro-F1 [95% CI] | results (profile) | run | "
-        "machine |",
-        "|---|---|---|---|---|---|",
-        "| lexical baseline | 0.325 [0.252, 0.396] | 0.437 [0.393, 0.481] | `results/gpu/` (gpu-offline) | R1 | "
+        "| method | esci_us test: macro-F1 [95% CI] | esci_us_wide test: macro-F1 [95% CI] | kappa (esci_us / wide) | "
+        "results (profile) | run | machine |",
+        "|---|---|---|---|---|---|---|",
+        "| lexical baseline | 0.325 [0.252, 0.396] | 0.437 [0.393, 0.481] | -0.333 / — | `results/gpu/` (gpu-offline) | "
+        "R1 | Intel Xeon (AVX512-BF16/AMX), 16 cores, NVIDIA H200 |",
+        "| lexical baseline | 0.305 [0.245, 0.363] | — | — / — | `results/` (cpu-full) | unrecorded | "
+        "CPU X, 2 cores, no GPU |",
+        "| SFT | 0.209 [0.183, 0.232] | — | — / — | `results/` (cpu-full) | unrecorded | CPU X, 2 cores, no GPU |",
+        "| SFT | 0.192 [0.168, 0.213] | — | — / — | `results/gpu/` (gpu-offline) | R1 | "
         "Intel Xeon (AVX512-BF16/AMX), 16 cores, NVIDIA H200 |",
-        "| lexical baseline | 0.305 [0.245, 0.363] | — | `results/` (cpu-full) | unrecorded | "
+        "| SFT, prior-corrected | 0.241 [0.200, 0.280] | — | — / — | `results/` (cpu-full) | unrecorded | "
         "CPU X, 2 cores, no GPU |",
-        "| SFT | 0.209 [0.183, 0.232] | — | `results/` (cpu-full) | unrecorded | CPU X, 2 cores, no GPU |",
-        "| SFT | 0.192 [0.168, 0.213] | — | `results/gpu/` (gpu-offline) | R1 | "
-        "Intel Xeon (AVX512-BF16/AMX), 16 cores, NVIDIA H200 |",
-        "| SFT, prior-corrected | 0.241 [0.200, 0.280] | — | `results/` (cpu-full) | unrecorded | "
+        "| SFT, grade probe | 0.351 [0.310, 0.390] | — | — / — | `results/` (cpu-full) | unrecorded | "
         "CPU X, 2 cores, no GPU |",
-        "| SFT, grade probe | 0.351 [0.310, 0.390] | — | `results/` (cpu-full) | unrecorded | "
+        "| SFT, grade-tuned | 0.360 [0.320, 0.400] | — | — / — | `results/` (cpu-full) | unrecorded | "
         "CPU X, 2 cores, no GPU |",
-        "| SFT, grade-tuned | 0.360 [0.320, 0.400] | — | `results/` (cpu-full) | unrecorded | "
-        "CPU X, 2 cores, no GPU |",
-        "| GRPO | 0.166 [0.145, 0.184] | — | `results/` (cpu-full) | unrecorded | CPU X, 2 cores, no GPU |",
+        "| GRPO | 0.166 [0.145, 0.184] | — | 0.000 / — | `results/` (cpu-full) | unrecorded | CPU X, 2 cores, no GPU |",
     ]
     assert lines[10:] == [
         "", "Runs that made these cells:",

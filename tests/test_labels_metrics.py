@@ -1,11 +1,11 @@
 """Grade scales and metrics, on hand-computed cases."""
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score
+from sklearn.metrics import cohen_kappa_score, f1_score
 
 from she_lib.labels import ESCI, WANDS, get_scale
-from she_lib.metrics import (UNPARSED, bootstrap_ci, classification_metrics, grade_tv, metrics_from_confusion,
-                             per_group_confusion)
+from she_lib.metrics import (UNPARSED, bootstrap_ci, chance_agreement, classification_metrics, grade_auroc, grade_tv,
+                             metrics_from_confusion, per_group_confusion)
 
 
 def test_esci_mapping_follows_design_table():
@@ -224,3 +224,41 @@ def test_grade_tv_hand_computed():
     # always the first grade: 1 - its share
     assert grade_tv({"rows_true_cols_pred": [[3, 0, 0], [1, 0, 0]]}) == pytest.approx(0.25)
 
+
+def test_chance_agreement_hand_computed():
+    # true (3, 1), predicted (3, 1): p_o = 2/4, p_e = 9/16 + 1/16, kappa = (1/2 - 5/8) / (3/8) = -1/3;
+    # chance F1: 2 (3/4)(3/4) / (3/2) = 3/4 and 2 (1/4)(1/4) / (1/2) = 1/4, mean 1/2 (the read-out's own macro-F1 is 1/3)
+    out = chance_agreement({"rows_true_cols_pred": [[2, 1, 0], [1, 0, 0]]})
+    assert out["kappa"] == pytest.approx(-1 / 3) and out["chance_macro_f1"] == pytest.approx(0.5)
+    # perfect: kappa 1, and the chance F1 is the shares' own (3/4, 1/4): mean 1/2
+    assert chance_agreement({"rows_true_cols_pred": [[3, 0, 0], [0, 1, 0]]}) == pytest.approx(
+        {"kappa": 1.0, "chance_macro_f1": 0.5})
+    # one unparsed answer: p = (1/2, 1/2), q = (1/4, 1/2); p_o = 3/4, p_e = 1/8 + 1/4 = 3/8: kappa = (3/8) / (5/8);
+    # chance F1 (2 (1/8) / (3/4) + 2 (1/4) / 1) / 2 = (1/3 + 1/2) / 2
+    out = chance_agreement({"rows_true_cols_pred": [[1, 0, 1], [0, 2, 0]]})
+    assert out["kappa"] == pytest.approx(0.6) and out["chance_macro_f1"] == pytest.approx(5 / 12)
+    # a constant answer: kappa 0
+    assert chance_agreement({"rows_true_cols_pred": [[3, 0, 0], [1, 0, 0]]})["kappa"] == 0.0
+
+
+def test_chance_agreement_kappa_is_sklearns():
+    rng = np.random.default_rng(0)
+    words = ["Exact", "Substitute", "Complement", "Irrelevant"]
+    y_true = list(rng.choice(words, 200, p=[0.5, 0.3, 0.05, 0.15]))
+    y_pred = [t if rng.random() < 0.4 else rng.choice([*words, None]) for t in y_true]
+    m = classification_metrics(y_true, y_pred, words)
+    expect = cohen_kappa_score(y_true, [UNPARSED if p is None else p for p in y_pred])
+    assert chance_agreement(m["confusion_matrix"])["kappa"] == pytest.approx(expect)
+
+
+
+def test_grade_auroc_hand_computed():
+    import pandas as pd
+    y = ["Exact", "Exact", "Irrelevant", "Irrelevant"]
+    probs = pd.DataFrame({"p_Exact": [0.9, 0.4, 0.5, 0.1], "p_Irrelevant": [0.1, 0.6, 0.5, 0.9]})
+    # Exact pairs (0.9, 0.4) over the others (0.5, 0.1): 3 of 4 orderings right; Irrelevant (0.5, 0.9) over
+    # (0.1, 0.6): 3 of 4
+    out = grade_auroc(y, probs, ["Exact", "Irrelevant"])
+    assert out == pytest.approx({"Exact": 0.75, "Irrelevant": 0.75})
+    probs["p_Complement"] = 0.0  # a grade no pair has: undefined
+    assert np.isnan(grade_auroc(y, probs, ["Complement"])["Complement"])

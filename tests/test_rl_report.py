@@ -41,6 +41,11 @@ def test_run_names_and_table(tmp_path):
     assert row["step accuracy"] == "0.700" and row["rule violations"] == "0.200"
     assert row["grade TV"] == "0.300" and row["min class F1"] == "0.000"
     assert t.loc[("srpo", "first token"), "grade TV"] == ""  # no confusion matrix in that entry
+    # seed 0: p = (2, 1, 1, 1) / 5, q = (4, 0, 0, 0) / 5, p_o = 2/5, p_e = 8/25: kappa = (2/25) / (17/25) = 2/17;
+    # chance F1 = (2 (2/5)(4/5) / (6/5)) / 4 = 2/15, its macro-F1 0.4 is 4/15 above it. Seed 1: kappa 1, chance F1
+    # mean(p) = 1/4, 0.2 is 0.05 under it. Means: (2/17 + 1) / 2 = 0.559, (4/15 - 1/20) / 2 = 0.108
+    assert row["kappa"] == "0.559" and row["macro-F1 - chance"] == "0.108"
+    assert t.loc[("srpo", "first token"), "kappa"] == ""
     # final rewards (last 2 steps): 0.6 and 0.4 -> mean 0.5, std 0.1414
     assert row["final reward (seed std)"] == "0.500 (0.141)"
     assert t.loc[("sft", "decoded"), "final reward (seed std)"] == ""
@@ -156,7 +161,7 @@ def test_archived_read_outs_stand_in_for_missing_runs(tmp_path, splits):
     from she_lib.config import get_profile
     from she_lib.evaluate import prediction_files
     from she_lib.predictions import archive_predictions, archived_predictions, read_predictions
-    from she_lib.rl_report import grade_shift, rl_runs_read, rl_significance
+    from she_lib.rl_report import grade_shift, grade_skill, rl_runs_read, rl_significance
 
     test, words = splits["test"], ["Exact", "Substitute", "Complement", "Irrelevant"]
     runs, results = tmp_path / "runs", tmp_path / "results"
@@ -177,6 +182,16 @@ def test_archived_read_outs_stand_in_for_missing_runs(tmp_path, splits):
     assert pairs == [("grpo_bal", "sft"), ("srpo_bal", "sft"), ("srpo_bal", "grpo_bal")]
     assert sig.set_index(["A", "B"]).loc[("grpo_bal_first_token", "sft_first_token"), "accuracy A-B"] < 0
     assert list(grade_shift(prof, runs=("sft",)).index) == ["sft", "grpo_bal", "srpo_bal"]
+    # skill: the SFT read-out is the labels with one-hot probabilities (kappa 1, AUROC 1); GRPO says Exact with
+    # P = 1 for every pair: kappa 0, its macro-F1 is the chance one, every AUROC 0.5 (all ties)
+    skill = grade_skill(prof, test)
+    assert list(skill.index) == ["sft", "grpo_bal", "srpo_bal"] and (skill["pairs"] == len(test)).all()
+    present = [w for w in words if 0 < (test["label"] == w).sum() < len(test)]
+    assert skill.loc["sft", "kappa"] == pytest.approx(1.0)
+    assert all(skill.loc["sft", f"AUROC {w}"] == pytest.approx(1.0) for w in present)
+    assert skill.loc["grpo_bal", "kappa"] == pytest.approx(0.0)
+    assert skill.loc["grpo_bal", "macro-F1"] == pytest.approx(skill.loc["grpo_bal", "chance macro-F1"])
+    assert skill.loc["grpo_bal", "mean AUROC"] == pytest.approx(0.5)
     # the run's own cache, where the run is here, is read instead of the archive
     (runs / "sft").mkdir(parents=True)
     (runs / "sft" / "run.json").write_text(json.dumps({"kind": "sft", "finished": True}))
@@ -213,3 +228,13 @@ def test_grpo_partner_order():
     assert grpo_partner("agrl_bal_half_hint_s2", have) == "grpo_bal_s2"
     assert grpo_partner("agrl_bal_half_hint", have) == "grpo_bal"
     assert grpo_partner("agrl_bal_half_hint", {"sft"}) is None
+
+
+def test_sft_start_from_the_read_outs_run_record():
+    from she_lib.rl_report import sft_start
+
+    metrics = {"grpo_head_first_token": {"run": {"init_adapter": "../sft_head"}},
+               "grpo_bal": {"run": {"init_adapter": "../sft"}}, "srpo_bal_first_token": {"accuracy": 0.5}}
+    assert sft_start("grpo_head", metrics) == "sft_head"  # the first-token entry's record
+    assert sft_start("grpo_bal", metrics) == "sft"  # the decoded entry's, when no first-token one
+    assert sft_start("srpo_bal", metrics) == "sft" and sft_start("agrl", {}) == "sft"  # no record: the default
