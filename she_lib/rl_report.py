@@ -108,16 +108,15 @@ def rl_table(metrics: dict, runs_dir: str | Path, methods=("sft", "dpo", "grpo",
         rewards = [r for r in rewards if r is not None and not np.isnan(r)]
         ci = first.get("macro_f1_ci")
         confusions = all("confusion_matrix" in m for m in ms)
+        agree = [chance_agreement(m["confusion_matrix"]) for m in ms] if confusions else []
         rows.append({
             "method": method, "read-out": read, "seeds": len(ms), "pairs": first.get("n_examples"),
             "accuracy": f"{acc.mean():.3f}" + (f" ± {acc.std(ddof=1):.3f}" if len(ms) > 1 else ""),
             "macro-F1": f"{f1.mean():.3f}" + (f" ± {f1.std(ddof=1):.3f}" if len(ms) > 1 else ""),
             "macro-F1 CI (seed 0)": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "",
             "grade TV": _fmt(np.mean([grade_tv(m["confusion_matrix"]) for m in ms]) if confusions else None),
-            "kappa": _fmt(np.mean([chance_agreement(m["confusion_matrix"])["kappa"] for m in ms])
-                          if confusions else None),
-            "macro-F1 - chance": _fmt(np.mean([m["macro_f1"] - chance_agreement(m["confusion_matrix"])["chance_macro_f1"]
-                                               for m in ms]) if confusions else None),
+            "kappa": _fmt(np.mean([a["kappa"] for a in agree]) if agree else None),
+            "macro-F1 - chance": _fmt(np.mean(f1 - [a["chance_macro_f1"] for a in agree]) if agree else None),
             "min class F1": _fmt(min(min(m["per_class_f1"].values()) for m in ms)
                                  if all("per_class_f1" in m for m in ms) else None),
             "step accuracy": _fmt(np.mean([m["step_accuracy"] for m in ms if m.get("step_accuracy") is not None])
