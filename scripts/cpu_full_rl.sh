@@ -48,17 +48,22 @@ OMP_NUM_THREADS=2 $PY -m she_lib.evaluate --run runs/cpu-full/sft_head --profile
 OMP_NUM_THREADS=2 wide runs/cpu-full/sft_head first_token
 prompts runs/cpu-full/sft
 prompts runs/cpu-full/sft_head
-from_head() {  # from_head METHOD SEED: METHOD with online recall weights from the probe-headed start
-  local name; name=$( [ "$2" = 0 ] && echo "$1_head_recall_online_explore_lr1e4" || echo "$1_head_recall_online_explore_lr1e4_s$2")
+from_head() {  # from_head METHOD SEED LR: METHOD with online recall weights from the probe-headed start
+  local base="$1_head_recall_online_explore" name
+  [ "$3" = 1e-4 ] && base="${base}_lr1e4"
+  name=$( [ "$2" = 0 ] && echo "$base" || echo "${base}_s$2")
   $PY -m she_lib.rl --method "$1" --profile cpu-full --sft runs/cpu-full/sft_head --seed "$2" --name "$name" \
-      "${ONLINE[@]}" --evaluate first_token --save
+      --scale-rewards batch --grade-weighting recall_online "${EXPLORE[@]}" --learning-rate "$3" \
+      --evaluate first_token --save
   wide "runs/cpu-full/$name" first_token
 }
 (
-  for seed in 0 1 2; do from_head grpo "$seed"; done
+  for seed in 0 1 2; do from_head grpo "$seed" 5e-5; done
+  for seed in 0 1 2; do from_head grpo "$seed" 1e-4; done
 ) >> logs/cpu-full_rl_head_a.log 2>&1 &
 (
-  for seed in 0 1 2; do from_head srpo "$seed"; done
+  for seed in 0 1 2; do from_head srpo "$seed" 5e-5; done
+  for seed in 0 1 2; do from_head srpo "$seed" 1e-4; done
 ) >> logs/cpu-full_rl_head_b.log 2>&1 &
 wait
 (
