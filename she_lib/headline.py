@@ -1,6 +1,7 @@
-"""The headline table: every method's macro-F1 on the esci_us test split and on the esci_us_wide test split, and Cohen's
-kappa of each (she_lib.metrics.chance_agreement: ~0 for a read-out whose grade does not depend on the pair, whatever its
-macro-F1), from the committed metrics files (``python -m she_lib.headline`` writes ``results/headline.md`` and refreshes the README's copy).
+"""The headline table: every method's macro-F1 on the esci_us test split and on the esci_us_wide test split, and
+Cohen's kappa of each (she_lib.metrics.chance_agreement: ~0 for a read-out whose grade does not depend on the pair,
+whatever its macro-F1), from the committed metrics files (``python -m she_lib.headline`` writes
+``results/headline.md`` and refreshes the README's copy).
 
 Which rows (the rule, applied to ``results/metrics.json`` and every ``results/<folder>/metrics.json``):
 
@@ -80,7 +81,9 @@ def _cell(row: dict | None) -> str:
 
 
 def _kappa(row: dict | None) -> str:
-    return "—" if row is None or "confusion_matrix" not in row else f"{chance_agreement(row['confusion_matrix'])['kappa']:.3f}"
+    if row is None or "confusion_matrix" not in row:
+        return "—"
+    return f"{chance_agreement(row['confusion_matrix'])['kappa']:.3f}"
 
 
 def _machine(row: dict) -> str:

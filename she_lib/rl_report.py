@@ -158,21 +158,23 @@ def grade_skill(profile, test: pd.DataFrame, runs_dir: str | Path | None = None)
     read: macro-F1, the chance macro-F1 and Cohen's kappa of she_lib.metrics.chance_agreement, and the one-vs-rest
     AUROC of each grade's probability (she_lib.metrics.grade_auroc) with their mean over grades. A read-out with no
     skill has kappa ~ 0, macro-F1 ~ chance and AUROCs ~ 0.5, whatever its macro-F1."""
-    words = get_scale(profile.grade_scale).words
-    preds = {w: load_predictions(profile, test, f"p_{w}", runs_dir or profile.runs_dir, archived=True) for w in words}
-    grades = load_predictions(profile, test, "pred", runs_dir or profile.runs_dir, archived=True)
-    starts = sorted((c[: -len("_first_token")] for c in grades.columns if (m := parse_method(c))
+    words, files = get_scale(profile.grade_scale).words, prediction_files(profile, runs_dir, archived=True)
+    labels = test.set_index("example_id")["label"]
+    starts = sorted((k[: -len("_first_token")] for k in files if (m := parse_method(k))
                      and m["family"] == "sft" and m["readout"] == "_first_token"), key=lambda n: (n != "sft", n))
-    names = [n for n in [*starts, *rl_runs_read(grades.columns)] if f"{n}_first_token" in grades.columns
-             and all(f"{n}_first_token" in preds[w].columns for w in words)]
     rows = {}
-    for name in names:
-        col = f"{name}_first_token"
-        ok = grades[col].notna() & preds[words[0]][col].notna()
-        m = classification_metrics(grades.loc[ok, "label"], grades.loc[ok, col], words)
-        auroc = grade_auroc(grades.loc[ok, "label"], pd.DataFrame({f"p_{w}": preds[w].loc[ok, col] for w in words}),
-                            words)
-        rows[name] = {"pairs": int(ok.sum()), "macro-F1": m["macro_f1"], **chance_agreement(m["confusion_matrix"]),
+    for name in [*starts, *rl_runs_read(files)]:
+        if f"{name}_first_token" not in files:
+            continue
+        p = read_predictions(files[f"{name}_first_token"])
+        p = p[p.index.isin(labels.index) & p[[f"p_{w}" for w in words]].notna().all(1)] \
+            if all(f"p_{w}" in p for w in words) else p.iloc[:0]
+        if not len(p):
+            continue
+        y = labels.loc[p.index]
+        m = classification_metrics(y, p["pred"], words)
+        auroc = grade_auroc(y, p, words)
+        rows[name] = {"pairs": len(p), "macro-F1": m["macro_f1"], **chance_agreement(m["confusion_matrix"]),
                       **{f"AUROC {w}": a for w, a in auroc.items()}, "mean AUROC": np.nanmean(list(auroc.values()))}
     table = pd.DataFrame(rows).T.rename(columns={"chance_macro_f1": "chance macro-F1"})
     return table.astype({"pairs": int}) if len(table) else table
