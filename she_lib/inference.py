@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .grade_head import GradeHeadProcessor, grade_head_of
+
 
 @contextmanager
 def decode_attention(model, implementation: str | None):
@@ -171,6 +173,12 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int = 16, max_new
                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id), **generate_kwargs}
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p)
+    head = grade_head_of(model)
+    if head is not None:  # the grade head's logits at a cached decoding step (she_lib.grade_head)
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList([GradeHeadProcessor(head),
+                                                          *kwargs.get("logits_processor", [])])
     with decode_attention(model, generation_attention(model, attention)):
         bar = tqdm(total=len(prompts), desc=desc, disable=not progress)
         for idx in _batches(prompts, tokenizer, batch_size):

@@ -29,6 +29,7 @@ import torch
 
 from .config import Profile
 from .distributed import world_size
+from .grade_head import FILE as GRADE_HEAD_FILE, GradeHead
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EOS_TOKEN, PAD_TOKEN = "<|im_end|>", "<|endoftext|>"
@@ -198,14 +199,15 @@ def load_policy(profile: Profile, training: bool = False) -> Policy:
 def load_run(run: str | Path, profile: Profile) -> Policy:
     """The model of a saved run as a plain (merged) model: the profile's base with the run's LoRA adapter
     merged in, after the adapter its ``run.json`` names as ``init_adapter`` (a path relative to ``run``: DPO/RL
-    runs start from an SFT run); or a full checkpoint saved in ``run``. The tokenizer is the base's."""
+    runs start from an SFT run); or a full checkpoint saved in ``run``. The tokenizer is the base's. A grade head
+    in ``run`` (she_lib.grade_head) is installed."""
     run = Path(run)
     if (run / "config.json").exists() and not (run / "adapter_config.json").exists():
         from transformers import AutoModelForCausalLM
 
         policy = load_policy(profile)
         policy.model = AutoModelForCausalLM.from_pretrained(run, dtype=policy.dtype)
-        return policy
+        return _with_grade_head(run, policy)
     if not (run / "adapter_config.json").exists():
         raise FileNotFoundError(f"{run}: no adapter_config.json or config.json (is the run finished?)")
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
@@ -214,4 +216,12 @@ def load_run(run: str | Path, profile: Profile) -> Policy:
     from peft import PeftModel
 
     policy.model = PeftModel.from_pretrained(policy.model, run).merge_and_unload()
+    return _with_grade_head(run, policy)
+
+
+def _with_grade_head(run: Path, policy: Policy) -> Policy:
+    """``policy`` with the grade head ``run`` holds installed (she_lib.grade_head; its hooks stay on the base model
+    under the adapters of runs that start from ``run``)."""
+    if (run / GRADE_HEAD_FILE).exists():
+        GradeHead.load(run).install(policy.model)
     return policy

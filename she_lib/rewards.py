@@ -28,23 +28,24 @@ class OutcomeReward:
     def __init__(self, scale: GradeScale | str = "esci", format_weight: float = 0.1, eos_token_ids=(),
                  grade_weights: dict | OnlineRecallWeights | None = None):
         self.scale = get_scale(scale)
-        self.online = grade_weights if isinstance(grade_weights, OnlineRecallWeights) else None
-        self.grade_weights = dict(grade_weights or {}) if self.online is None else None
+        self.grade_weights = (grade_weights if isinstance(grade_weights, OnlineRecallWeights)
+                              else dict(grade_weights or {}))
         self.format_weight = format_weight
         self.eos_token_ids = tuple(eos_token_ids or ())
         self.__name__ = "outcome"
 
     def __call__(self, prompts, completions, label, completion_ids=None, **kwargs) -> list[float]:
         cut = truncated(completion_ids, self.eos_token_ids, len(completions))
-        weights = self.online.weights() if self.online else self.grade_weights
+        online = isinstance(self.grade_weights, OnlineRecallWeights)
+        weights = self.grade_weights.weights() if online else self.grade_weights
         out, right = [], []
         for completion, gold, over in zip(completions, label, cut):
             p = parse(completion_text(completion), self.scale)
             right.append(not over and p.grade == gold)
             out.append(0.0 if over else weights.get(gold, 1.0) * float(right[-1])
                        + self.format_weight * float(p.well_formed))
-        if self.online:
-            self.online.update(label, right)
+        if online:
+            self.grade_weights.update(label, right)
         return out
 
 

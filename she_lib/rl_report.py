@@ -265,9 +265,12 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
         ext, frame = external_set(profile, folder, "test")
         if (Path(ext.results_dir) / "metrics.json").exists():
             _write_table(Path(ext.results_dir), profile.runs_dir)
+            _write_skill(ext, frame, profile.runs_dir)
             _write_significance(ext, frame, profile.runs_dir)
     table = _write_table(results, profile.runs_dir)
-    _write_significance(profile, eval_frame(profile, load_splits(profile)))
+    test = eval_frame(profile, load_splits(profile))
+    _write_skill(profile, test)
+    _write_significance(profile, test)
     shift = grade_shift(profile)
     if len(shift):
         (results / "rl_grade_shift.md").write_text(shift.round(3).to_markdown() + "\n")
@@ -284,14 +287,18 @@ def recorded_replay(metrics: dict) -> dict[str, dict]:
     return out
 
 
-def _write_significance(profile, test: pd.DataFrame, runs_dir=None) -> None:
-    """``rl_significance.md`` and ``rl_skill.md`` (:func:`grade_skill`) in the profile's results folder."""
+def _write_skill(profile, test: pd.DataFrame, runs_dir=None) -> None:
+    """``rl_skill.md`` (:func:`grade_skill`) in the profile's results folder."""
     skill = grade_skill(profile, test, runs_dir)
     (Path(profile.results_dir) / "rl_skill.md").write_text(
         "First-token read-outs: macro-F1 against the chance macro-F1 of grades drawn blind to the pair with the "
         "read-out's own shares, Cohen's kappa, and each grade's one-vs-rest AUROC of its probability "
         "(she_lib.rl_report.grade_skill).\n\n" + (skill.round(3).to_markdown() if len(skill) else "(no read-outs)")
         + "\n")
+
+
+def _write_significance(profile, test: pd.DataFrame, runs_dir=None) -> None:
+    """``rl_significance.md`` (:func:`rl_significance`) in the profile's results folder."""
     sig = rl_significance(profile, test, runs_dir)
     (Path(profile.results_dir) / "rl_significance.md").write_text(
         "First-token read-outs; paired bootstrap over test queries (same resample for both), A - B, p two-sided "

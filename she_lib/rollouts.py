@@ -34,18 +34,23 @@ import copy
 import torch
 from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
+from .grade_head import grade_head_of
 from .inference import generate, grade_token_ids
 
 
 def rollout_func_for(args, model, grade_words=None):
     """The ``rollout_func`` a run's config asks for, or None for TRL's own generation: ``rollout_engine`` "shared"
-    -> :class:`SharedPrefixRollouts`; "trl" -> None; "auto" -> "shared" on a CPU without vLLM or where
-    ``grade_temperature`` != 1 (which needs ``grade_words``, the scale's words), else "trl"."""
+    -> :class:`SharedPrefixRollouts`; "trl" -> None; "auto" -> "shared" on a CPU without vLLM, where
+    ``grade_temperature`` != 1 (which needs ``grade_words``, the scale's words) or for a model with a grade head
+    (she_lib.grade_head), else "trl"."""
     engine = args.rollout_engine
     explore = getattr(args, "grade_temperature", 1.0) != 1.0  # only this engine applies GradeTemperature
     if engine == "auto":
-        engine = "trl" if args.use_vllm or (next(model.parameters()).is_cuda and not explore) else "shared"
+        plain = not explore and grade_head_of(model) is None  # TRL's generate applies neither
+        engine = "trl" if args.use_vllm or (next(model.parameters()).is_cuda and plain) else "shared"
     if engine == "trl":
+        if grade_head_of(model) is not None:
+            raise ValueError("a model with a grade head needs rollout_engine 'shared' (she_lib.grade_head)")
         if explore:
             raise ValueError("grade_temperature != 1 needs rollout_engine 'shared' (TRL's generate does not apply it)")
         return None
@@ -148,6 +153,9 @@ def _merged_copy(model, dtype: torch.dtype):
     dup = AutoModelForCausalLM.from_config(base.config, dtype=dtype).to(base.device)
     dup.generation_config = copy.deepcopy(base.generation_config)
     refresh(dup, model, every=True)
+    head = grade_head_of(base)
+    if head is not None:
+        head.head.install(dup)
     return dup.eval()
 
 

@@ -60,6 +60,28 @@ def test_copy_follows_the_adapter_after_a_step(smoke, splits, tmp_path):
         assert torch.allclose(after, model(ids).logits, atol=1e-4)
 
 
+def test_copy_carries_the_grade_head(smoke, splits, tmp_path):
+    from she_lib.grade_head import GradeHead, grade_head_of
+
+    trainer, _ = _trainer(smoke, splits, tmp_path)
+    tok = trainer.processing_class
+    head = GradeHead(tok("<grade>", add_special_tokens=False).input_ids, grade_token_ids(tok, ["Exact", "Irrelevant"]),
+                     torch.randn(2, trainer.model.config.hidden_size))
+    head.install(trainer.model)
+    copy = SharedPrefixRollouts(torch.float32).policy_copy(trainer)
+    assert grade_head_of(copy) is not None and grade_head_of(copy) is not grade_head_of(trainer.model)
+    ids = torch.tensor([[5, 17, 198] + head.tag_ids])
+    with torch.no_grad():
+        trainer.model.eval()
+        got, want = copy(ids).logits[0, -1], trainer.model(ids).logits[0, -1]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    args = rl_config(smoke, "grpo", tmp_path / "engine", vllm="off")
+    assert isinstance(rollout_func_for(args, trainer.model), SharedPrefixRollouts)
+    args.rollout_engine = "trl"  # TRL's generate does not read the head
+    with pytest.raises(ValueError, match="grade head"):
+        rollout_func_for(args, trainer.model)
+
+
 def test_runs_and_until_end_hand_cases():
     assert _runs(["a", "a", "b", "b", "a"]) == [[0, 1], [2, 3], [4]]
     assert _runs([]) == []
