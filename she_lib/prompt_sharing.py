@@ -12,12 +12,19 @@ scored by TRL's fused LM head as TRL scores them. Log-probabilities, entropies a
 float rounding (tests/test_prompt_sharing.py): gradients reach the prompt's LoRA weights through the cached keys and
 values. Batches with images, MoE auxiliary losses or gradient checkpointing take TRL's path; so does every batch when
 ``share_prompt_prefix`` is off (``SRPOConfig``, a speed-only field: it is not part of a run's identity).
+
+A model with a grade head (she_lib.grade_head) is scored through its logits instead of the fused head: TRL's fused
+head multiplies the states by ``lm_head.weight`` and never calls the LM head module, so the head's hook would not
+run and the grade token's log-probability would be the LM head's, not the one the rollouts were sampled from. There
+each row's logits at the completion positions are computed (the hooks swap the grade's), and
+log p = log_softmax(z / T)[token], the entropy -sum p log p, as the fused head computes them (:func:`token_logps`).
 """
 from __future__ import annotations
 
 import torch
 from trl import GRPOTrainer
 
+from .grade_head import grade_head_of
 from .inference import repeated_prefix_cache
 
 
@@ -32,12 +39,26 @@ def prompt_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, p: int)
     return out
 
 
+def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float, entropy: bool):
+    """(log softmax(z / T)[target], entropy or None), per position, in float32; ``logits`` [B, L, V] at the positions
+    that predict ``targets`` [B, L] (a target < 0 reads token 0; TRL masks those positions)."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    out = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+    return out, (-(logp.exp() * logp).sum(-1) if entropy else None)
+
+
 class SharedPromptGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose per-token log-probabilities run each group's prompt once (module docstring)."""
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **extra):
         p = input_ids.size(1) - logits_to_keep  # prompt columns; the completion columns follow
+        head = grade_head_of(model) is not None  # scored through the logits (module docstring)
+        if head and (compute_aux_loss or any(v is not None for v in extra.values())):
+            raise ValueError("a model with a grade head is scored through its logits: no images or MoE aux loss")
+        if head and (not getattr(self.args, "share_prompt_prefix", False) or p < 2 or self.args.gradient_checkpointing):
+            return self._logps_through_logits(model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                              compute_entropy)
         if (not getattr(self.args, "share_prompt_prefix", False) or compute_aux_loss or p < 2
                 or self.args.gradient_checkpointing or any(v is not None for v in extra.values())):
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
@@ -51,9 +72,28 @@ class SharedPromptGRPOTrainer(GRPOTrainer):
             with self.accelerator.autocast():
                 cache = repeated_prefix_cache(model, ids.size(0), input_ids=ids[:1, :p - 1],
                                               attention_mask=mask[:1, :p - 1], logits_to_keep=1)
-                out = model(input_ids=suffix, attention_mask=mask, past_key_values=cache, labels=labels,
-                            fused_lm_head=True)
-            logps.append(out.log_probs[:, -logits_to_keep:])
+                if head:
+                    logits = model(input_ids=suffix, attention_mask=mask, past_key_values=cache).logits
+                    lp, ent = token_logps(logits[:, :-1], suffix[:, 1:], self.temperature, compute_entropy)
+                else:
+                    out = model(input_ids=suffix, attention_mask=mask, past_key_values=cache, labels=labels,
+                                fused_lm_head=True)
+                    lp, ent = out.log_probs, out.entropy
+            logps.append(lp[:, -logits_to_keep:])
             if compute_entropy:
-                entropies.append(out.entropy[:, -logits_to_keep:])
+                entropies.append(ent[:, -logits_to_keep:])
+        return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+    def _logps_through_logits(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy):
+        """TRL's per-token log-probabilities and entropies (no prompt sharing) from the model's logits."""
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size or input_ids.size(0)):
+            ids = input_ids[start:start + (batch_size or input_ids.size(0))]
+            mask = attention_mask[start:start + len(ids)]
+            with self.accelerator.autocast():
+                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep + 1).logits
+                lp, ent = token_logps(logits[:, :-1], ids[:, -logits_to_keep:], self.temperature, compute_entropy)
+            logps.append(lp)
+            if compute_entropy:
+                entropies.append(ent)
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None

@@ -67,3 +67,39 @@ def test_shared_prompt_logps_entropies_and_gradients_equal_trls(smoke, splits, t
     assert any(g.abs().sum() > 0 for g in g0.values())
     for n in g0:
         assert torch.allclose(g1[n], g0[n], atol=1e-5, rtol=1e-4), n
+
+
+def test_a_grade_head_is_scored_through_its_logits(smoke, splits, tmp_path):
+    """With a grade head, the grade token's log-probability is the head's (TRL's fused head would read the LM head's
+    row), the same with and without prompt sharing, and every other token's is the LM head's."""
+    from she_lib.grade_head import GradeHead
+    from she_lib.inference import grade_token_ids
+
+    ensure_trl_cpu_support()
+    policy = load_policy(smoke)
+    args = rl_config(smoke, "grpo", tmp_path, num_generations=3, prompts_per_step=2, max_steps=1, bf16=False)
+    trainer = SharedPromptGRPOTrainer(model=policy.model, reward_funcs=[OutcomeReward("esci")], args=args,
+                                      train_dataset=rl_dataset(splits["train"].head(2), smoke),
+                                      processing_class=policy.tokenizer, peft_config=policy.lora_config)
+    model, tok = trainer.model, policy.tokenizer
+    ids, mask, cmask = _batch(tok.pad_token_id)
+    tag, grades = tok("<grade>", add_special_tokens=False).input_ids, grade_token_ids(tok, ["Exact", "Irrelevant"])
+    ids[0, -4:] = torch.tensor(tag + [grades[1]])  # row 0's completion (4 tokens): "<grade>Ir"
+    torch.manual_seed(1)
+    head = GradeHead(tag, grades, 5 * torch.randn(2, model.config.hidden_size))
+    model.eval()
+    with torch.no_grad():  # by hand, before the head is installed: the LM head's logits, grade columns swapped
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        z = out.logits[:, -5:-1].clone()
+        h = out.hidden_states[-1][:, -5:-1]
+        z[0, 3, grades] = h[0, 3] @ head.rows.T
+        want = torch.log_softmax(z / trainer.temperature, -1).gather(-1, ids[:, -4:, None]).squeeze(-1)
+    head.install(model)
+    m = cmask.bool()
+    for share in (False, True):
+        trainer.args.share_prompt_prefix = share
+        with torch.no_grad():
+            got, ent, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, 4, compute_entropy=True)
+        torch.testing.assert_close(got[m], want[m], atol=1e-5, rtol=1e-4)
+        assert ent.shape == got.shape
+    assert abs(float(want[0, 3]) - float(torch.log_softmax(out.logits[0, -2] / trainer.temperature, -1)[grades[1]])) > 1e-2
