@@ -33,10 +33,14 @@ CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats
           ("srpo/step_reward", "mean step reward"), ("completions/mean_length", "completion tokens"))
 
 
-def run_name(method: str, seed: int, stage_order: str = "random", scale_rewards: str | None = None) -> str:
-    """``<method>[_bal][_<scale>][_s<seed>]``: the run folder of an RL method, its prompt order, its reward scaling
-    when not TRL's default ``group``, and seed (seed 0 unsuffixed)."""
-    variant = ("_bal" if stage_order == "balanced" else "") + (
+def run_name(method: str, seed: int, stage_order: str = "random", scale_rewards: str | None = None,
+             start: str = "sft") -> str:
+    """``<method>[_gradehead][_bal][_<scale>][_s<seed>]``: the run folder of an RL method, its start when not the SFT
+    model (``grade_head``: she_lib.probe_head at the grade position), its prompt order, its reward scaling when not
+    TRL's default ``group``, and seed (seed 0 unsuffixed)."""
+    if start not in ("sft", "grade_head"):
+        raise ValueError(f"start must be 'sft' or 'grade_head', got {start!r}")
+    variant = ("_gradehead" if start == "grade_head" else "") + ("_bal" if stage_order == "balanced" else "") + (
         f"_{scale_rewards}" if scale_rewards not in (None, "group") else "")
     return method_key(method, variant, seed)
 

@@ -11,6 +11,7 @@ def test_run_names_and_table(tmp_path):
     assert run_name("grpo", 0, "balanced") == "grpo_bal" and run_name("grpo", 1, "balanced") == "grpo_bal_s1"
     assert run_name("grpo", 1, "balanced", "batch") == "grpo_bal_batch_s1"
     assert run_name("grpo", 0, "random", "group") == "grpo"
+    assert run_name("srpo", 1, "balanced", start="grade_head") == "srpo_gradehead_bal_s1"
     for name, rewards in {"srpo": [0.1, 0.5, 0.7], "srpo_s1": [0.2, 0.3, 0.5]}.items():
         (tmp_path / name).mkdir()
         log = [{"loss": 0.0, "step": i + 1, "reward": r} for i, r in enumerate(rewards)] + [{"train_runtime": 1.0}]
