@@ -27,6 +27,16 @@ def _batch(pad: int):
     return ids, mask, torch.tensor(cmask)
 
 
+def _trainer(smoke, splits, tmp_path):
+    """(policy, SharedPromptGRPOTrainer) on the smoke model, G = 3, 2 prompts a step."""
+    ensure_trl_cpu_support()
+    policy = load_policy(smoke)
+    args = rl_config(smoke, "grpo", tmp_path, num_generations=3, prompts_per_step=2, max_steps=1, bf16=False)
+    return policy, SharedPromptGRPOTrainer(model=policy.model, reward_funcs=[OutcomeReward("esci")], args=args,
+                                           train_dataset=rl_dataset(splits["train"].head(2), smoke),
+                                           processing_class=policy.tokenizer, peft_config=policy.lora_config)
+
+
 def test_prompt_groups_hand_case():
     ids = torch.tensor([[1, 2, 9], [1, 2, 8], [0, 2, 7], [1, 2, 6]])
     mask = torch.ones_like(ids)
@@ -39,12 +49,7 @@ def test_shared_prompt_logps_entropies_and_gradients_equal_trls(smoke, splits, t
     calls = []
     monkeypatch.setattr(prompt_sharing, "repeated_prefix_cache",
                         lambda *a, **kw: calls.append(a[1]) or repeated_prefix_cache(*a, **kw))
-    ensure_trl_cpu_support()
-    policy = load_policy(smoke)
-    args = rl_config(smoke, "grpo", tmp_path, num_generations=3, prompts_per_step=2, max_steps=1, bf16=False)
-    trainer = SharedPromptGRPOTrainer(model=policy.model, reward_funcs=[OutcomeReward("esci")], args=args,
-                                      train_dataset=rl_dataset(splits["train"].head(2), smoke),
-                                      processing_class=policy.tokenizer, peft_config=policy.lora_config)
+    policy, trainer = _trainer(smoke, splits, tmp_path)
     model = trainer.model
     torch.manual_seed(0)
     with torch.no_grad():
@@ -75,12 +80,7 @@ def test_a_grade_head_is_scored_through_its_logits(smoke, splits, tmp_path):
     from she_lib.grade_head import GradeHead
     from she_lib.inference import grade_token_ids
 
-    ensure_trl_cpu_support()
-    policy = load_policy(smoke)
-    args = rl_config(smoke, "grpo", tmp_path, num_generations=3, prompts_per_step=2, max_steps=1, bf16=False)
-    trainer = SharedPromptGRPOTrainer(model=policy.model, reward_funcs=[OutcomeReward("esci")], args=args,
-                                      train_dataset=rl_dataset(splits["train"].head(2), smoke),
-                                      processing_class=policy.tokenizer, peft_config=policy.lora_config)
+    policy, trainer = _trainer(smoke, splits, tmp_path)
     model, tok = trainer.model, policy.tokenizer
     ids, mask, cmask = _batch(tok.pad_token_id)
     tag, grades = tok("<grade>", add_special_tokens=False).input_ids, grade_token_ids(tok, ["Exact", "Irrelevant"])
