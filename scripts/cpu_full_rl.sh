@@ -5,7 +5,9 @@
 # violations). The prompt set (profile cpu-full: P(gold) at the grade token over 1,024 train pairs, balanced stages)
 # is built once first, then two single-threaded lanes share the 2 cores: first GRPO and SRPO from the probe-headed
 # start (runs/cpu-full/sft_head, she_lib.probe_head; runs <method>_head_recall_online_explore_lr1e4[_s<seed>]), then
-# the rest. Every run resumes from its last checkpoint,
+# the rest; first of all, GRPO, SRPO and AGRL from the head read at <grade> only (runs/cpu-full/sft_gradehead,
+# she_lib.grade_head; runs <method>_gradehead_recall_online_explore[_s<seed>], agrl_gradehead_explore_half_hint[_s<seed>]).
+# Every run resumes from its last checkpoint,
 # a finished run is reused and read-outs resume from their prediction caches, so re-running this script continues
 # the table. Logs: logs/cpu-full_rl_{a,b}.log. Examiner: the offline verifier, plus the GenRM when
 # GENRM=runs/cpu-full/genrm is set (the same for every run). Runs are named <method>_bal[_half|_explore][_s<seed>]
@@ -57,6 +59,23 @@ from_head() {  # from_head METHOD SEED LR: METHOD with online recall weights fro
       --evaluate first_token --save
   wide "runs/cpu-full/$name" first_token
 }
+[ -f runs/cpu-full/sft_gradehead/grade_head.safetensors ] || OMP_NUM_THREADS=2 $PY -m she_lib.probe_head \
+    --run runs/cpu-full/sft --profile cpu-full --out runs/cpu-full/sft_gradehead --pairs-per-query 16 --position grade
+from_gradehead() {  # from_gradehead METHOD SEED: from the head read at <grade> only (she_lib.grade_head), lr 5e-5,
+  local name=$1_gradehead_recall_online_explore weights=(--grade-weighting recall_online)  # read-outs incl. decoded
+  [ "$1" = agrl ] && name=agrl_gradehead_explore_half_hint && weights=(--replace-fraction 0.5 --hint grade)
+  [ "$2" = 0 ] || name="${name}_s$2"
+  $PY -m she_lib.rl --method "$1" --profile cpu-full --sft runs/cpu-full/sft_gradehead --seed "$2" --name "$name" \
+      --scale-rewards batch "${weights[@]}" "${EXPLORE[@]}" --learning-rate 5e-5 --evaluate first_token generate --save
+  wide "runs/cpu-full/$name" first_token
+}
+(
+  for seed in 0 1 2; do from_gradehead grpo "$seed"; from_gradehead agrl "$seed"; done
+) >> logs/cpu-full_rl_gradehead_a.log 2>&1 &
+(
+  for seed in 0 1 2; do from_gradehead srpo "$seed"; done
+) >> logs/cpu-full_rl_gradehead_b.log 2>&1 &
+wait
 (
   for seed in 0 1 2; do from_head grpo "$seed" 5e-5; done
   for seed in 0 1 2; do from_head grpo "$seed" 1e-4; done
