@@ -70,8 +70,8 @@ class GradeHead:
         if getattr(base, "_she_grade_head", None) is not None:
             raise ValueError("the model already has a grade head")
         state = _Hooks(self)
-        state.handles = [base.get_decoder().register_forward_pre_hook(state.read_ids, with_kwargs=True),
-                         base.get_output_embeddings().register_forward_hook(state.swap)]
+        base.get_decoder().register_forward_pre_hook(state.read_ids, with_kwargs=True)
+        base.get_output_embeddings().register_forward_hook(state.swap)
         base._she_grade_head = state
         return state
 
@@ -86,7 +86,7 @@ class _Hooks:
     """Per-model state of an installed head: the current forward's tag mask and the last position's r . h."""
 
     def __init__(self, head: GradeHead):
-        self.head, self.mask, self.last, self.handles = head, None, None, []
+        self.head, self.mask, self.last = head, None, None
         self.tag, self.ids = torch.tensor(head.tag_ids), torch.tensor(head.token_ids)
 
     def read_ids(self, module, args, kwargs):
@@ -105,12 +105,6 @@ class _Hooks:
         ids = self.ids.to(logits.device)
         new = torch.where(mask[..., None], z.to(logits.dtype), logits[..., ids])
         return logits.index_copy(-1, ids, new)
-
-    def remove(self, model) -> None:
-        for handle in self.handles:
-            handle.remove()
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base._she_grade_head = None
 
 
 class GradeHeadProcessor:

@@ -54,21 +54,19 @@ class SharedPromptGRPOTrainer(GRPOTrainer):
                                            compute_entropy=False, compute_aux_loss=False, **extra):
         p = input_ids.size(1) - logits_to_keep  # prompt columns; the completion columns follow
         head = grade_head_of(model) is not None  # scored through the logits (module docstring)
-        if head and (compute_aux_loss or any(v is not None for v in extra.values())):
+        other = compute_aux_loss or any(v is not None for v in extra.values())  # images, MoE aux loss
+        if head and other:
             raise ValueError("a model with a grade head is scored through its logits: no images or MoE aux loss")
-        if head and (not getattr(self.args, "share_prompt_prefix", False) or p < 2 or self.args.gradient_checkpointing):
-            return self._logps_through_logits(model, input_ids, attention_mask, logits_to_keep, batch_size,
-                                              compute_entropy)
-        if (not getattr(self.args, "share_prompt_prefix", False) or compute_aux_loss or p < 2
-                or self.args.gradient_checkpointing or any(v is not None for v in extra.values())):
+        if other or not getattr(self.args, "share_prompt_prefix", False) or p < 2 or self.args.gradient_checkpointing:
+            if head:
+                return self._logps_through_logits(model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                                  compute_entropy)
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
                                                               batch_size, compute_entropy, compute_aux_loss, **extra)
         logps, entropies = [], []
         for rows in prompt_groups(input_ids, attention_mask, p):
             ids, mask = input_ids[rows], attention_mask[rows]
             suffix = ids[:, p - 1:]
-            labels = suffix.masked_fill(mask[:, p - 1:] == 0, -100)
-            labels[:, 0] = -100  # the last prompt token is input only
             with self.accelerator.autocast():
                 cache = repeated_prefix_cache(model, ids.size(0), input_ids=ids[:1, :p - 1],
                                               attention_mask=mask[:1, :p - 1], logits_to_keep=1)
@@ -76,6 +74,8 @@ class SharedPromptGRPOTrainer(GRPOTrainer):
                     logits = model(input_ids=suffix, attention_mask=mask, past_key_values=cache).logits
                     lp, ent = token_logps(logits[:, :-1], suffix[:, 1:], self.temperature, compute_entropy)
                 else:
+                    labels = suffix.masked_fill(mask[:, p - 1:] == 0, -100)
+                    labels[:, 0] = -100  # the last prompt token is input only
                     out = model(input_ids=suffix, attention_mask=mask, past_key_values=cache, labels=labels,
                                 fused_lm_head=True)
                     lp, ent = out.log_probs, out.entropy
@@ -86,10 +86,9 @@ class SharedPromptGRPOTrainer(GRPOTrainer):
 
     def _logps_through_logits(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy):
         """TRL's per-token log-probabilities and entropies (no prompt sharing) from the model's logits."""
-        logps, entropies = [], []
-        for start in range(0, input_ids.size(0), batch_size or input_ids.size(0)):
-            ids = input_ids[start:start + (batch_size or input_ids.size(0))]
-            mask = attention_mask[start:start + len(ids)]
+        logps, entropies, step = [], [], batch_size or input_ids.size(0)
+        for start in range(0, input_ids.size(0), step):
+            ids, mask = input_ids[start:start + step], attention_mask[start:start + step]
             with self.accelerator.autocast():
                 logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep + 1).logits
                 lp, ent = token_logps(logits[:, :-1], ids[:, -logits_to_keep:], self.temperature, compute_entropy)
