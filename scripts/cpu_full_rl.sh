@@ -50,39 +50,36 @@ OMP_NUM_THREADS=2 $PY -m she_lib.evaluate --run runs/cpu-full/sft_head --profile
 OMP_NUM_THREADS=2 wide runs/cpu-full/sft_head first_token
 prompts runs/cpu-full/sft
 prompts runs/cpu-full/sft_head
-from_head() {  # from_head METHOD SEED LR: METHOD with online recall weights from the probe-headed start
-  local base="$1_head_recall_online_explore" name
-  [ "$3" = 1e-4 ] && base="${base}_lr1e4"
-  name=$( [ "$2" = 0 ] && echo "$base" || echo "${base}_s$2")
-  $PY -m she_lib.rl --method "$1" --profile cpu-full --sft runs/cpu-full/sft_head --seed "$2" --name "$name" \
-      --scale-rewards batch --grade-weighting recall_online "${EXPLORE[@]}" --learning-rate "$3" \
-      --evaluate first_token --save
-  wide "runs/cpu-full/$name" first_token
-}
 [ -f runs/cpu-full/sft_gradehead/grade_head.safetensors ] || OMP_NUM_THREADS=2 $PY -m she_lib.probe_head \
     --run runs/cpu-full/sft --profile cpu-full --out runs/cpu-full/sft_gradehead --pairs-per-query 16 --position grade
-from_gradehead() {  # from_gradehead METHOD SEED: from the head read at <grade> only (she_lib.grade_head), lr 5e-5,
-  local name=$1_gradehead_recall_online_explore weights=(--grade-weighting recall_online)  # read-outs incl. decoded
-  [ "$1" = agrl ] && name=agrl_gradehead_explore_half_hint && weights=(--replace-fraction 0.5 --hint grade)
-  [ "$2" = 0 ] || name="${name}_s$2"
-  $PY -m she_lib.rl --method "$1" --profile cpu-full --sft runs/cpu-full/sft_gradehead --seed "$2" --name "$name" \
-      --scale-rewards batch "${weights[@]}" "${EXPLORE[@]}" --learning-rate 5e-5 --evaluate first_token generate --save
+from_start() {  # from_start START METHOD SEED LR [DECODED]: METHOD with online recall weights (AGRL: half of a flagged
+  # group guided by the gold grade) from runs/cpu-full/START, read by first token (and decoded) and on wide
+  local start=$1 method=$2 tag=${1#sft_} name modes=(first_token) weights=(--grade-weighting recall_online)
+  name="${method}_${tag}_recall_online_explore"
+  [ "$method" = agrl ] && name="agrl_${tag}_explore_half_hint" && weights=(--replace-fraction 0.5 --hint grade)
+  [ "$4" = 1e-4 ] && name="${name}_lr1e4"
+  [ "$3" = 0 ] || name="${name}_s$3"
+  [ -n "${5:-}" ] && modes+=(generate)
+  $PY -m she_lib.rl --method "$method" --profile cpu-full --sft "runs/cpu-full/$start" --seed "$3" --name "$name" \
+      --scale-rewards batch "${weights[@]}" "${EXPLORE[@]}" --learning-rate "$4" --evaluate "${modes[@]}" --save
   wide "runs/cpu-full/$name" first_token
 }
 (
-  for seed in 0 1 2; do from_gradehead grpo "$seed"; from_gradehead agrl "$seed"; done
+  for seed in 0 1 2; do
+    from_start sft_gradehead grpo "$seed" 5e-5 decoded; from_start sft_gradehead agrl "$seed" 5e-5 decoded
+  done
 ) >> logs/cpu-full_rl_gradehead_a.log 2>&1 &
 (
-  for seed in 0 1 2; do from_gradehead srpo "$seed"; done
+  for seed in 0 1 2; do from_start sft_gradehead srpo "$seed" 5e-5 decoded; done
 ) >> logs/cpu-full_rl_gradehead_b.log 2>&1 &
 wait
 (
-  for seed in 0 1 2; do from_head grpo "$seed" 5e-5; done
-  for seed in 0 1 2; do from_head grpo "$seed" 1e-4; done
+  for seed in 0 1 2; do from_start sft_head grpo "$seed" 5e-5; done
+  for seed in 0 1 2; do from_start sft_head grpo "$seed" 1e-4; done
 ) >> logs/cpu-full_rl_head_a.log 2>&1 &
 (
-  for seed in 0 1 2; do from_head srpo "$seed" 5e-5; done
-  for seed in 0 1 2; do from_head srpo "$seed" 1e-4; done
+  for seed in 0 1 2; do from_start sft_head srpo "$seed" 5e-5; done
+  for seed in 0 1 2; do from_start sft_head srpo "$seed" 1e-4; done
 ) >> logs/cpu-full_rl_head_b.log 2>&1 &
 wait
 (

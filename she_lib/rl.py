@@ -230,6 +230,8 @@ def rl_prompts(profile: Profile, sft_run: str | Path, curriculum=None, per_step:
     splits = splits if splits is not None else load_splits(profile)
     pool = _sample(splits["train"], curriculum.pool_limit, curriculum.seed)
     words = get_scale(profile.grade_scale).words
+    if not (curriculum.difficulty or curriculum.curriculum):  # no filter, no stages: no pass rates to estimate
+        return build_rl_prompts(pool, None, curriculum, words, per_step)
     if curriculum.pass_source == "first_token":
         rates = first_token_pass_rates(profile, sft_run, pool, progress)
         return build_rl_prompts(pool, None, curriculum, words, per_step, rates=rates)
@@ -274,9 +276,16 @@ def _args_key(args: SRPOConfig) -> dict:
 
 def curriculum_for(profile: Profile | str, **overrides):
     """The RL prompt set's pool, sampling and stages (she_lib.curriculum.CurriculumConfig): the ``curriculum`` entry
-    of she_lib.config.TABLE, then ``overrides``."""
+    of she_lib.config.TABLE, then ``overrides``. A steps-first policy writes its grade last, so it has no first-token
+    pass rate: where the budget reads pass rates there and sets no stages, a steps-first run skips the difficulty
+    filter (under the grade-first SFT model the cpu-full band kept 1,022 of 1,024 prompts) and its prompts weigh
+    alike, pass rate 0.5 (online grade weights then start equal and follow the rollouts)."""
     profile = get_profile(profile)
-    return CurriculumConfig(**{**stage_budget(profile, "curriculum"), **overrides})  # seed 0: RL seeds share one prompt set
+    budget = stage_budget(profile, "curriculum")  # seed 0: RL seeds share one prompt set
+    if profile.order != "grade_first" and budget.get("pass_source") == "first_token" and \
+            not budget.get("curriculum", True):
+        budget = {**budget, "difficulty": False}
+    return CurriculumConfig(**{**budget, **overrides})
 
 
 class StageLogger(TrainerCallback):
@@ -308,6 +317,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stage-order", choices=["random", "balanced"], default=None,
                     help="how curriculum stages fill their slots (she_lib.curriculum; default: the profile's); "
                          "balanced names the run <method>_bal")
+    ap.add_argument("--stage-steps", type=int, nargs="+", default=None,
+                    help="optimizer steps of each curriculum stage (CurriculumConfig.stage_steps; default: the "
+                         "profile's; needs --name)")
     ap.add_argument("--scale-rewards", choices=["group", "batch", "none"], default=None,
                     help="TRL's reward scaling (default: the profile's, TRL's 'group'); another names the run "
                          "<method>[_bal]_<scale>")
@@ -334,15 +346,16 @@ def main(argv=None) -> int:
                                  ("advantage_baseline", a.baseline), ("grade_weighting", a.grade_weighting),
                                  ("learning_rate", a.learning_rate))
                if v is not None}
-    if variant and not a.name:
-        ap.error("--grade-temperature, --min-p, --baseline, --grade-weighting and --learning-rate make a variant, "
-                 "and its run needs its own --name")
+    if (variant or a.stage_steps) and not a.name:
+        ap.error("--grade-temperature, --min-p, --baseline, --grade-weighting, --learning-rate and --stage-steps make "
+                 "a variant, and its run needs its own --name")
     sft_info = json.loads((Path(a.sft) / "run.json").read_text())
     profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
     examiner = None
     if a.genrm:
         examiner = Examiner(GenRM.load(a.genrm, profile), HybridConfig(), profile.grade_scale)
-    curriculum = curriculum_for(profile, **({"stage_order": a.stage_order} if a.stage_order else {}))
+    curriculum = curriculum_for(profile, **({"stage_order": a.stage_order} if a.stage_order else {}),
+                                **({"stage_steps": tuple(a.stage_steps)} if a.stage_steps else {}))
     name = a.name or run_name(a.method, a.seed, curriculum.stage_order, a.scale_rewards)
     args = rl_config(profile, a.method, seed=a.seed, data_seed=a.seed, **({"vllm": a.vllm} if a.vllm else {}),
                      **({"scale_rewards": a.scale_rewards} if a.scale_rewards else {}), **variant)

@@ -169,3 +169,27 @@ def test_first_token_pass_rates_are_p_gold_and_cached(smoke, splits, trained_sft
     assert rl.first_token_pass_rates(smoke, trained_sft, pool).equals(rates)
     with pytest.raises(ValueError, match="grade_first"):
         rl.first_token_pass_rates(smoke.replace(order="steps_first"), trained_sft, pool)
+
+
+def test_a_steps_first_run_of_a_first_token_budget_skips_the_difficulty_filter(smoke, splits, monkeypatch):
+    """cpu-full reads pass rates at the grade token, which a steps-first policy writes last: its curriculum drops the
+    filter, and its prompt set is built with no model, every pass rate 0.5 (online grade weights start equal)."""
+    from she_lib.config import get_profile
+
+    assert rl.curriculum_for(get_profile("cpu-full")).difficulty
+    steps = rl.curriculum_for(get_profile("cpu-full", order="steps_first"))
+    assert not steps.difficulty and steps.pass_source == "first_token" and steps.stage_order == "balanced"
+    monkeypatch.setattr(rl, "load_run", None)  # nothing may load a model
+    cfg = CurriculumConfig(pool_limit=8, pass_source="first_token", difficulty=False, curriculum=False,
+                           stage_steps=(2,), stage_order="balanced")
+    prompts, report = rl.rl_prompts(smoke.replace(order="steps_first"), "no/such/run", cfg, 2, splits)
+    assert len(prompts) == 4 and set(prompts["pass_rate"]) == {0.5} and report["difficulty"]["kept"] == 8
+
+
+def test_cli_variants_need_their_own_run_name(capsys):
+    """A run whose curriculum or settings differ from the profile's must be named: without --name it would take the
+    default run folder of another setting. The check comes before anything is read."""
+    for extra in (["--stage-steps", "54"], ["--learning-rate", "1e-4"]):
+        with pytest.raises(SystemExit) as e:
+            rl.main(["--method", "grpo", "--profile", "smoke", "--sft", "no/such/run", *extra])
+        assert e.value.code == 2 and "needs its own --name" in capsys.readouterr().err

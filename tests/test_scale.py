@@ -196,7 +196,8 @@ SAMPLING_STAGES = {
     "dpo": ["she_lib.dpo", "--profile", "smoke", "--sft", "{out}/runs/sft", "--name", "launched_dpo"],
     "genrm": ["she_lib.genrm", "--profile", "smoke", "--name", "launched_genrm"],
     **{m: ["she_lib.rl", "--method", m, "--profile", "smoke", "--sft", "{out}/runs/sft", "--name", f"launched_{m}",
-           *extra] for m, extra in (("grpo", ["--stage-order", "balanced"]), ("srpo", []), ("agrl", []))},
+           *extra] for m, extra in (("grpo", ["--stage-order", "balanced"]), ("srpo", ["--stage-steps", "3"]),
+                                                 ("agrl", []))},
 }
 
 
@@ -218,6 +219,8 @@ def test_two_process_launch_of_every_sampling_stage_and_only_rank0_writes(tmp_pa
         assert info["kind"] == stage
         if "--stage-order" in args:  # the CLI's curriculum option reaches the prompt set and the run key
             assert info["data"]["config"]["stage_order"] == info["config"]["curriculum"]["stage_order"] == "balanced"
+        if "--stage-steps" in args:  # the run's length (smoke: 2 steps) follows the CLI, and its key records it
+            assert info["config"]["curriculum"]["stage_steps"] == [3] and info["global_step"] == 3
         if stage != "genrm":  # DPO and RL start from the SFT adapter they were given
             assert (out / "runs" / args[args.index("--name") + 1] / info["init_adapter"]).resolve() == \
                 (out / "runs" / "sft").resolve()
