@@ -167,6 +167,29 @@ def paired_bootstrap(y_true, pred_a, pred_b, groups, labels, n_samples: int | No
     return out
 
 
+
+def paired_ratio_bootstrap(num_a, den_a, num_b, den_b, n_samples: int | None = 1000, seed: int = 0,
+                           alpha: float = 0.05) -> dict:
+    """Difference A - B of two pooled rates, sum(num) / sum(den) over groups (e.g. right steps / judged steps per
+    query), with its percentile CI and two-sided p-value, resampling the groups with the same resample for both
+    (as :func:`paired_bootstrap`): d* = (c . num_a) / (c . den_a) - (c . num_b) / (c . den_b) for each resample's
+    counts c; p = P(|d* - d| >= |d|). A resample whose denominators sum to 0 is left out (weights renormalised)."""
+    arrays = [np.asarray(x, float) for x in (num_a, den_a, num_b, den_b)]
+    if len({len(x) for x in arrays}) != 1 or not len(arrays[0]):
+        raise ValueError("paired_ratio_bootstrap needs four arrays of one non-zero length (one entry per group)")
+    na, da, nb, db = arrays
+    if da.sum() == 0 or db.sum() == 0:
+        raise ValueError("a rate over nothing: every denominator is 0")
+    counts, w = query_resamples(len(na), n_samples, seed)
+    ok = (counts @ da > 0) & (counts @ db > 0)
+    counts, w = counts[ok], w[ok] / w[ok].sum()
+    d = float(na.sum() / da.sum() - nb.sum() / db.sum())
+    reps = counts @ na / (counts @ da) - counts @ nb / (counts @ db)
+    ci = np.quantile(reps, [alpha / 2, 1 - alpha / 2], weights=w, method="inverted_cdf")
+    extreme = np.abs(reps - d) >= abs(d) - 1e-12  # ties count as extreme
+    return {"diff": d, "diff_ci": [float(x) for x in ci], "p": float(min(1.0, w[extreme].sum())),
+            "n_groups": len(na), "n_samples": n_samples or len(counts), "exact": n_samples is None}
+
 TRAINED_FROM_SFT = ("dpo", "grpo", "srpo", "agrl")  # methods that start from the SFT model
 ON_GRPO = ("srpo", "agrl")  # methods whose goal is stated against GRPO (same variant, seed and read-out)
 _METHOD = re.compile(r"^(?P<family>sft|dpo|grpo|srpo|agrl)(?P<variant>(?:_(?!s\d|first_token$|cumpt$|prior$|probe$)[a-z][a-z0-9]*)*)"

@@ -9,8 +9,8 @@ Two read-outs of an LLM's grade:
 Predictions are appended to a JSON-lines cache chunk by chunk (:func:`prediction_cache` names it after every
 setting the predictions depend on), so an interrupted read-out resumes where it stopped. The caches live in the
 run folder, outside git; a saved read-out is also archived beside its metrics (:func:`archive_predictions`:
-``<results>/predictions/<method>.jsonl.gz``, the grade and its probabilities per pair), so the paired tests over
-queries can be redone from a clone that has the results but not the runs.
+``<results>/predictions/<method>.jsonl.gz``, the grade and its probabilities per pair, or a decoded read-out's
+rationale), so the paired tests over queries can be redone from a clone that has the results but not the runs.
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def method_name(base: str, mode: str) -> str:
     return base if mode == "generate" else f"{base}_first_token"
 
 
-ARCHIVED = ("example_id", "pred", "well_formed")  # and every p_<grade>: what a paired test or a grade shift reads
+ARCHIVED = ("example_id", "pred", "well_formed", "completion")  # and every p_<grade>: what the paired tests read
 
 
 def archive_path(results_dir: str | Path, method: str) -> Path:
@@ -120,7 +120,7 @@ def archive_path(results_dir: str | Path, method: str) -> Path:
 
 
 def archive_predictions(results_dir: str | Path, method: str, preds: pd.DataFrame) -> Path:
-    """Write ``preds``' columns of :data:`ARCHIVED` and ``p_*`` (not the completions) to
+    """Write ``preds``' columns of :data:`ARCHIVED` and ``p_*`` (a decoded read-out's rationales included) to
     ``results_dir/predictions/<method>.jsonl.gz``, replacing an earlier archive of the method."""
     path = archive_path(results_dir, method)
     path.parent.mkdir(parents=True, exist_ok=True)

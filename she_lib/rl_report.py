@@ -26,8 +26,10 @@ from .data import load_splits
 from .evaluate import eval_frame, external_set, load_predictions, prediction_files
 from .labels import get_scale
 from .metrics import (ON_GRPO, chance_agreement, classification_metrics, grade_auroc, grade_tv, method_key,
-                      parse_method, significance_table)
+                      paired_ratio_bootstrap, parse_method, significance_table)
 from .predictions import read_predictions
+from .rules import rule_checks
+from .verifier import judged_steps, verify
 
 CURVES = (("reward", "outcome / rule reward"), ("entropy", "policy entropy (nats)"),
           ("srpo/step_reward", "mean step reward"), ("completions/mean_length", "completion tokens"))
@@ -197,14 +199,60 @@ def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = N
     runs = rl_runs_read(have)
     path = Path(profile.results_dir) / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
-    pairs = [(n, start) for n in runs if (start := sft_start(n, metrics)) in have]
-    for n in runs:
-        partner = grpo_partner(n, have, baselines)
-        if parse_method(n)["family"] in ON_GRPO and partner:
-            pairs.append((n, partner))
-    pairs = [(f"{a}_first_token", f"{b}_first_token") for a, b in pairs]
+    pairs = [(f"{a}_first_token", f"{b}_first_token") for a, b in rl_pairs(runs, have, metrics, baselines)]
     return significance_table(preds, pairs, get_scale(profile.grade_scale).words, profile.bootstrap_samples,
                               profile.seed)
+
+
+def rl_pairs(runs, have, metrics: dict, baselines=("_bal_recall_explore", "_bal")) -> list[tuple[str, str]]:
+    """(A, B) to test: every RL run of ``runs`` against the SFT run it started from (:func:`sft_start`), then every
+    SRPO / AGRL run against :func:`grpo_partner`; only pairs whose both read-outs are in ``have``."""
+    pairs = [(n, start) for n in runs if (start := sft_start(n, metrics)) in have]
+    return pairs + [(n, p) for n in runs
+                    if parse_method(n)["family"] in ON_GRPO and (p := grpo_partner(n, have, baselines))]
+
+
+def step_outcomes(frame: pd.DataFrame, column: str, scale) -> pd.DataFrame:
+    """Per pair of ``frame`` (the test rows with a rationale in ``column``): ``right`` and ``judged`` steps
+    (she_lib.verifier.judged_steps), ``parsable`` and ``broken`` (a parsable rationale that breaks a rule of
+    she_lib.rules)."""
+    rows = []
+    for ex in frame.to_dict("records"):
+        steps, checks = judged_steps(verify(ex, ex[column], scale)), rule_checks(ex, ex[column], scale)
+        rows.append({"query": ex["query"].lower(), "right": sum(steps.values()), "judged": len(steps),
+                     "parsable": int(checks.parsable), "broken": int(checks.parsable and bool(checks.broken()))})
+    return pd.DataFrame(rows, index=frame.index)
+
+
+def step_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = None) -> pd.DataFrame:
+    """Paired bootstrap over test queries (she_lib.metrics.paired_ratio_bootstrap) of the decoded read-outs of
+    ``test``, on the pairs both decoded: step accuracy (right / judged steps) and rule-violation rate (rationales
+    breaking a rule / parsable ones), for the pairs of :func:`rl_pairs`. Needs the rationales: the runs' caches, or
+    archives written since they keep the completions."""
+    scale = get_scale(profile.grade_scale)
+    preds = load_predictions(profile, test, "completion", runs_dir=runs_dir or profile.runs_dir, archived=True)
+    have = {c for c in preds.columns if c not in test.columns and preds[c].notna().any()}
+    path = Path(profile.results_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    outcomes, rows = {}, []
+    for a, b in rl_pairs(rl_runs_read(have), have, metrics):
+        both = preds[preds[a].notna() & preds[b].notna()]
+        if not len(both):
+            continue
+        for n in (a, b):
+            if n not in outcomes:
+                outcomes[n] = step_outcomes(preds[preds[n].notna()], n, scale)
+        qa, qb = (outcomes[n].loc[both.index].groupby("query").sum() for n in (a, b))
+        row = {"A": a, "B": b, "pairs": len(both), "queries": len(qa)}
+        for name, num, den in (("step accuracy", "right", "judged"), ("rule violations", "broken", "parsable")):
+            if not (qa[den].sum() and qb[den].sum()):  # a rate over nothing (no rationale parses): no test
+                row.update({f"{name} A-B": None, f"{name} 95% CI": None, f"{name} p": None})
+                continue
+            r = paired_ratio_bootstrap(qa[num], qa[den], qb[num], qb[den], profile.bootstrap_samples, profile.seed)
+            row.update({f"{name} A-B": round(r["diff"], 3), f"{name} 95% CI": "[{:.3f}, {:.3f}]".format(*r["diff_ci"]),
+                        f"{name} p": round(r["p"], 3)})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def sft_start(run: str, metrics: dict) -> str:
@@ -246,8 +294,9 @@ def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> 
 
 def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataFrame:
     """What notebook 04 writes, from runs already trained (nothing is run): ``figures/04_rl_training.png``,
-    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``), ``rl_significance.md`` (:func:`rl_significance`) and
-    ``rl_skill.md`` (:func:`grade_skill`),
+    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``), ``rl_significance.md`` (:func:`rl_significance`),
+    ``rl_step_significance.md`` (:func:`step_significance`, the main split only) and ``rl_skill.md``
+    (:func:`grade_skill`),
     both also in the results folder of each extra test split (``esci_us_wide_test/``) where it was scored,
     ``rl_replay.json`` (AGRL's replay counts, from the runs here and the metrics entries of runs gone) and
     ``rl_grade_shift.md`` (:func:`grade_shift`)."""
@@ -275,6 +324,12 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
     test = eval_frame(profile, load_splits(profile))
     _write_skill(profile, test)
     _write_significance(profile, test)
+    steps = step_significance(profile, test)
+    (results / "rl_step_significance.md").write_text(
+        "Decoded read-outs: step accuracy (right / judged steps, she_lib.verifier) and rule-violation rate "
+        "(rationales breaking a rule / parsable ones, she_lib.rules), A - B on the pairs both decoded; paired "
+        f"bootstrap over test queries ({profile.bootstrap_samples} resamples; she_lib.rl_report.step_significance).\n\n"
+        + (steps.to_markdown(index=False) if len(steps) else "(no pairs)") + "\n")
     shift = grade_shift(profile)
     if len(shift):
         (results / "rl_grade_shift.md").write_text(shift.round(3).to_markdown() + "\n")

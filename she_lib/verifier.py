@@ -299,6 +299,15 @@ def verify(ex, rationale: str | ParsedRationale, scale: GradeScale | str = "esci
     return Verification(steps, check_grade(parsed, label), status, parsed)
 
 
+def judged_steps(v: Verification) -> dict[str, bool]:
+    """``{step: right}`` over the steps of STEPS that ``v`` decides (correct or incorrect) in a parsable rationale;
+    empty for an unparsable one."""
+    if v.unparsable:
+        return {}
+    return {s: v.steps[s].truth == CORRECT for s in STEPS
+            if v.status[s] != "missing" and v.steps[s].truth != UNKNOWN}
+
+
 def step_accuracy(examples, completions, scale: GradeScale | str = "esci", config: VerifierConfig | None = None) -> dict:
     """Step accuracy of decoded rationales against the verifier: over the steps of STEPS it decides (correct or
     incorrect) in parsable rationales, the share that is correct; also per step and the verifier's coverage
@@ -312,11 +321,9 @@ def step_accuracy(examples, completions, scale: GradeScale | str = "esci", confi
         if v.unparsable:
             unparsable += 1
             continue
-        for s in STEPS:
-            if v.status[s] != "missing":
-                present += 1
-                if v.steps[s].truth != UNKNOWN:
-                    decided[s].append(v.steps[s].truth == CORRECT)
+        present += sum(v.status[s] != "missing" for s in STEPS)
+        for s, right in judged_steps(v).items():
+            decided[s].append(right)
     flat = [x for xs in decided.values() for x in xs]
     mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
     return {"step_accuracy": mean(flat), "step_coverage": len(flat) / present if present else None,

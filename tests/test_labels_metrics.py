@@ -262,3 +262,21 @@ def test_grade_auroc_hand_computed():
     assert out == pytest.approx({"Exact": 0.75, "Irrelevant": 0.75})
     probs["p_Complement"] = 0.0  # a grade no pair has: undefined
     assert np.isnan(grade_auroc(y, probs, ["Complement"])["Complement"])
+
+
+def test_paired_ratio_bootstrap_by_hand():
+    """Two queries, pooled rates right / judged. A: 1/2 and 2/2 -> 3/4; B: 1/2 and 0/2 -> 1/4; d = 0.5. Every
+    resample of two queries: (2, 0) w 1/4: 2/4 - 2/4 = 0; (1, 1) w 1/2: 0.5; (0, 2) w 1/4: 4/4 - 0/4 = 1.
+    p = P(|d* - d| >= |d|) = 1/4 + 1/4 (the ties count); 95% CI [0, 1]."""
+    from she_lib.metrics import paired_ratio_bootstrap
+
+    r = paired_ratio_bootstrap([1, 2], [2, 2], [1, 0], [2, 2], n_samples=None)
+    assert r["diff"] == pytest.approx(0.5) and r["p"] == pytest.approx(0.5) and r["diff_ci"] == [0.0, 1.0]
+    # a resample whose A denominators sum to 0, (0, 2), is left out and the rest reweighted: d = 1/2 - 2/4 = 0,
+    # both remaining resamples give 0, p = 1
+    r = paired_ratio_bootstrap([1, 0], [2, 0], [1, 1], [2, 2], n_samples=None)
+    assert r["diff"] == 0 and r["p"] == 1 and r["n_samples"] == 2
+    with pytest.raises(ValueError, match="one non-zero length"):
+        paired_ratio_bootstrap([1], [2], [1, 0], [2, 2])
+    with pytest.raises(ValueError, match="over nothing"):
+        paired_ratio_bootstrap([0, 0], [0, 0], [1, 0], [2, 2])

@@ -174,8 +174,9 @@ def test_archived_read_outs_stand_in_for_missing_runs(tmp_path, splits):
     archive_predictions(results, "srpo_bal_first_token", frame(list(test["label"])))
     path = archived_predictions(results)["srpo_bal_first_token"]
     assert path.name == "srpo_bal_first_token.jsonl.gz"
-    back = read_predictions(path)  # the completion is not archived; grades and probabilities are
-    assert "completion" not in back and list(back["pred"]) == list(test["label"]) and "p_Exact" in back
+    back = read_predictions(path)  # grades, probabilities and the rationale are archived
+    assert list(back["completion"]) == ["x"] * len(test) and list(back["pred"]) == list(test["label"])
+    assert "p_Exact" in back
     assert prediction_files(prof) == {} and set(prediction_files(prof, archived=True)) == {
         "sft_first_token", "grpo_bal_first_token", "srpo_bal_first_token"}
     sig = rl_significance(prof, test)
@@ -239,3 +240,37 @@ def test_sft_start_from_the_read_outs_run_record():
     assert sft_start("grpo_head", metrics) == "sft_head"  # the first-token entry's record
     assert sft_start("grpo_bal", metrics) == "sft"  # the decoded entry's, when no first-token one
     assert sft_start("srpo_bal", metrics) == "sft" and sft_start("agrl", {}) == "sft"  # no record: the default
+
+
+def test_step_significance_of_archived_decoded_read_outs(tmp_path, splits):
+    """Decoded read-outs archived with their rationales: SFT and SRPO write the teacher's rationale (every judged
+    step right, no rule broken), GRPO the teacher's steps for a wrong grade under the right grade (its judgement is
+    wrong and contradicts its grade). Step accuracy SRPO - GRPO > 0 on every resample, SRPO - SFT exactly 0 (p = 1);
+    the same for rule violations with the signs turned."""
+    import pandas as pd
+
+    from she_lib.config import get_profile
+    from she_lib.predictions import archive_predictions
+    from she_lib.rationales import teacher_rationale
+    from she_lib.rl_report import step_outcomes, step_significance
+
+    test = splits["test"].head(12)
+    wrong = {"Exact": "Irrelevant", "Substitute": "Irrelevant", "Complement": "Exact", "Irrelevant": "Exact"}
+    right = [teacher_rationale(r) for r in test.to_dict("records")]
+    flipped = [teacher_rationale({**r, "label": wrong[r["label"]]}).replace(
+        f"<grade>{wrong[r['label']]}</grade>", f"<grade>{r['label']}</grade>") for r in test.to_dict("records")]
+    results = tmp_path / "results"
+    prof = get_profile("smoke", runs_dir=str(tmp_path / "runs"), results_dir=str(results))
+    for name, texts in (("sft", right), ("grpo_bal", flipped), ("srpo_bal", right)):
+        archive_predictions(results, name, pd.DataFrame({"example_id": test["example_id"], "pred": "Exact",
+                                                         "completion": texts}))
+    out = step_outcomes(test.assign(c=right), "c", "esci")
+    assert (out["right"] == out["judged"]).all() and (out["judged"] > 0).all() and (out["broken"] == 0).all()
+    sig = step_significance(prof, test).set_index(["A", "B"])
+    assert list(sig.index) == [("grpo_bal", "sft"), ("srpo_bal", "sft"), ("srpo_bal", "grpo_bal")]
+    assert (sig["pairs"] == len(test)).all()
+    srpo_sft, srpo_grpo = sig.loc[("srpo_bal", "sft")], sig.loc[("srpo_bal", "grpo_bal")]
+    assert srpo_sft["step accuracy A-B"] == 0 and srpo_sft["step accuracy p"] == 1
+    assert srpo_grpo["step accuracy A-B"] > 0 and srpo_grpo["step accuracy 95% CI"].startswith("[0.")
+    assert srpo_grpo["rule violations A-B"] == -1 and srpo_grpo["rule violations p"] < 0.05
+    assert srpo_sft["rule violations A-B"] == 0
