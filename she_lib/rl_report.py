@@ -206,10 +206,20 @@ def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = N
 
 def rl_pairs(runs, have, metrics: dict, baselines=("_bal_recall_explore", "_bal")) -> list[tuple[str, str]]:
     """(A, B) to test: every RL run of ``runs`` against the SFT run it started from (:func:`sft_start`), then every
-    SRPO / AGRL run against :func:`grpo_partner`; only pairs whose both read-outs are in ``have``."""
+    SRPO / AGRL run against a GRPO run from the same start: :func:`grpo_partner` among those, else the one GRPO
+    variant from that start with the same seed; only pairs whose both read-outs are in ``have``."""
     pairs = [(n, start) for n in runs if (start := sft_start(n, metrics)) in have]
-    return pairs + [(n, p) for n in runs
-                    if parse_method(n)["family"] in ON_GRPO and (p := grpo_partner(n, have, baselines))]
+    for n in runs:
+        if parse_method(n)["family"] not in ON_GRPO:
+            continue
+        same = {h for h in have if sft_start(h, metrics) == sft_start(n, metrics)}
+        seed = parse_method(n)["seed"]
+        grpos = sorted(h for h in same if (m := parse_method(h)) and m["family"] == "grpo" and m["seed"] == seed
+                       and not m["readout"])
+        partner = grpo_partner(n, same, baselines) or (grpos[0] if len(grpos) == 1 else None)
+        if partner:
+            pairs.append((n, partner))
+    return pairs
 
 
 def step_outcomes(frame: pd.DataFrame, column: str, scale) -> pd.DataFrame:

@@ -274,3 +274,21 @@ def test_step_significance_of_archived_decoded_read_outs(tmp_path, splits):
     assert srpo_grpo["step accuracy A-B"] > 0 and srpo_grpo["step accuracy 95% CI"].startswith("[0.")
     assert srpo_grpo["rule violations A-B"] == -1 and srpo_grpo["rule violations p"] < 0.05
     assert srpo_sft["rule violations A-B"] == 0
+
+
+def test_rl_pairs_take_the_grpo_partner_from_the_same_start():
+    """An SRPO / AGRL run is tested against GRPO from the SFT run it started from: the named partner among those,
+    else the one GRPO variant there with its seed; a GRPO run from another start is never its partner."""
+    from she_lib.rl_report import rl_pairs
+
+    start = lambda s: {"run": {"init_adapter": f"../{s}"}}  # noqa: E731
+    metrics = {"grpo_bal_first_token": start("sft"), "grpo_gh_online_first_token": start("sft_gh"),
+               "grpo_gh_online_s1_first_token": start("sft_gh"), "agrl_gh_hint_s1_first_token": start("sft_gh"),
+               "agrl_gh_hint_first_token": start("sft_gh"), "srpo_bal_first_token": start("sft")}
+    have = {"sft", "sft_gh", "grpo_bal", "grpo_gh_online", "grpo_gh_online_s1", "agrl_gh_hint_s1", "srpo_bal",
+            "agrl_gh_hint"}
+    runs = ["grpo_bal", "grpo_gh_online", "grpo_gh_online_s1", "srpo_bal", "agrl_gh_hint", "agrl_gh_hint_s1"]
+    pairs = rl_pairs(runs, have, metrics)
+    assert [p for p in pairs if p[0].startswith(("srpo", "agrl"))][-3:] == [
+        ("srpo_bal", "grpo_bal"), ("agrl_gh_hint", "grpo_gh_online"), ("agrl_gh_hint_s1", "grpo_gh_online_s1")]
+    assert ("agrl_gh_hint", "sft_gh") in pairs and ("grpo_bal", "sft") in pairs
