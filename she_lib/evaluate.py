@@ -36,7 +36,7 @@ from .metrics import UNPARSED, default_pairs, significance_table
 from .predictions import (MODES, archive_predictions, archived_predictions, as_trained, method_name, per_query,
                           predict_llm, prediction_cache, prediction_seconds, read_predictions)
 from .prior_correction import evaluate_prior_corrected
-from .results import save_metrics, score, write_summary
+from .results import load_metrics, save_metrics, score, write_summary
 
 
 # -------------------------------------------------------------------------------- evaluation sets
@@ -291,7 +291,7 @@ def report(profile: Profile, save: bool = True, extra=()) -> dict:
     words, results = get_scale(profile.grade_scale).words, Path(profile.results_dir)
     splits = load_splits(profile)
     test = eval_frame(profile, splits)
-    saved = json.loads((results / "metrics.json").read_text()) if (results / "metrics.json").exists() else {}
+    saved = load_metrics(results)
     curves, priors, running = {}, {}, set()
     for method, path in prediction_files(profile).items():
         if method.endswith("_first_token"):

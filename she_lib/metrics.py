@@ -159,13 +159,17 @@ def paired_bootstrap(y_true, pred_a, pred_b, groups, labels, n_samples: int | No
                                  metrics_from_confusion(np.tensordot(c, cm_b, axes=1))) for c in counts])
     out = {"n_queries": len(ids), "n_samples": n_samples or len(counts), "exact": n_samples is None}
     for j, name in enumerate(("accuracy", "macro_f1")):
-        d = float(obs[j])
-        ci = np.quantile(reps[:, j], [alpha / 2, 1 - alpha / 2], weights=w, method="inverted_cdf")
-        extreme = np.abs(reps[:, j] - d) >= abs(d) - 1e-12  # ties count as extreme
-        out.update({f"{name}_diff": d, f"{name}_diff_ci": [float(x) for x in ci],
-                    f"{name}_p": float(min(1.0, w[extreme].sum()))})
+        ci, p = _percentile_test(float(obs[j]), reps[:, j], w, alpha)
+        out.update({f"{name}_diff": float(obs[j]), f"{name}_diff_ci": ci, f"{name}_p": p})
     return out
 
+
+def _percentile_test(d: float, reps: np.ndarray, w: np.ndarray, alpha: float) -> tuple[list[float], float]:
+    """(the weighted percentile CI of the resampled differences ``reps`` with weights ``w``, the two-sided
+    p = P(|d* - d| >= |d|) of the observed difference ``d``, ties counting as extreme)."""
+    ci = np.quantile(reps, [alpha / 2, 1 - alpha / 2], weights=w, method="inverted_cdf")
+    extreme = np.abs(reps - d) >= abs(d) - 1e-12
+    return [float(x) for x in ci], float(min(1.0, w[extreme].sum()))
 
 
 def paired_ratio_bootstrap(num_a, den_a, num_b, den_b, n_samples: int | None = 1000, seed: int = 0,
@@ -184,11 +188,10 @@ def paired_ratio_bootstrap(num_a, den_a, num_b, den_b, n_samples: int | None = 1
     ok = (counts @ da > 0) & (counts @ db > 0)
     counts, w = counts[ok], w[ok] / w[ok].sum()
     d = float(na.sum() / da.sum() - nb.sum() / db.sum())
-    reps = counts @ na / (counts @ da) - counts @ nb / (counts @ db)
-    ci = np.quantile(reps, [alpha / 2, 1 - alpha / 2], weights=w, method="inverted_cdf")
-    extreme = np.abs(reps - d) >= abs(d) - 1e-12  # ties count as extreme
-    return {"diff": d, "diff_ci": [float(x) for x in ci], "p": float(min(1.0, w[extreme].sum())),
-            "n_groups": len(na), "n_samples": n_samples or len(counts), "exact": n_samples is None}
+    ci, p = _percentile_test(d, counts @ na / (counts @ da) - counts @ nb / (counts @ db), w, alpha)
+    return {"diff": d, "diff_ci": ci, "p": p, "n_groups": len(na), "n_samples": n_samples or len(counts),
+            "exact": n_samples is None}
+
 
 TRAINED_FROM_SFT = ("dpo", "grpo", "srpo", "agrl")  # methods that start from the SFT model
 ON_GRPO = ("srpo", "agrl")  # methods whose goal is stated against GRPO (same variant, seed and read-out)

@@ -41,6 +41,12 @@ def score(df: pd.DataFrame, preds: pd.DataFrame, profile: Profile, **info) -> di
     return out
 
 
+def load_metrics(results_dir: str | Path) -> dict:
+    """``results_dir/metrics.json``, or {} where there is none."""
+    path = Path(results_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def save_metrics(results_dir: str | Path, method: str, metrics: dict) -> Path:
     """Merge ``{method: metrics}`` into ``results_dir/metrics.json`` (other methods are kept; an exclusive
     lock on ``metrics.lock`` beside it serialises writers). The row is stamped with the run that wrote it

@@ -28,6 +28,7 @@ from .labels import get_scale
 from .metrics import (ON_GRPO, chance_agreement, classification_metrics, grade_auroc, grade_tv, method_key,
                       paired_ratio_bootstrap, parse_method, significance_table)
 from .predictions import read_predictions
+from .results import load_metrics
 from .rules import rule_checks
 from .verifier import judged_steps, verify
 
@@ -197,8 +198,7 @@ def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = N
     preds = load_predictions(profile, test, runs_dir=runs_dir, archived=True)
     have = {c[: -len("_first_token")] for c in preds.columns if c.endswith("_first_token")}
     runs = rl_runs_read(have)
-    path = Path(profile.results_dir) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics = load_metrics(profile.results_dir)
     pairs = [(f"{a}_first_token", f"{b}_first_token") for a, b in rl_pairs(runs, have, metrics, baselines)]
     return significance_table(preds, pairs, get_scale(profile.grade_scale).words, profile.bootstrap_samples,
                               profile.seed)
@@ -208,14 +208,14 @@ def rl_pairs(runs, have, metrics: dict, baselines=("_bal_recall_explore", "_bal"
     """(A, B) to test: every RL run of ``runs`` against the SFT run it started from (:func:`sft_start`), then every
     SRPO / AGRL run against a GRPO run from the same start: :func:`grpo_partner` among those, else the one GRPO
     variant from that start with the same seed; only pairs whose both read-outs are in ``have``."""
-    pairs = [(n, start) for n in runs if (start := sft_start(n, metrics)) in have]
+    start = {h: sft_start(h, metrics) for h in {*runs, *have}}
+    pairs = [(n, start[n]) for n in runs if start[n] in have]
     for n in runs:
-        if parse_method(n)["family"] not in ON_GRPO:
+        if (m := parse_method(n))["family"] not in ON_GRPO:
             continue
-        same = {h for h in have if sft_start(h, metrics) == sft_start(n, metrics)}
-        seed = parse_method(n)["seed"]
-        grpos = sorted(h for h in same if (m := parse_method(h)) and m["family"] == "grpo" and m["seed"] == seed
-                       and not m["readout"])
+        same = {h for h in have if start[h] == start[n]}
+        grpos = [h for h in sorted(same) if (g := parse_method(h)) and g["family"] == "grpo"
+                 and g["seed"] == m["seed"] and not g["readout"]]
         partner = grpo_partner(n, same, baselines) or (grpos[0] if len(grpos) == 1 else None)
         if partner:
             pairs.append((n, partner))
@@ -242,8 +242,7 @@ def step_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None =
     scale = get_scale(profile.grade_scale)
     preds = load_predictions(profile, test, "completion", runs_dir=runs_dir or profile.runs_dir, archived=True)
     have = {c for c in preds.columns if c not in test.columns and preds[c].notna().any()}
-    path = Path(profile.results_dir) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics = load_metrics(profile.results_dir)
     outcomes, rows = {}, []
     for a, b in rl_pairs(rl_runs_read(have), have, metrics):
         both = preds[preds[a].notna() & preds[b].notna()]
@@ -318,7 +317,7 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
     if runs:
         (results / "figures").mkdir(parents=True, exist_ok=True)
         plt.close(plot_training(runs, results / "figures" / "04_rl_training.png"))
-    saved = json.loads((results / "metrics.json").read_text()) if (results / "metrics.json").exists() else {}
+    saved = load_metrics(results)
     replay = {**recorded_replay(saved),  # runs no longer here, from their read-outs' entries; then the runs here
               **{n: json.loads((Path(r) / "run.json").read_text()).get("replay") for n, r in runs.items()}}
     (results / "rl_replay.json").write_text(json.dumps({n: r for n, r in sorted(replay.items()) if r}, indent=2))
@@ -379,8 +378,7 @@ def _write_significance(profile, test: pd.DataFrame, runs_dir=None) -> None:
 
 def _write_table(folder: Path, runs_dir) -> pd.DataFrame:
     """:func:`rl_table` over ``folder/metrics.json`` (empty without one), written to ``folder/rl_table.md``."""
-    path = folder / "metrics.json"
-    table = rl_table(json.loads(path.read_text()) if path.exists() else {}, runs_dir)
+    table = rl_table(load_metrics(folder), runs_dir)
     (folder / "rl_table.md").write_text(table.to_markdown(index=False) + "\n")
     return table
 
