@@ -9,6 +9,11 @@ its samples, ``--new-tokens`` forced) and the mean per-token KL(p_fp32 || p_copy
 along completions sampled from the fp32 model (teacher-forced). ``int8`` is torch's dynamic quantization of the
 decoder layers' linears (per-channel int8 weights, activations quantized per call; the LM head kept fp32). A copy
 with a large KL samples from another policy than the one trained, and TRL corrects that only for vLLM.
+``--ctranslate2`` adds CTranslate2 copies (``ct2_float32``, ``ct2_int8``, ``ct2_int8_float32``: int8 weights with
+per-row scales, activations quantized per call; the last keeps fp32 where int8 is not used), converted from the
+same in-memory model (:func:`ctranslate2_copies`; ``conversion_s`` is what a refresh after each optimizer step
+would cost), sampled with ``Generator.generate_batch`` (the prompt forwarded at once, ``num_hypotheses`` samples)
+and read by ``Generator.forward_batch`` for the KL.
 Writes ``results/bench_rollout_precision.json``.
 """
 from __future__ import annotations
@@ -38,6 +43,45 @@ def kl_from(reference, model, ids: torch.Tensor, start: int) -> float:
     return float((lp_ref.exp() * (lp_ref - lp)).sum(-1).mean())
 
 
+def ctranslate2_copies(model, tok, compute_types, threads: int) -> tuple[dict, float]:
+    """({"ct2_<type>": Generator}, seconds to convert the in-memory model once per type). The converter reads the
+    config and tokenizer from a folder; the weights come from a copy of ``model`` (no save and reload; the converter
+    deletes each layer's modules once read)."""
+    import tempfile
+
+    import ctranslate2
+
+    class InMemory(ctranslate2.converters.TransformersConverter):
+        def load_model(self, model_class, model_name_or_path, **kwargs):
+            return copy.deepcopy(model)
+
+    tmp = Path(tempfile.mkdtemp(prefix="ct2_"))
+    model.config.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    gens, t = {}, time.perf_counter()
+    for ct in compute_types:
+        out = InMemory(str(tmp)).convert(str(tmp / ct), quantization=ct, force=True)
+        gens[f"ct2_{ct}"] = ctranslate2.Generator(out, device="cpu", compute_type=ct, intra_threads=threads)
+    return gens, (time.perf_counter() - t) / len(compute_types)
+
+
+def ct2_sample(gen, tok, prompts, samples: int, new_tokens: int) -> list[list[list[int]]]:
+    starts = [tok.convert_ids_to_tokens(tok(p, add_special_tokens=False).input_ids) for p in prompts]
+    res = gen.generate_batch(starts, num_hypotheses=samples, sampling_topk=0, sampling_temperature=1.0,
+                             min_length=new_tokens, max_length=new_tokens, include_prompt_in_result=False)
+    return [r.sequences_ids for r in res]
+
+
+def ct2_kl(reference, gen, ids: list[int], start: int) -> float:
+    """:func:`kl_from` with the CTranslate2 generator's log-probabilities."""
+    import numpy as np
+
+    with torch.no_grad():
+        lp_ref = torch.log_softmax(reference(torch.tensor([ids])).logits[0, start - 1:-1].float(), -1)
+    lp = torch.from_numpy(np.array(gen.forward_batch([ids], return_log_probs=True))[0, start - 1:-1]).float()
+    return float((lp_ref.exp() * (lp_ref - lp)).sum(-1).mean())
+
+
 def main(argv=None) -> int:
     from she_lib.config import get_profile
     from she_lib.data import load_splits
@@ -54,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--ctranslate2", nargs="*", metavar="TYPE", help="CTranslate2 copies of these compute types "
+                    "(none named: float32 int8 int8_float32)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "bench_rollout_precision.json"))
     a = ap.parse_args(argv)
     if a.threads:
@@ -81,6 +127,17 @@ def main(argv=None) -> int:
         res["precisions"][name] = {"new_tok_s": round(sum(len(c) for g in out for c in g) / seconds, 1),
                                    "kl_from_fp32_mean": round(sum(kl) / len(kl), 5)}
         print(name, res["precisions"][name], flush=True)
+    if a.ctranslate2 is not None:
+        gens, res["ct2_conversion_s"] = ctranslate2_copies(models["float32"], tok, a.ctranslate2 or
+                                                           ["float32", "int8", "int8_float32"], torch.get_num_threads())
+        for name, gen in gens.items():
+            t = time.perf_counter()
+            out = ct2_sample(gen, tok, prompts, a.samples, a.new_tokens)
+            seconds = time.perf_counter() - t
+            kl = [ct2_kl(models["float32"], gen, ids, start) for start, ids in seqs]
+            res["precisions"][name] = {"new_tok_s": round(sum(len(c) for g in out for c in g) / seconds, 1),
+                                       "kl_from_fp32_mean": round(sum(kl) / len(kl), 5)}
+            print(name, res["precisions"][name], flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
     return 0

@@ -66,7 +66,7 @@ class GradeHead:
     def install(self, model) -> "_Hooks":
         """Hook this head into ``model`` (a causal LM, or a peft model around one); returns the hooks' state, also
         kept as ``model._she_grade_head`` (:func:`grade_head_of`). A model holds one head."""
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_of(model)
         if getattr(base, "_she_grade_head", None) is not None:
             raise ValueError("the model already has a grade head")
         state = _Hooks(self)
@@ -76,9 +76,14 @@ class GradeHead:
         return state
 
 
+def base_of(model):
+    """The causal LM inside a peft model (``get_base_model()``), or ``model`` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def grade_head_of(model) -> "_Hooks | None":
     """The installed head's state of ``model`` (a causal LM or a peft model around one), or None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_of(model)
     return getattr(base, "_she_grade_head", None)
 
 

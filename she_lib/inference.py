@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .grade_head import GradeHeadProcessor, grade_head_of
+from .grade_head import GradeHeadProcessor, base_of, grade_head_of
 
 
 @contextmanager
@@ -95,7 +95,7 @@ def common_prefix_length(rows: list[list[int]]) -> int:
 def _supports_common_prefix(model) -> bool:
     """False for a model whose forward Unsloth replaced: its fast paths are not checked against a cache with pads
     after the prefix, so such a model takes the plain path."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_of(model)
     return not any(str(getattr(type(m).forward, "__module__", "")).startswith("unsloth")
                    for m in (model, base, getattr(base, "model", None)) if m is not None)
 

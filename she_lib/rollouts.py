@@ -34,7 +34,7 @@ import copy
 import torch
 from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
-from .grade_head import grade_head_of
+from .grade_head import base_of, grade_head_of
 from .inference import generate, grade_token_ids
 
 
@@ -149,7 +149,7 @@ def _merged_copy(model, dtype: torch.dtype):
     """A plain (no LoRA) model of ``model``'s architecture in ``dtype`` holding its merged weights. Built from the
     config, not by deep copy: a trainer's model carries a patched ``forward`` (accelerate's autocast wrapper) that a
     deep copy would keep bound to the original."""
-    base = _base(model)
+    base = base_of(model)
     dup = AutoModelForCausalLM.from_config(base.config, dtype=dtype).to(base.device)
     dup.generation_config = copy.deepcopy(base.generation_config)
     refresh(dup, model, every=True)
@@ -159,15 +159,11 @@ def _merged_copy(model, dtype: torch.dtype):
     return dup.eval()
 
 
-def _base(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 @torch.no_grad()
 def refresh(dup, model, every: bool = False) -> None:
     """Write ``model``'s current weights into its merged copy ``dup``: for each LoRA layer W + the active adapters'
     deltas, then every trainable parameter that is not a LoRA factor (``every``: every parameter) as it is."""
-    base = _base(model)
+    base = base_of(model)
     params = dict(dup.named_parameters())
     for name, module in base.named_modules():
         if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):

@@ -7,6 +7,8 @@ import runpy
 import subprocess
 import sys
 
+import pytest
+
 
 def bench_main(monkeypatch, script, argv):
     """``python benchmarks/<script> ARGV`` with the driver run in this process (sys.path restored afterwards)."""
@@ -82,6 +84,19 @@ def test_rollout_precision_benchmark_runs_on_tiny(tmp_path, monkeypatch):
     p = json.loads(out.read_text())["precisions"]
     assert set(p) == {"float32", "bfloat16", "int8"} and p["float32"]["kl_from_fp32_mean"] == 0.0
     assert all(v["new_tok_s"] > 0 and v["kl_from_fp32_mean"] >= 0 for v in p.values())
+
+
+def test_rollout_precision_benchmark_converts_to_ctranslate2(tmp_path, monkeypatch):
+    """The CTranslate2 copies are converted from the in-memory model and, in float32, give its distributions."""
+    pytest.importorskip("ctranslate2")
+    out = tmp_path / "b.json"
+    assert bench_main(monkeypatch, "bench_rollout_precision.py",
+                      ["--tiny", "--prompts", "2", "--samples", "2", "--new-tokens", "6", "--out", str(out),
+                       "--ctranslate2", "float32", "int8"]) == 0
+    res = json.loads(out.read_text())
+    p = res["precisions"]
+    assert {"ct2_float32", "ct2_int8"} <= set(p) and res["ct2_conversion_s"] > 0
+    assert abs(p["ct2_float32"]["kl_from_fp32_mean"]) < 1e-4 and p["ct2_int8"]["new_tok_s"] > 0
 
 
 def test_decode_benchmark_runs_on_tiny(tmp_path, monkeypatch):
