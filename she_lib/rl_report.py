@@ -189,17 +189,23 @@ def grade_skill(profile, test: pd.DataFrame, runs_dir: str | Path | None = None)
 
 def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = None,
                     baselines=("_bal_recall_explore", "_bal")) -> pd.DataFrame:
-    """Paired bootstrap over test queries (she_lib.metrics.significance_table) of the first-token read-outs of
-    ``test``: every RL run read here against the SFT run it started from (:func:`sft_start`), and every SRPO / AGRL
-    run against :func:`grpo_partner`.
+    """Paired bootstrap over test queries (she_lib.metrics.significance_table) of the read-outs of ``test``: every RL
+    run read here against the SFT run it started from (:func:`sft_start`), and every SRPO / AGRL run against
+    :func:`grpo_partner`. A pair is compared on its first-token read-outs, or on its decoded ones where one of the two
+    has no first-token read-out (a steps-first run, whose first token is a step tag), on the rows both decoded.
     ``runs_dir`` holds the runs when ``profile`` is an external set's (she_lib.evaluate.external_set). Read-outs
     archived in the results folder count as well as the runs' own caches (evaluate.prediction_files)."""
     runs_dir = runs_dir or profile.runs_dir
     preds = load_predictions(profile, test, runs_dir=runs_dir, archived=True)
-    have = {c[: -len("_first_token")] for c in preds.columns if c.endswith("_first_token")}
-    runs = rl_runs_read(have)
-    metrics = load_metrics(profile.results_dir)
-    pairs = [(f"{a}_first_token", f"{b}_first_token") for a, b in rl_pairs(runs, have, metrics, baselines)]
+    cols = {c for c in preds.columns if c not in test.columns and preds[c].notna().any()}
+    first = {c[: -len("_first_token")] for c in cols if c.endswith("_first_token")}
+    decoded = cols - {f"{n}_first_token" for n in first}
+    pairs = []
+    for a, b in rl_pairs(rl_runs_read(first | decoded), first | decoded, load_metrics(profile.results_dir), baselines):
+        if a in first and b in first:
+            pairs.append((f"{a}_first_token", f"{b}_first_token"))
+        elif a in decoded and b in decoded:
+            pairs.append((a, b))
     return significance_table(preds, pairs, get_scale(profile.grade_scale).words, profile.bootstrap_samples,
                               profile.seed)
 
@@ -304,9 +310,7 @@ def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> 
 def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataFrame:
     """What notebook 04 writes, from runs already trained (nothing is run): ``figures/04_rl_training.png``,
     ``rl_table.md`` (:func:`rl_table` over ``metrics.json``), ``rl_significance.md`` (:func:`rl_significance`),
-    ``rl_step_significance.md`` (:func:`step_significance`, the main split only) and ``rl_skill.md``
-    (:func:`grade_skill`),
-    both also in the results folder of each extra test split (``esci_us_wide_test/``) where it was scored,
+    ``rl_step_significance.md`` (:func:`step_significance`) and ``rl_skill.md`` (:func:`grade_skill`), all also in the results folder of each extra test split (``esci_us_wide_test/``) where it was scored,
     ``rl_replay.json`` (AGRL's replay counts, from the runs here and the metrics entries of runs gone) and
     ``rl_grade_shift.md`` (:func:`grade_shift`)."""
     import matplotlib.pyplot as plt
@@ -329,16 +333,12 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
             _write_table(Path(ext.results_dir), profile.runs_dir)
             _write_skill(ext, frame, profile.runs_dir)
             _write_significance(ext, frame, profile.runs_dir)
+            _write_step_significance(ext, frame, profile.runs_dir)
     table = _write_table(results, profile.runs_dir)
     test = eval_frame(profile, load_splits(profile))
     _write_skill(profile, test)
     _write_significance(profile, test)
-    steps = step_significance(profile, test)
-    (results / "rl_step_significance.md").write_text(
-        "Decoded read-outs: step accuracy (right / judged steps, she_lib.verifier) and rule-violation rate "
-        "(rationales breaking a rule / parsable ones, she_lib.rules), A - B on the pairs both decoded; paired "
-        f"bootstrap over test queries ({profile.bootstrap_samples} resamples; she_lib.rl_report.step_significance).\n\n"
-        + (steps.to_markdown(index=False) if len(steps) else "(no pairs)") + "\n")
+    _write_step_significance(profile, test)
     shift = grade_shift(profile)
     if len(shift):
         (results / "rl_grade_shift.md").write_text(shift.round(3).to_markdown() + "\n")
@@ -355,6 +355,16 @@ def recorded_replay(metrics: dict) -> dict[str, dict]:
     return out
 
 
+def _write_step_significance(profile, test: pd.DataFrame, runs_dir=None) -> None:
+    """``rl_step_significance.md`` (:func:`step_significance`) in the profile's results folder."""
+    steps = step_significance(profile, test, runs_dir)
+    (Path(profile.results_dir) / "rl_step_significance.md").write_text(
+        "Decoded read-outs: step accuracy (right / judged steps, she_lib.verifier) and rule-violation rate "
+        "(rationales breaking a rule / parsable ones, she_lib.rules), A - B on the pairs both decoded; paired "
+        f"bootstrap over test queries ({profile.bootstrap_samples} resamples; she_lib.rl_report.step_significance).\n\n"
+        + (steps.to_markdown(index=False) if len(steps) else "(no pairs)") + "\n")
+
+
 def _write_skill(profile, test: pd.DataFrame, runs_dir=None) -> None:
     """``rl_skill.md`` (:func:`grade_skill`) in the profile's results folder."""
     skill = grade_skill(profile, test, runs_dir)
@@ -369,7 +379,8 @@ def _write_significance(profile, test: pd.DataFrame, runs_dir=None) -> None:
     """``rl_significance.md`` (:func:`rl_significance`) in the profile's results folder."""
     sig = rl_significance(profile, test, runs_dir)
     (Path(profile.results_dir) / "rl_significance.md").write_text(
-        "First-token read-outs; paired bootstrap over test queries (same resample for both), A - B, p two-sided "
+        "First-token read-outs (decoded ones, named without `_first_token`, where a run has no first-token read-out); "
+        "paired bootstrap over test queries (same resample for both), A - B, p two-sided "
         f"({profile.bootstrap_samples} resamples; she_lib.rl_report.rl_significance). Only runs whose predictions are "
         "here (their run folder, or archived in predictions/) are tested; earlier pairs are in this file's git "
         "history and docs/results.md.\n\n"

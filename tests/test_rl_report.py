@@ -292,3 +292,36 @@ def test_rl_pairs_take_the_grpo_partner_from_the_same_start():
     assert [p for p in pairs if p[0].startswith(("srpo", "agrl"))][-3:] == [
         ("srpo_bal", "grpo_bal"), ("agrl_gh_hint", "grpo_gh_online"), ("agrl_gh_hint_s1", "grpo_gh_online_s1")]
     assert ("agrl_gh_hint", "sft_gh") in pairs and ("grpo_bal", "sft") in pairs
+
+
+def test_rl_significance_reads_decoded_runs_without_a_first_token(tmp_path, splits):
+    """A steps-first start and its RL runs are decoded only: they are paired on their decoded read-outs, on the rows
+    both decoded (A - B exact); a run with a first-token read-out keeps being paired on it."""
+    import pandas as pd
+    from sklearn.metrics import f1_score
+
+    from she_lib.config import get_profile
+    from she_lib.predictions import archive_predictions
+    from she_lib.results import save_metrics
+    from she_lib.rl_report import rl_significance
+
+    test, words = splits["test"], ["Exact", "Substitute", "Complement", "Irrelevant"]
+    results = tmp_path / "results"
+    prof = get_profile("smoke", runs_dir=str(tmp_path / "runs"), results_dir=str(results))
+    half = test.iloc[: len(test) // 2]  # decoded on half the pairs, as the read-outs of a few pairs a query
+    frame = lambda rows, pred: pd.DataFrame({"example_id": rows["example_id"], "pred": pred,  # noqa: E731
+                                             "completion": "x"})
+    preds = {"sft_steps_first": list(half["label"]), "grpo_stepsfirst": ["Exact"] * len(half),
+             "srpo_stepsfirst": list(half["label"][:-1]) + ["Irrelevant"]}
+    for name, pred in preds.items():
+        archive_predictions(results, name, frame(half, pred))
+        if name != "sft_steps_first":
+            save_metrics(results, name, {"run": {"init_adapter": "../sft_steps_first"}})
+    archive_predictions(results, "sft_first_token", frame(test, list(test["label"])))
+    archive_predictions(results, "grpo_bal_first_token", frame(test, ["Exact"] * len(test)))
+    sig = rl_significance(prof, test).set_index(["A", "B"])
+    assert list(sig.index) == [("grpo_bal_first_token", "sft_first_token"), ("grpo_stepsfirst", "sft_steps_first"),
+                               ("srpo_stepsfirst", "sft_steps_first"), ("srpo_stepsfirst", "grpo_stepsfirst")]
+    f1 = {n: f1_score(half["label"], p, labels=words, average="macro", zero_division=0) for n, p in preds.items()}
+    row = sig.loc[("srpo_stepsfirst", "grpo_stepsfirst")]
+    assert row["pairs"] == len(half) and row["macro_f1 A-B"] == round(f1["srpo_stepsfirst"] - f1["grpo_stepsfirst"], 3)
