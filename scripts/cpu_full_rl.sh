@@ -7,7 +7,8 @@
 # start (runs/cpu-full/sft_head, she_lib.probe_head; runs <method>_head_recall_online_explore_lr1e4[_s<seed>]), then
 # the rest; first of all, GRPO, SRPO and AGRL from the head read at <grade> only (runs/cpu-full/sft_gradehead,
 # she_lib.grade_head; runs <method>_gradehead_recall_online_explore[_s<seed>], agrl_gradehead_explore_half_hint[_s<seed>]).
-# Every run resumes from its last checkpoint,
+# Before those, GRPO and SRPO from the same start for 54 steps instead of 18 (runs <method>_gradehead_recall_online_
+# explore_steps54). Every run resumes from its last checkpoint,
 # a finished run is reused and read-outs resume from their prediction caches, so re-running this script continues
 # the table. Logs: logs/cpu-full_rl_{a,b}.log. Examiner: the offline verifier, plus the GenRM when
 # GENRM=runs/cpu-full/genrm is set (the same for every run). Runs are named <method>_bal[_half|_explore][_s<seed>]
@@ -52,18 +53,25 @@ prompts runs/cpu-full/sft
 prompts runs/cpu-full/sft_head
 [ -f runs/cpu-full/sft_gradehead/grade_head.safetensors ] || OMP_NUM_THREADS=2 $PY -m she_lib.probe_head \
     --run runs/cpu-full/sft --profile cpu-full --out runs/cpu-full/sft_gradehead --pairs-per-query 16 --position grade
-from_start() {  # from_start START METHOD SEED LR [DECODED]: METHOD with online recall weights (AGRL: half of a flagged
-  # group guided by the gold grade) from runs/cpu-full/START, read by first token (and decoded) and on wide
-  local start=$1 method=$2 tag=${1#sft_} name modes=(first_token) weights=(--grade-weighting recall_online)
+from_start() {  # from_start START METHOD SEED LR [DECODED [STEPS]]: METHOD with online recall weights (AGRL: half of
+  # a flagged group guided by the gold grade) from runs/cpu-full/START, read by first token (and decoded) and on wide;
+  # STEPS: that many optimizer steps instead of the profile's 18 (run name suffix _steps<STEPS>)
+  local start=$1 method=$2 tag=${1#sft_} name modes=(first_token) weights=(--grade-weighting recall_online) steps=()
   name="${method}_${tag}_recall_online_explore"
   [ "$method" = agrl ] && name="agrl_${tag}_explore_half_hint" && weights=(--replace-fraction 0.5 --hint grade)
   [ "$4" = 1e-4 ] && name="${name}_lr1e4"
+  [ -n "${6:-}" ] && name="${name}_steps$6" && steps=(--stage-steps "$6")
   [ "$3" = 0 ] || name="${name}_s$3"
   [ -n "${5:-}" ] && modes+=(generate)
   $PY -m she_lib.rl --method "$method" --profile cpu-full --sft "runs/cpu-full/$start" --seed "$3" --name "$name" \
-      --scale-rewards batch "${weights[@]}" "${EXPLORE[@]}" --learning-rate "$4" --evaluate "${modes[@]}" --save
+      --scale-rewards batch "${weights[@]}" "${EXPLORE[@]}" --learning-rate "$4" "${steps[@]}" \
+      --evaluate "${modes[@]}" --save
   wide "runs/cpu-full/$name" first_token
 }
+# longer runs first: GRPO and SRPO from the grade-position head for 54 steps (3x the profile's), seed 0
+from_start sft_gradehead grpo 0 5e-5 decoded 54 >> logs/cpu-full_rl_long_a.log 2>&1 &
+from_start sft_gradehead srpo 0 5e-5 decoded 54 >> logs/cpu-full_rl_long_b.log 2>&1 &
+wait
 (
   for seed in 0 1 2; do
     from_start sft_gradehead grpo "$seed" 5e-5 decoded; from_start sft_gradehead agrl "$seed" 5e-5 decoded

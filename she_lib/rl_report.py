@@ -309,8 +309,9 @@ def finished_rl_runs(runs_dir: str | Path, methods=("grpo", "srpo", "agrl")) -> 
 
 def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataFrame:
     """What notebook 04 writes, from runs already trained (nothing is run): ``figures/04_rl_training.png``,
-    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``), ``rl_significance.md`` (:func:`rl_significance`),
-    ``rl_step_significance.md`` (:func:`step_significance`) and ``rl_skill.md`` (:func:`grade_skill`), all also in the results folder of each extra test split (``esci_us_wide_test/``) where it was scored,
+    ``rl_table.md`` (:func:`rl_table` over ``metrics.json``), ``rl_skill.md``, ``rl_significance.md`` and
+    ``rl_step_significance.md`` (:func:`_write_tests`), all also in the results folder of each extra test split
+    (``esci_us_wide_test/``) where it was scored,
     ``rl_replay.json`` (AGRL's replay counts, from the runs here and the metrics entries of runs gone) and
     ``rl_grade_shift.md`` (:func:`grade_shift`)."""
     import matplotlib.pyplot as plt
@@ -331,14 +332,10 @@ def write_report(profile, runs: dict[str, str | Path] | None = None) -> pd.DataF
         ext, frame = external_set(profile, folder, "test")
         if (Path(ext.results_dir) / "metrics.json").exists():
             _write_table(Path(ext.results_dir), profile.runs_dir)
-            _write_skill(ext, frame, profile.runs_dir)
-            _write_significance(ext, frame, profile.runs_dir)
-            _write_step_significance(ext, frame, profile.runs_dir)
+            _write_tests(ext, frame, profile.runs_dir)
     table = _write_table(results, profile.runs_dir)
     test = eval_frame(profile, load_splits(profile))
-    _write_skill(profile, test)
-    _write_significance(profile, test)
-    _write_step_significance(profile, test)
+    _write_tests(profile, test)
     shift = grade_shift(profile)
     if len(shift):
         (results / "rl_grade_shift.md").write_text(shift.round(3).to_markdown() + "\n")
@@ -355,36 +352,26 @@ def recorded_replay(metrics: dict) -> dict[str, dict]:
     return out
 
 
-def _write_step_significance(profile, test: pd.DataFrame, runs_dir=None) -> None:
-    """``rl_step_significance.md`` (:func:`step_significance`) in the profile's results folder."""
-    steps = step_significance(profile, test, runs_dir)
-    (Path(profile.results_dir) / "rl_step_significance.md").write_text(
-        "Decoded read-outs: step accuracy (right / judged steps, she_lib.verifier) and rule-violation rate "
-        "(rationales breaking a rule / parsable ones, she_lib.rules), A - B on the pairs both decoded; paired "
-        f"bootstrap over test queries ({profile.bootstrap_samples} resamples; she_lib.rl_report.step_significance).\n\n"
-        + (steps.to_markdown(index=False) if len(steps) else "(no pairs)") + "\n")
-
-
-def _write_skill(profile, test: pd.DataFrame, runs_dir=None) -> None:
-    """``rl_skill.md`` (:func:`grade_skill`) in the profile's results folder."""
-    skill = grade_skill(profile, test, runs_dir)
-    (Path(profile.results_dir) / "rl_skill.md").write_text(
-        "First-token read-outs: macro-F1 against the chance macro-F1 of grades drawn blind to the pair with the "
-        "read-out's own shares, Cohen's kappa, and each grade's one-vs-rest AUROC of its probability "
-        "(she_lib.rl_report.grade_skill).\n\n" + (skill.round(3).to_markdown() if len(skill) else "(no read-outs)")
-        + "\n")
-
-
-def _write_significance(profile, test: pd.DataFrame, runs_dir=None) -> None:
-    """``rl_significance.md`` (:func:`rl_significance`) in the profile's results folder."""
-    sig = rl_significance(profile, test, runs_dir)
-    (Path(profile.results_dir) / "rl_significance.md").write_text(
-        "First-token read-outs (decoded ones, named without `_first_token`, where a run has no first-token read-out); "
-        "paired bootstrap over test queries (same resample for both), A - B, p two-sided "
-        f"({profile.bootstrap_samples} resamples; she_lib.rl_report.rl_significance). Only runs whose predictions are "
-        "here (their run folder, or archived in predictions/) are tested; earlier pairs are in this file's git "
-        "history and docs/results.md.\n\n"
-        + (sig.to_markdown(index=False) if len(sig) else "(no pairs)") + "\n")
+def _write_tests(profile, test: pd.DataFrame, runs_dir=None) -> None:
+    """``rl_skill.md`` (:func:`grade_skill`), ``rl_significance.md`` (:func:`rl_significance`) and
+    ``rl_step_significance.md`` (:func:`step_significance`) of ``test`` in the profile's results folder."""
+    n = profile.bootstrap_samples
+    for file, header, table, empty in (
+            ("rl_skill.md", "First-token read-outs: macro-F1 against the chance macro-F1 of grades drawn blind to the "
+             "pair with the read-out's own shares, Cohen's kappa, and each grade's one-vs-rest AUROC of its "
+             "probability (she_lib.rl_report.grade_skill).", grade_skill(profile, test, runs_dir).round(3),
+             "(no read-outs)"),
+            ("rl_significance.md", "First-token read-outs (decoded ones, named without `_first_token`, where a run "
+             "has no first-token read-out); paired bootstrap over test queries (same resample for both), A - B, p "
+             f"two-sided ({n} resamples; she_lib.rl_report.rl_significance). Only runs whose predictions are here "
+             "(their run folder, or archived in predictions/) are tested; earlier pairs are in this file's git "
+             "history and docs/results.md.", rl_significance(profile, test, runs_dir), "(no pairs)"),
+            ("rl_step_significance.md", "Decoded read-outs: step accuracy (right / judged steps, she_lib.verifier) "
+             "and rule-violation rate (rationales breaking a rule / parsable ones, she_lib.rules), A - B on the pairs "
+             f"both decoded; paired bootstrap over test queries ({n} resamples; "
+             "she_lib.rl_report.step_significance).", step_significance(profile, test, runs_dir), "(no pairs)")):
+        body = table.to_markdown(index=file == "rl_skill.md") if len(table) else empty
+        (Path(profile.results_dir) / file).write_text(f"{header}\n\n{body}\n")
 
 
 def _write_table(folder: Path, runs_dir) -> pd.DataFrame:
