@@ -15,6 +15,17 @@ that it becomes false for the example; that step is labelled incorrect, every ot
                     (a matched term, not an excluded one it states); with no such word, the judgement
                     states a grade other than <grade> (which stays right).
 
+The policy's own errors (:data:`POLICY_KINDS`; on 240 rationales the cpu-full SFT policy sampled at temperature 1,
+155 of its 209 decided <query> steps and 140 of 195 <product> steps fail a record check, and 36 judgements state
+no grade), off by default (``GenRMConfig.corruption_kinds``):
+
+* ``query_word``    the <query> step names a word the query lacks: a word of the product's title (the policy copies
+                    the record into its reading of the query) joins its ``specs:``; a colour from ``COLOURS`` when
+                    every title word is in the query.
+* ``product_word``  the <product> step names a word the record lacks: a query term the record lacks (the policy
+                    copies the query into its reading of the product); a colour when there is none.
+* ``no_grade``      the judgement states no grade: the teacher's judgement without its leading grade.
+
 Every corrupted step is one the offline verifier marks incorrect (tested on the data), so corruption
 labels and verifier truth agree by construction. Seeded: :func:`corrupt_frame` is a function of its seed.
 """
@@ -25,13 +36,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .facts import stem, tokens
+from .facts import STOPWORDS, stem, tokens
 from .labels import GradeScale, get_scale
 from .rationales import teacher_steps
 from .schema import STEPS, render_rationale
 from .verifier import INCORRECT, TYPE_TRUTH
 
 KINDS = ("type", "attribute", "grade", "contradiction")
+POLICY_KINDS = ("query_word", "product_word", "no_grade")
 COLOURS = ("purple", "orange", "turquoise", "magenta", "beige", "maroon", "olive", "teal", "lavender", "crimson")
 
 
@@ -68,8 +80,8 @@ def _lacking_attribute(ex, steps, rng, scale, max_terms) -> Corruption:
         return Corruption({**steps, "type": f"{verdict}; matches: {', '.join(claimed)}"}, ex["label"], "type",
                           "attribute")
     have = {stem(t) for c in ("title", "brand", "colour", "category") for t in tokens(str(ex.get(c) or ""))}
-    colour = rng.choice([c for c in COLOURS if stem(c) not in have])
-    return Corruption({**steps, "product": f"{steps['product']}, {colour}"}, ex["label"], "product", "attribute")
+    return Corruption({**steps, "product": f"{steps['product']}, {_absent_colour(have, rng)}"}, ex["label"], "product",
+                      "attribute")
 
 
 def _flipped_grade(ex, steps, rng, scale, max_terms) -> Corruption:
@@ -88,14 +100,42 @@ def _contradiction(ex, steps, rng, scale, max_terms) -> Corruption:
     return Corruption({**steps, "judge": judge}, ex["label"], "judge", "contradiction")
 
 
+def _absent_colour(have: set[str], rng) -> str:
+    return rng.choice([c for c in COLOURS if stem(c) not in have])
+
+
+def _query_word(ex, steps, rng, scale, max_terms) -> Corruption:
+    query = {stem(t) for t in tokens(str(ex["query"]))}
+    record = [t for t in dict.fromkeys(tokens(str(ex.get("title") or ""))) if t.isalpha() and len(t) > 2
+              and t not in STOPWORDS and stem(t) not in query]
+    word = rng.choice(record) if record else _absent_colour(query, rng)
+    q = steps["query"]
+    q = q.replace("; specs: ", f"; specs: {word}, ", 1) if "; specs: " in q else \
+        q.replace("; excludes: ", f"; specs: {word}; excludes: ", 1) if "; excludes: " in q else f"{q}; specs: {word}"
+    return Corruption({**steps, "query": q}, ex["label"], "query", "query_word")
+
+
+def _product_word(ex, steps, rng, scale, max_terms) -> Corruption:
+    have = {stem(t) for c in ("title", "brand", "colour", "category") for t in tokens(str(ex.get(c) or ""))}
+    missing = [t for t in ex["missing_terms"] if t.isalpha() and stem(t) not in have]
+    word = rng.choice(missing) if missing else _absent_colour(have, rng)
+    return Corruption({**steps, "product": f"{steps['product']}, {word}"}, ex["label"], "product", "product_word")
+
+
+def _no_grade(ex, steps, rng, scale, max_terms) -> Corruption:
+    head, sep, rest = steps["judge"].partition(":")
+    return Corruption({**steps, "judge": rest.strip() if sep else "no grade given"}, ex["label"], "judge", "no_grade")
+
+
 _MAKERS = {"type": _wrong_type, "attribute": _lacking_attribute, "grade": _flipped_grade,
-           "contradiction": _contradiction}
+           "contradiction": _contradiction, "query_word": _query_word, "product_word": _product_word,
+           "no_grade": _no_grade}
 
 
 def corrupt(ex, kind: str, rng: random.Random, scale: GradeScale | str = "esci", max_terms: int = 4) -> Corruption:
     """One corruption of kind ``kind`` of the teacher rationale of ``ex`` (a row with the facts columns)."""
     if kind not in _MAKERS:
-        raise ValueError(f"unknown corruption {kind!r}; choose one of {KINDS}")
+        raise ValueError(f"unknown corruption {kind!r}; choose one of {KINDS + POLICY_KINDS}")
     scale = get_scale(scale)
     return _MAKERS[kind](ex, teacher_steps(ex, max_terms), rng, scale, max_terms)
 

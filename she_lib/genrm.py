@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from .config import Profile, get_profile, stage_budget
+from .corruptions import KINDS, POLICY_KINDS
 from .data import load_splits
 from .distributed import is_main_process
 from .genrm_data import build_genrm_dataset, complete, decided, genrm_messages, verdict_text, verdict_token_ids
@@ -44,7 +45,8 @@ class GenRMConfig:
     tokens on average (prompt with the human grade + rationale ~95 + verdict lines 20)."""
     # data: train split to train on, validation split to evaluate on (never test)
     teacher_pairs: int | None = 280  # pairs whose teacher rationale is a row (verifier-labelled); None = all
-    corruptions_per_kind: int = 140  # single-step corruptions per kind (corruptions.KINDS)
+    corruptions_per_kind: int = 140  # single-step corruptions per kind of corruption_kinds
+    corruption_kinds: tuple[str, ...] = KINDS  # + corruptions.POLICY_KINDS: the policy's own errors (--policy-errors)
     policy_prompts: int = 120  # train pairs the policy samples rationales for (verifier-labelled)
     policy_samples: int = 2  # samples per prompt
     policy_run: str = "sft"  # adapter in runs_dir/<policy_run> (train it first: python -m she_lib.sft)
@@ -211,7 +213,8 @@ def run_genrm(profile: Profile, config: GenRMConfig | None = None, splits: dict 
 
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> int:
-    """``python -m she_lib.genrm --profile cpu-full [--show-evidence] [--epochs 3 --name genrm_3ep]``: build data,
+    """``python -m she_lib.genrm --profile cpu-full [--show-evidence] [--policy-errors] [--epochs 3 --name genrm_3ep]``:
+    build data,
     train (resumes), evaluate, write results: to the profile's results folder for the default name, else to
     ``<results>/<name>/`` (a variant never overwrites the main GenRM's report)."""
     ap = argparse.ArgumentParser(prog="python -m she_lib.genrm", description=main.__doc__)
@@ -219,14 +222,18 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="genrm")
     ap.add_argument("--show-evidence", action="store_true", help="the pair's evidence line in the GenRM prompt")
     ap.add_argument("--epochs", type=float, help="training epochs (GenRMConfig.epochs; needs --name)")
+    ap.add_argument("--policy-errors", action="store_true", help="also the corruptions that copy the policy's own "
+                    "errors (corruptions.POLICY_KINDS; needs --name)")
     args = ap.parse_args(argv)
-    if args.epochs is not None and args.name == "genrm":
-        ap.error("--epochs makes a variant: give it a --name (the main GenRM keeps the profile's epochs)")
+    if (args.epochs is not None or args.policy_errors) and args.name == "genrm":
+        ap.error("--epochs and --policy-errors make a variant: give it a --name (the main GenRM keeps the profile's "
+                 "settings)")
     profile = get_profile(args.profile)
     if args.name != "genrm":
         profile = profile.replace(results_dir=str(Path(profile.results_dir) / args.name))
     overrides = {**({"show_evidence": True} if args.show_evidence else {}),
-                 **({"epochs": args.epochs} if args.epochs is not None else {})}
+                 **({"epochs": args.epochs} if args.epochs is not None else {}),
+                 **({"corruption_kinds": KINDS + POLICY_KINDS} if args.policy_errors else {})}
     config = GenRMConfig.for_profile(profile, **overrides)
     out = run_genrm(profile, config, name=args.name)
     if out["metrics"] is not None:  # rank 0 of a launch, or a single process

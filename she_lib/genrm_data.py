@@ -27,7 +27,7 @@ correct, 0 incorrect, -1 undecided) and ``origin``. Every label is the offline v
 except the corrupted step, which is incorrect by construction (she_lib.corruptions, tested to agree):
 
 * ``teacher``    the offline teacher's rationale;
-* ``corrupt:*``  single-step corruptions (she_lib.corruptions);
+* ``corrupt:*``  single-step corruptions (she_lib.corruptions; the kinds of ``GenRMConfig.corruption_kinds``);
 * ``policy``     rationales sampled from a policy (missing steps -1).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .corruptions import corrupt_frame
+from .corruptions import KINDS, corrupt_frame
 from .data import evidence_line
 from .labels import GradeScale, get_scale
 from .rationales import teacher_rationale
@@ -138,8 +138,9 @@ def relabelled(frame: pd.DataFrame, scale: GradeScale | str = "esci") -> pd.Data
 
 
 def labelled_rows(df: pd.DataFrame, n_teacher: int | None, n_corrupt_per_kind: int, seed: int,
-                  order: str = "grade_first", scale: GradeScale | str = "esci") -> pd.DataFrame:
-    """Teacher rationales of ``n_teacher`` pairs + ``n_corrupt_per_kind`` corruptions of each kind."""
+                  order: str = "grade_first", scale: GradeScale | str = "esci", kinds=KINDS) -> pd.DataFrame:
+    """Teacher rationales of ``n_teacher`` pairs + ``n_corrupt_per_kind`` corruptions of each kind of ``kinds``."""
     scale = get_scale(scale)
     return pd.concat([teacher_rows(df, n_teacher, seed, order, scale),
-                      relabelled(corrupt_frame(df, n_corrupt_per_kind, seed, order, scale), scale)], ignore_index=True)
+                      relabelled(corrupt_frame(df, n_corrupt_per_kind, seed, order, scale, kinds), scale)],
+                     ignore_index=True)

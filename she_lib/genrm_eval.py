@@ -59,10 +59,11 @@ def build_data(profile: Profile, config: GenRMConfig, splits: dict, name: str = 
     """(train rows, held-out rows, policy source). Policy samples go to the shared cache (sampling.sample_cache,
     tagged ``genrm_<split>_``): a resumed run reuses them, a retrained policy is sampled afresh."""
     scale = get_scale(profile.grade_scale)
+    kinds = tuple(config.corruption_kinds)
     train = labelled_rows(splits["train"], config.teacher_pairs, config.corruptions_per_kind, config.seed,
-                          profile.order, scale)
+                          profile.order, scale, kinds)
     held = labelled_rows(splits["validation"], config.eval_teacher_pairs, config.eval_corruptions_per_kind,
-                         config.seed + 1, profile.order, scale)
+                         config.seed + 1, profile.order, scale, kinds)
     source = "none"
     have_run = (Path(profile.runs_dir) / config.policy_run / "adapter_config.json").exists()
     if (config.policy_prompts or config.eval_policy_prompts) and (have_run or config.policy_base_fallback):

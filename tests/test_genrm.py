@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from she_lib.corruptions import KINDS, corrupt, corrupt_frame
+from she_lib.corruptions import COLOURS, KINDS, POLICY_KINDS, corrupt, corrupt_frame
 from she_lib.genrm import GenRM, GenRMConfig, train_genrm, verdict_weights
 from she_lib.genrm_data import (GENRM_SYSTEM, build_genrm_dataset, complete, decided, genrm_messages, labelled_rows,
                                 policy_rows, verdict_text, verdict_token_ids)
@@ -64,10 +64,11 @@ def test_verdict_lines_and_tokens(tokenizer):
 
 
 # ------------------------------------------------------------------------------------------ corruptions
-def test_corruptions_are_seeded_single_step_and_verifier_incorrect(splits):
-    a, b = corrupt_frame(splits["train"], 20, seed=3), corrupt_frame(splits["train"], 20, seed=3)
-    assert a.equals(b) and not a["rationale"].equals(corrupt_frame(splits["train"], 20, seed=4)["rationale"])
-    assert a["origin"].value_counts().to_dict() == {f"corrupt:{k}": 20 for k in KINDS}
+@pytest.mark.parametrize("kinds", [KINDS, POLICY_KINDS])
+def test_corruptions_are_seeded_single_step_and_verifier_incorrect(splits, kinds):
+    a, b = corrupt_frame(splits["train"], 20, seed=3, kinds=kinds), corrupt_frame(splits["train"], 20, seed=3, kinds=kinds)
+    assert a.equals(b) and not a["rationale"].equals(corrupt_frame(splits["train"], 20, seed=4, kinds=kinds)["rationale"])
+    assert a["origin"].value_counts().to_dict() == {f"corrupt:{k}": 20 for k in kinds}
     for r in a.to_dict("records"):
         assert sorted(r["labels"]) == [0, 1, 1, 1, 1]
         bad = STEPS[r["labels"].index(0)]
@@ -77,7 +78,8 @@ def test_corruptions_are_seeded_single_step_and_verifier_incorrect(splits):
         assert parse(r["rationale"], ESCI).parsed
         kind = r["origin"].split(":")[1]
         assert bad in {"type": {"type"}, "attribute": {"type", "product"}, "grade": {"judge"},
-                       "contradiction": {"attr", "judge"}}[kind]
+                       "contradiction": {"attr", "judge"}, "query_word": {"query"}, "product_word": {"product"},
+                       "no_grade": {"judge"}}[kind]
 
 
 def test_corruption_fallbacks_by_hand():
@@ -97,6 +99,27 @@ def test_corruption_fallbacks_by_hand():
     assert g.grade != "Exact" and g.steps["judge"].startswith(g.grade) and g.step == "judge"
     with pytest.raises(ValueError, match="unknown corruption"):
         corrupt(ex, "typo", random.Random(0))
+
+
+
+def test_policy_error_corruptions_by_hand():
+    """The policy's own errors: a record word in the query step, a query word in the product step, no grade."""
+    ex = {"query": "red mug", "title": "Blue Cup", "brand": "Acme", "colour": "Blue", "category": "Kitchen > Cups",
+          "bullets": "", "label": "Exact", "query_terms": ["red", "mug"], "negated_terms": [], "product_type": "Cups",
+          "matched_terms": [], "missing_terms": ["red", "mug"], "negation_hits": []}
+    c = corrupt(ex, "query_word", random.Random(0))
+    assert c.step == "query" and c.labels() == [0, 1, 1, 1, 1]
+    assert c.steps["query"].startswith("wants: mug; specs: ") and c.steps["query"].split("specs: ")[1].split(",")[0] in (
+        "blue", "cup")  # a title word the query lacks, first in the specs
+    assert verify(ex, c.rationale()).steps["query"].truth == INCORRECT
+    mug = {**ex, "title": "Red Mug", "colour": ""}  # every title word is in the query: a colour instead
+    assert corrupt(mug, "query_word", random.Random(0)).steps["query"].split("specs: ")[1].split(",")[0] in COLOURS
+    c = corrupt(ex, "product_word", random.Random(0))
+    assert c.step == "product" and c.steps["product"].rsplit(", ", 1)[1] in ("red", "mug")
+    assert verify(ex, c.rationale()).steps["product"].truth == INCORRECT
+    c = corrupt(ex, "no_grade", random.Random(0))
+    assert c.step == "judge" and c.grade == "Exact" and not c.steps["judge"].startswith("Exact")
+    assert verify(ex, c.rationale()).steps["judge"].reason == "the judgement states no grade"
 
 
 def test_sources_and_labels(splits):
@@ -269,9 +292,13 @@ def test_cli_end_to_end_on_smoke(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "runs" / "genrm" / "run.json").read_text())["finished"]
     # a named variant reports under results/<name>/ and leaves the main GenRM's report as it was
     before = (tmp_path / "results" / "metrics.json").read_text()
-    assert main(["--profile", "smoke", "--name", "genrm_variant"]) == 0
+    assert main(["--profile", "smoke", "--name", "genrm_variant", "--policy-errors"]) == 0
     assert (tmp_path / "results" / "metrics.json").read_text() == before
     assert json.loads((tmp_path / "results" / "genrm_variant" / "metrics.json").read_text())["genrm"]["split"] == \
         "validation"
-    with pytest.raises(SystemExit):  # a changed budget needs a name of its own
-        main(["--profile", "smoke", "--epochs", "2"])
+    report = json.loads((tmp_path / "results" / "genrm_variant" / "genrm_report.json").read_text())
+    assert {f"corrupt:{k}" for k in KINDS + POLICY_KINDS} <= set(report["metrics"]["per_origin"])
+    assert report["run"]["config"]["corruption_kinds"] == list(KINDS + POLICY_KINDS)
+    for flag in (["--epochs", "2"], ["--policy-errors"]):  # a changed budget or data needs a name of its own
+        with pytest.raises(SystemExit):
+            main(["--profile", "smoke", *flag])
