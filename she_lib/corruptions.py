@@ -79,7 +79,7 @@ def _lacking_attribute(ex, steps, rng, scale, max_terms) -> Corruption:
         verdict = steps["type"].split(";", 1)[0]
         return Corruption({**steps, "type": f"{verdict}; matches: {', '.join(claimed)}"}, ex["label"], "type",
                           "attribute")
-    have = {stem(t) for c in ("title", "brand", "colour", "category") for t in tokens(str(ex.get(c) or ""))}
+    have = _product_stems(ex)
     return Corruption({**steps, "product": f"{steps['product']}, {_absent_colour(have, rng)}"}, ex["label"], "product",
                       "attribute")
 
@@ -100,6 +100,11 @@ def _contradiction(ex, steps, rng, scale, max_terms) -> Corruption:
     return Corruption({**steps, "judge": judge}, ex["label"], "judge", "contradiction")
 
 
+def _product_stems(ex) -> set[str]:
+    """Stems of the fields the verifier checks a <product> step against."""
+    return {stem(t) for c in ("title", "brand", "colour", "category") for t in tokens(str(ex.get(c) or ""))}
+
+
 def _absent_colour(have: set[str], rng) -> str:
     return rng.choice([c for c in COLOURS if stem(c) not in have])
 
@@ -116,14 +121,14 @@ def _query_word(ex, steps, rng, scale, max_terms) -> Corruption:
 
 
 def _product_word(ex, steps, rng, scale, max_terms) -> Corruption:
-    have = {stem(t) for c in ("title", "brand", "colour", "category") for t in tokens(str(ex.get(c) or ""))}
+    have = _product_stems(ex)
     missing = [t for t in ex["missing_terms"] if t.isalpha() and stem(t) not in have]
     word = rng.choice(missing) if missing else _absent_colour(have, rng)
     return Corruption({**steps, "product": f"{steps['product']}, {word}"}, ex["label"], "product", "product_word")
 
 
 def _no_grade(ex, steps, rng, scale, max_terms) -> Corruption:
-    head, sep, rest = steps["judge"].partition(":")
+    _, sep, rest = steps["judge"].partition(":")
     return Corruption({**steps, "judge": rest.strip() if sep else "no grade given"}, ex["label"], "judge", "no_grade")
 
 
