@@ -98,7 +98,11 @@ class GenRMConfig:
 
 # ------------------------------------------------------------------------------------------ scorer
 class GenRM:
-    """Teacher-forced step scorer: ``score(examples, rationales) -> [n, len(STEPS)]`` P(correct)."""
+    """Teacher-forced step scorer: ``score(examples, rationales) -> [n, len(STEPS)]`` P(correct).
+
+    P(correct) at a verdict position is softmax(h . w_correct, h . w_incorrect)[0], with h the state the LM head reads
+    and both products taken in fp32: a bf16 model's logits are rounded to 0.125 near 16-32, which put every score on
+    a coarse grid of logit differences (ties in the AUROC, a threshold that could only fall between grid points)."""
 
     def __init__(self, model, tokenizer, words=("correct", "incorrect"), batch_size: int = 16, show_label: bool = True,
                  show_evidence: bool = False):
@@ -138,6 +142,8 @@ class GenRM:
         out = np.zeros((len(seqs), len(STEPS)))
         self.model.eval()
         device, pad = self.model.device, self.tokenizer.pad_token_id
+        head = self.model.get_output_embeddings()
+        rows = head.weight[torch.tensor(self.ids, device=device)].float()  # [2, hidden]
         order = np.argsort([len(s) for s in seqs], kind="stable")[::-1]
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
@@ -145,9 +151,14 @@ class GenRM:
             ids = torch.tensor([[pad] * (width - len(seqs[i])) + seqs[i] for i in idx], device=device)
             mask = torch.tensor([[0] * (width - len(seqs[i])) + [1] * len(seqs[i]) for i in idx], device=device)
             keep = torch.tensor([width - len(self.suffix) + j - 1 for j in self.at], device=device)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                                logits_to_keep=keep).logits.float()
-            pair = logits[..., torch.tensor(self.ids, device=device)]  # [b, steps, 2]
+            seen = {}
+            hook = head.register_forward_hook(lambda mod, args, res: seen.__setitem__("h", args[0]))
+            try:
+                self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                           logits_to_keep=keep)
+            finally:
+                hook.remove()
+            pair = seen["h"].float() @ rows.T  # [b, steps, 2]: the two verdict logits in fp32
             out[idx] = torch.softmax(pair, dim=-1)[..., 0].cpu().numpy()
         return out
 

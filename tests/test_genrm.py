@@ -200,6 +200,37 @@ def test_scores_are_probabilities_batch_invariant_and_match_a_full_forward(split
     assert genrm.score([], []).shape == (0, len(STEPS))
 
 
+def test_scores_of_a_bf16_model_are_not_rounded_to_its_logits(splits, tiny_policy):
+    """A bf16 model's logits are rounded to its grid (0.125 near 16-32); the scorer takes the two verdict logits in
+    fp32 from the LM head's input h: softmax(h . w_correct, h . w_incorrect). Here both verdict rows share a large
+    component, so both logits are large and P read from the rounded logits is far off."""
+    import copy
+
+    rows = labelled_rows(splits["validation"], 3, 1, seed=1)
+    model = copy.deepcopy(tiny_policy.model)
+    ids = GenRM(model, tiny_policy.tokenizer).ids
+    w = model.get_output_embeddings().weight.detach().clone()
+    w[ids] += 600 * w[ids].mean(0)
+    head = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    head.weight = torch.nn.Parameter(w)
+    model.set_output_embeddings(head)
+    model = model.to(torch.bfloat16)
+    genrm = GenRM(model, tiny_policy.tokenizer)
+    s = genrm.score(rows, rows["rationale"].tolist())
+    r = rows.iloc[0]
+    seq = genrm.input_ids(r, r["rationale"])
+    seen = []
+    hook = head.register_forward_pre_hook(lambda mod, args: seen.append(args[0][0].float()))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([seq])).logits[0].float()
+    hook.remove()
+    at = [len(seq) - len(genrm.suffix) + j - 1 for j in genrm.at]
+    exact = torch.softmax(seen[0][at] @ head.weight[ids].detach().float().T, -1)[:, 0].numpy()
+    rounded = torch.softmax(logits[at][:, ids], -1)[:, 0].numpy()
+    np.testing.assert_allclose(s[0], exact, atol=1e-6)
+    assert logits[at][:, ids].abs().min() > 16 and np.abs(rounded - exact).max() > 0.02  # what bf16 logits gave
+
+
 # ------------------------------------------------------------------------------------------ training
 def test_train_resume_reuse_and_load(smoke, splits, tiny_policy):
     rows = labelled_rows(splits["train"], 8, 2, seed=0)
