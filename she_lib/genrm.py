@@ -145,21 +145,21 @@ class GenRM:
         head = self.model.get_output_embeddings()
         rows = head.weight[torch.tensor(self.ids, device=device)].float()  # [2, hidden]
         order = np.argsort([len(s) for s in seqs], kind="stable")[::-1]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            width = max(len(seqs[i]) for i in idx)  # left padding: the verdict lines end every row
-            ids = torch.tensor([[pad] * (width - len(seqs[i])) + seqs[i] for i in idx], device=device)
-            mask = torch.tensor([[0] * (width - len(seqs[i])) + [1] * len(seqs[i]) for i in idx], device=device)
-            keep = torch.tensor([width - len(self.suffix) + j - 1 for j in self.at], device=device)
-            seen = {}
-            hook = head.register_forward_hook(lambda mod, args, res: seen.__setitem__("h", args[0]))
-            try:
+        seen = {}  # the LM head's input of the last forward: [b, steps, hidden]
+        hook = head.register_forward_hook(lambda mod, args, res: seen.__setitem__("h", args[0]))
+        try:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                width = max(len(seqs[i]) for i in idx)  # left padding: the verdict lines end every row
+                ids = torch.tensor([[pad] * (width - len(seqs[i])) + seqs[i] for i in idx], device=device)
+                mask = torch.tensor([[0] * (width - len(seqs[i])) + [1] * len(seqs[i]) for i in idx], device=device)
+                keep = torch.tensor([width - len(self.suffix) + j - 1 for j in self.at], device=device)
                 self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                            logits_to_keep=keep)
-            finally:
-                hook.remove()
-            pair = seen["h"].float() @ rows.T  # [b, steps, 2]: the two verdict logits in fp32
-            out[idx] = torch.softmax(pair, dim=-1)[..., 0].cpu().numpy()
+                pair = seen["h"].float() @ rows.T  # [b, steps, 2]: the two verdict logits in fp32
+                out[idx] = torch.softmax(pair, dim=-1)[..., 0].cpu().numpy()
+        finally:
+            hook.remove()
         return out
 
 
