@@ -336,6 +336,9 @@ def main(argv=None) -> int:
                     help="the outcome reward's grade weights (SRPOConfig.grade_weighting; needs --name)")
     ap.add_argument("--min-p", type=float, default=None, help="TRL's min_p for the rollouts (needs --name)")
     ap.add_argument("--learning-rate", type=float, default=None, help="the RL learning rate (needs --name)")
+    ap.add_argument("--beta", type=float, default=None,
+                    help="the KL anchor to the start model (TRL's beta; the adapter-disabled model is the reference, "
+                         "grade head included; needs --name)")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
     ap.add_argument("--save", action="store_true")
     a = ap.parse_args(argv)
@@ -344,11 +347,11 @@ def main(argv=None) -> int:
         ap.error("--replace-fraction and --hint are AGRL settings and their run needs its own --name")
     variant = {k: v for k, v in (("grade_temperature", a.grade_temperature), ("min_p", a.min_p),
                                  ("advantage_baseline", a.baseline), ("grade_weighting", a.grade_weighting),
-                                 ("learning_rate", a.learning_rate))
+                                 ("learning_rate", a.learning_rate), ("beta", a.beta))
                if v is not None}
     if (variant or a.stage_steps) and not a.name:
-        ap.error("--grade-temperature, --min-p, --baseline, --grade-weighting, --learning-rate and --stage-steps make "
-                 "a variant, and its run needs its own --name")
+        ap.error("--grade-temperature, --min-p, --baseline, --grade-weighting, --learning-rate, --beta and --stage-steps "
+                 "make a variant, and its run needs its own --name")
     sft_info = json.loads((Path(a.sft) / "run.json").read_text())
     profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
     examiner = None

@@ -42,9 +42,16 @@ class Meter(TrainerCallback):
 SPEED_ONLY = ("share_prompt_prefix",)  # config fields that change how fast a run trains, not what it learns
 
 
+def _set_as_list(value):
+    """JSON for a set field of a config (e.g. VerifierConfig.filler_words): its sorted items."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"a run's config holds a {type(value).__name__}, which has no JSON form")
+
+
 def _jsonable(config) -> dict:
     """The config as a run's identity: JSON values, without the SPEED_ONLY fields."""
-    d = json.loads(json.dumps(asdict(config) if is_dataclass(config) else config))
+    d = json.loads(json.dumps(asdict(config) if is_dataclass(config) else config, default=_set_as_list))
     return {k: v for k, v in d.items() if k not in SPEED_ONLY} if isinstance(d, dict) else d
 
 

@@ -136,8 +136,11 @@ def test_probe_head_at_the_grade_position_keeps_the_sft_model(trained_sft, split
     from she_lib.evaluate import evaluate_run
     from she_lib.rl import rl_config, train_rl
 
-    rl = train_rl(smoke, "srpo", out, rl_config(smoke, "srpo"), splits=splits)
+    rl = train_rl(smoke, "srpo", out, rl_config(smoke, "srpo", beta=0.04), splits=splits)
     assert json.loads((rl / "run.json").read_text())["finished"]
+    # the KL anchor's reference is the start, head included: at the first step the fresh LoRA is zero, so KL = 0
+    kl = [e["kl"] for e in json.loads((rl / "train_log.json").read_text()) if "kl" in e]
+    assert kl and abs(kl[0]) < 1e-6
     assert grade_head_of(load_run(rl, prof.replace(dtype="float32")).model) is not None
     (m,) = evaluate_run(rl, smoke, splits["test"].head(4), modes=("first_token",)).values()
     assert m["n_examples"] == 4

@@ -290,6 +290,31 @@ def test_rl_end_to_end_on_smoke(smoke, splits, trained_sft, method):
     assert m["n_examples"] == 4 and m["run"]["kind"] == method
 
 
+class _ConstantScorer:
+    """A GenRM stand-in that finds every step 20% likely correct."""
+    source = "constant"
+
+    def score(self, examples, rationales):
+        return np.full((len(rationales), len(STEPS)), 0.2)
+
+
+def test_rl_with_a_hybrid_examiner_records_it_and_is_reused(smoke, splits, trained_sft):
+    """The examiner's config (a VerifierConfig holds sets) is part of the run's identity, in JSON."""
+    from she_lib.examiner import Examiner, HybridConfig
+    from she_lib.verifier import VerifierConfig
+
+    examiner = lambda: Examiner(_ConstantScorer(), HybridConfig(rule="blend"), "esci")  # noqa: E731
+    run = train_rl(smoke, "srpo", trained_sft, rl_config(smoke, "srpo"), splits=splits, name="srpo_hybrid",
+                   examiner=examiner())
+    info = json.loads((run / "run.json").read_text())
+    assert info["finished"] and info["config"]["examiner"]["scorer"] == "constant"
+    assert info["config"]["examiner"]["verifier"]["filler_words"] == sorted(VerifierConfig().filler_words)
+    stamp = (run / "run.json").stat().st_mtime_ns
+    again = train_rl(smoke, "srpo", trained_sft, rl_config(smoke, "srpo"), splits=splits, name="srpo_hybrid",
+                     examiner=examiner())
+    assert again == run and (run / "run.json").stat().st_mtime_ns == stamp
+
+
 def test_rl_cli_refuses_an_unnamed_replay_variant():
     from she_lib.rl import main
 
