@@ -213,7 +213,8 @@ def rl_significance(profile, test: pd.DataFrame, runs_dir: str | Path | None = N
 def rl_pairs(runs, have, metrics: dict, baselines=("_bal_recall_explore", "_bal")) -> list[tuple[str, str]]:
     """(A, B) to test: every RL run of ``runs`` against the SFT run it started from (:func:`sft_start`), then every
     SRPO / AGRL run against a GRPO run from the same start: :func:`grpo_partner` among those, else the one GRPO
-    variant from that start with the same seed; only pairs whose both read-outs are in ``have``."""
+    variant from that start with the same seed, then every run against its :func:`ablation_partner`; only pairs
+    whose both read-outs are in ``have``."""
     start = {h: sft_start(h, metrics) for h in {*runs, *have}}
     pairs = [(n, start[n]) for n in runs if start[n] in have]
     for n in runs:
@@ -225,7 +226,17 @@ def rl_pairs(runs, have, metrics: dict, baselines=("_bal_recall_explore", "_bal"
         partner = grpo_partner(n, same, baselines) or (grpos[0] if len(grpos) == 1 else None)
         if partner:
             pairs.append((n, partner))
+    pairs += [(n, p) for n in runs if (p := ablation_partner(n)) in have and (n, p) not in pairs]
     return pairs
+
+
+def ablation_partner(run: str) -> str | None:
+    """The run ``run`` differs from by the last part of its variant, same family and seed: e.g.
+    ``srpo_gradehead_recall_online_explore_genrm_s1`` (the hybrid examiner) -> ``srpo_gradehead_recall_online_explore_s1``
+    (the verifier alone), ``..._steps54_kl004`` -> ``..._steps54``; None for a variant of one part."""
+    m = parse_method(run)
+    cut = m["variant"].rfind("_") if m else 0
+    return method_key(m["family"], m["variant"][:cut], m["seed"]) if cut > 0 else None
 
 
 def step_outcomes(frame: pd.DataFrame, column: str, scale) -> pd.DataFrame:

@@ -294,6 +294,21 @@ def test_rl_pairs_take_the_grpo_partner_from_the_same_start():
     assert ("agrl_gh_hint", "sft_gh") in pairs and ("grpo_bal", "sft") in pairs
 
 
+def test_ablation_pairs_drop_the_last_part_of_the_variant():
+    """A run is also tested against the run its name extends by one part, same family and seed (the hybrid examiner
+    against the verifier alone, a KL anchor against none), when that run was read."""
+    from she_lib.rl_report import ablation_partner, rl_pairs
+
+    assert ablation_partner("srpo_gh_online_genrm_s1") == "srpo_gh_online_s1"
+    assert ablation_partner("srpo_gh_online_steps54_kl004_first_token") == "srpo_gh_online_steps54"
+    assert ablation_partner("srpo_gh") is None and ablation_partner("srpo") is None and ablation_partner("lexical") is None
+    have = {"sft_gh", "srpo_gh_online", "srpo_gh_online_genrm", "srpo_gh_online_genrm_s1"}
+    metrics = {f"{n}_first_token": {"run": {"init_adapter": "../sft_gh"}} for n in have}
+    pairs = rl_pairs(["srpo_gh_online_genrm", "srpo_gh_online_genrm_s1"], have, metrics)
+    assert ("srpo_gh_online_genrm", "srpo_gh_online") in pairs
+    assert not [p for p in pairs if p[0] == "srpo_gh_online_genrm_s1" and p[1] != "sft_gh"]  # its partner was not read
+
+
 def test_rl_significance_reads_decoded_runs_without_a_first_token(tmp_path, splits):
     """A steps-first start and its RL runs are decoded only: they are paired on their decoded read-outs, on the rows
     both decoded (A - B exact); a run with a first-token read-out keeps being paired on it."""
