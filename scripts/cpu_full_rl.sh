@@ -53,24 +53,39 @@ prompts runs/cpu-full/sft
 prompts runs/cpu-full/sft_head
 [ -f runs/cpu-full/sft_gradehead/grade_head.safetensors ] || OMP_NUM_THREADS=2 $PY -m she_lib.probe_head \
     --run runs/cpu-full/sft --profile cpu-full --out runs/cpu-full/sft_gradehead --pairs-per-query 16 --position grade
-from_start() {  # from_start START METHOD SEED LR [DECODED [STEPS]]: METHOD with online recall weights (AGRL: half of
-  # a flagged group guided by the gold grade) from runs/cpu-full/START, read by first token (and decoded) and on wide;
-  # STEPS: that many optimizer steps instead of the profile's 18 (run name suffix _steps<STEPS>)
+from_start() {  # from_start START METHOD SEED LR [DECODED [STEPS [SUFFIX ARGS...]]]: METHOD with online recall weights
+  # (AGRL: half of a flagged group guided by the gold grade) from runs/cpu-full/START, read by first token (and decoded)
+  # and on wide; STEPS: that many optimizer steps instead of the profile's 18 (run name suffix _steps<STEPS>); SUFFIX
+  # ARGS: further she_lib.rl flags, the run named with _SUFFIX (e.g. genrm --genrm runs/cpu-full/genrm_policy_errors_3ep)
   local start=$1 method=$2 tag=${1#sft_} name modes=(first_token) weights=(--grade-weighting recall_online) steps=()
+  local extra=("${@:8}")
   name="${method}_${tag}_recall_online_explore"
   [ "$method" = agrl ] && name="agrl_${tag}_explore_half_hint" && weights=(--replace-fraction 0.5 --hint grade)
   [ "$4" = 1e-4 ] && name="${name}_lr1e4"
   [ -n "${6:-}" ] && name="${name}_steps$6" && steps=(--stage-steps "$6")
+  [ -n "${7:-}" ] && name="${name}_$7"
   [ "$3" = 0 ] || name="${name}_s$3"
   [ -n "${5:-}" ] && modes+=(generate)
   $PY -m she_lib.rl --method "$method" --profile cpu-full --sft "runs/cpu-full/$start" --seed "$3" --name "$name" \
-      --scale-rewards batch "${weights[@]}" "${EXPLORE[@]}" --learning-rate "$4" "${steps[@]}" \
+      --scale-rewards batch "${weights[@]}" "${EXPLORE[@]}" --learning-rate "$4" "${steps[@]}" "${extra[@]}" \
       --evaluate "${modes[@]}" --save
   wide "runs/cpu-full/$name" first_token
 }
 # longer runs first: GRPO and SRPO from the grade-position head for 54 steps (3x the profile's), seed 0
 from_start sft_gradehead grpo 0 5e-5 decoded 54 >> logs/cpu-full_rl_long_a.log 2>&1 &
 from_start sft_gradehead srpo 0 5e-5 decoded 54 >> logs/cpu-full_rl_long_b.log 2>&1 &
+wait
+# levers on SRPO from the same start: the hybrid examiner (the policy-errors GenRM on the steps the verifier leaves
+# undecided; seeds 0-2) and KL anchors to the start on the 54-step run (beta 0.04, then 0.4)
+(
+  for seed in 0 1 2; do
+    from_start sft_gradehead srpo "$seed" 5e-5 decoded "" genrm --genrm runs/cpu-full/genrm_policy_errors_3ep
+  done
+) >> logs/cpu-full_rl_levers_a.log 2>&1 &
+(
+  from_start sft_gradehead srpo 0 5e-5 decoded 54 kl004 --beta 0.04
+  from_start sft_gradehead srpo 0 5e-5 decoded 54 kl04 --beta 0.4
+) >> logs/cpu-full_rl_levers_b.log 2>&1 &
 wait
 (
   for seed in 0 1 2; do
