@@ -183,9 +183,10 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES,
     for mode in modes:
         frame = per_query(df, profile.eval_generate_per_query) if mode == "generate" else df
         preds = predict_llm(model, policy.tokenizer, frame, profile, mode, prediction_cache(run, profile, mode))
+        name = method_name(run.name, mode)
         if archive:
-            archive_predictions(archive, method_name(run.name, mode), preds)
-        out[method_name(run.name, mode)] = score(
+            archive_predictions(archive, name, preds)
+        out[name] = score(
             frame, preds, profile, split=profile.eval_split, model=str(run), scoring=mode, run=info,
             seconds=prediction_seconds(preds), pairs_per_query=profile.eval_generate_per_query if mode == "generate" else None)
     return out
@@ -337,13 +338,17 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=[*MODES, "both", "probe"], default="both",
                     help="probe: the run's saved grade probe (grade_probe.joblib in the run folder)")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--fp32-logits", action="store_true", help="first token: grade logits h . w in fp32 "
+                    "(Profile.eval_fp32_logits); with --save into <results_dir>/fp32/, apart from the model-precision "
+                    "read-outs")
     ap.add_argument("--save", action="store_true", help="merge the result into the profile's metrics.json "
                     "(with --data: into <results_dir>/<data folder name>/metrics.json)")
     args = ap.parse_args(argv)
     if args.data and args.report:
         ap.error("--report reads the profile's split only; score --data with --run or --baseline")
     profile = get_profile(args.profile, **{k: v for k, v in {"eval_split": args.split,
-                                                             "eval_limit": args.limit}.items() if v})
+                                                             "eval_limit": args.limit,
+                                                             "eval_fp32_logits": args.fp32_logits}.items() if v})
     if args.report:
         out = report(profile)
         print(out["summary"].to_string() if out["summary"] is not None else "no metrics.json yet")
@@ -357,6 +362,8 @@ def main(argv=None) -> int:
         profile, df = external_set(profile, args.data, args.split)
         splits = {**splits, profile.eval_split: df}
     df = eval_frame(profile, splits)
+    if profile.eval_fp32_logits:
+        profile = profile.replace(results_dir=str(Path(profile.results_dir) / "fp32"))
     if args.baseline == "zero_shot":
         results = evaluate_zero_shot(profile, df, modes, save=args.save)
     elif args.baseline == "lexical":

@@ -32,6 +32,7 @@ from .corruptions import KINDS, POLICY_KINDS
 from .data import load_splits
 from .distributed import is_main_process
 from .genrm_data import build_genrm_dataset, complete, decided, genrm_messages, verdict_text, verdict_token_ids
+from .inference import head_logits, lm_head_input
 from .genrm_eval import build_data, evaluate_genrm, examiner_report, save_genrm_results, undecided_sample
 from .modeling import load_policy
 from .schema import STEPS
@@ -101,8 +102,9 @@ class GenRM:
     """Teacher-forced step scorer: ``score(examples, rationales) -> [n, len(STEPS)]`` P(correct).
 
     P(correct) at a verdict position is softmax(h . w_correct, h . w_incorrect)[0], with h the state the LM head reads
-    and both products taken in fp32: a bf16 model's logits are rounded to 0.125 near 16-32, which put every score on
-    a coarse grid of logit differences (ties in the AUROC, a threshold that could only fall between grid points)."""
+    and both products taken in fp32 (inference.head_logits): a bf16 model's logits are rounded to 0.125 near 16-32,
+    which put every score on a coarse grid of logit differences (ties in the AUROC, a threshold that could only fall
+    between grid points)."""
 
     def __init__(self, model, tokenizer, words=("correct", "incorrect"), batch_size: int = 16, show_label: bool = True,
                  show_evidence: bool = False):
@@ -142,12 +144,8 @@ class GenRM:
         out = np.zeros((len(seqs), len(STEPS)))
         self.model.eval()
         device, pad = self.model.device, self.tokenizer.pad_token_id
-        head = self.model.get_output_embeddings()
-        rows = head.weight[torch.tensor(self.ids, device=device)].float()  # [2, hidden]
         order = np.argsort([len(s) for s in seqs], kind="stable")[::-1]
-        seen = {}  # the LM head's input of the last forward: [b, steps, hidden]
-        hook = head.register_forward_hook(lambda mod, args, res: seen.__setitem__("h", args[0]))
-        try:
+        with lm_head_input(self.model) as seen:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 width = max(len(seqs[i]) for i in idx)  # left padding: the verdict lines end every row
@@ -156,10 +154,8 @@ class GenRM:
                 keep = torch.tensor([width - len(self.suffix) + j - 1 for j in self.at], device=device)
                 self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                            logits_to_keep=keep)
-                pair = seen["h"].float() @ rows.T  # [b, steps, 2]: the two verdict logits in fp32
+                pair = head_logits(self.model, seen.pop("h"), self.ids)  # [b, steps, 2]: the verdict logits in fp32
                 out[idx] = torch.softmax(pair, dim=-1)[..., 0].cpu().numpy()
-        finally:
-            hook.remove()
         return out
 
 

@@ -261,19 +261,66 @@ def _answer_outputs(model, tokenizer, texts: list[str], batch_size: int, share_c
     bar.close()
 
 
+@contextmanager
+def lm_head_input(model):
+    """Yield a dict whose ``"h"`` is, after each forward inside the block, the input of the model's LM head module
+    (the final-norm states of the positions it scores); absent where a forward never called that module (a fused
+    head, as TRL's and Unsloth's losses use)."""
+    seen = {}
+    hook = base_of(model).get_output_embeddings().register_forward_hook(
+        lambda mod, args, res: seen.__setitem__("h", args[0]))
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
+def head_logits(model, h: torch.Tensor, ids) -> torch.Tensor:
+    """[..., len(ids)] fp32 logits of the tokens ``ids`` from the LM head's input ``h`` ([B, hidden] or
+    [B, T, hidden])::
+
+        z_k = fp32(h) . fp32(w_k)        (w_k: the LM head's row of token ids[k])
+
+    and, where an installed grade head (she_lib.grade_head) swapped the grade rows in the forward that produced
+    ``h``, z_k = fp32(h) . fp32(r_k) for its tokens there. Why: a bf16 model's logits are rounded to its 8-bit
+    mantissa (steps of 0.125 near 16-32), coarse enough to flip the argmax of two close grades; the products in fp32
+    are the logits the bf16 states imply. A head that is not a bias-free linear map of ``h`` raises."""
+    base = base_of(model)
+    head = base.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        raise ValueError(f"head_logits needs a bias-free nn.Linear LM head, got {type(head).__name__}")
+    ids = [int(i) for i in ids]
+    hf = h.float()
+    z = hf @ head.weight[torch.tensor(ids, device=head.weight.device)].float().T
+    state = grade_head_of(model)
+    if state is not None and state.mask is not None:
+        mask = state.mask[:, -1] if h.dim() == 2 else state.mask[:, -h.shape[1]:]
+        for k, tok in enumerate(ids):
+            if tok in state.head.token_ids:
+                r = state.head.rows[state.head.token_ids.index(tok)].to(hf.device).float()
+                z[..., k] = torch.where(mask.to(z.device), hf @ r, z[..., k])
+    return z
+
+
 @torch.inference_mode()
 def grade_probabilities(model, tokenizer, prompts: list[str], words, prefix: str = "<grade>",
-                        batch_size: int = 32, progress: bool = True, share_common_prefix: bool = True) -> np.ndarray:
+                        batch_size: int = 32, progress: bool = True, share_common_prefix: bool = True,
+                        fp32: bool = False) -> np.ndarray:
     """[n, len(words)] probabilities of each grade at the answer position (no decoding). ``share_common_prefix``:
-    the batch's common token prefix is run once (module docstring)."""
+    the batch's common token prefix is run once (module docstring). ``fp32``: the grade logits are
+    :func:`head_logits` of the LM head's input instead of the model's own logits (bf16 on a bf16 model)."""
     model.eval()
     ids = torch.tensor(grade_token_ids(tokenizer, words))
     texts = [p + prefix for p in prompts]
     out = np.zeros((len(texts), len(ids)), dtype=np.float64)
-    for idx, o in _answer_outputs(model, tokenizer, texts, batch_size, share_common_prefix, False, "first-token",
-                                  progress):
-        logits = o.logits[:, -1, :].float()
-        out[idx] = torch.softmax(logits[:, ids.to(logits.device)], dim=-1).cpu().numpy()
+    with lm_head_input(model) as seen:
+        for idx, o in _answer_outputs(model, tokenizer, texts, batch_size, share_common_prefix, False,
+                                      "first-token", progress):
+            if fp32 and "h" in seen:
+                z = head_logits(model, seen.pop("h")[:, -1, :], ids.tolist())
+            else:
+                z = o.logits[:, -1, :].float()[:, ids.to(o.logits.device)]
+            out[idx] = torch.softmax(z, dim=-1).cpu().numpy()
     return out
 
 

@@ -60,8 +60,8 @@ def predict_llm(model, tokenizer, df: pd.DataFrame, profile: Profile, mode: str 
             out = [{"example_id": r["example_id"], "completion": t, "pred": p.grade, "well_formed": p.well_formed}
                    for r, t, p in zip(rows, texts, parsed)]
         else:
-            probs = grade_probabilities(model, tokenizer, prompts, scale.words,
-                                        batch_size=profile.eval_batch_size, progress=progress)
+            probs = grade_probabilities(model, tokenizer, prompts, scale.words, batch_size=profile.eval_batch_size,
+                                        progress=progress, fp32=profile.eval_fp32_logits)
             out = [{"example_id": r["example_id"], "pred": scale.words[int(np.argmax(p))],
                     **{f"p_{w}": float(x) for w, x in zip(scale.words, p)}} for r, p in zip(rows, probs)]
         per_row = round((time.time() - t0) / len(rows), 4)  # the chunk's wall time, kept with the cached rows
@@ -96,7 +96,13 @@ def prediction_seconds(preds: pd.DataFrame) -> float | None:
 def prediction_file(profile: Profile, mode: str) -> str:
     """Cache name that changes with every setting the predictions depend on (no stale reuse)."""
     tail = f"_{profile.order}_t{profile.eval_max_new_tokens}" if mode == "generate" else f"_{profile.order}"
-    return f"predictions_{profile.eval_split}_{mode}{tail}.jsonl"
+    return f"predictions_{profile.eval_split}_{mode}{tail}{readout_suffix(profile, mode)}.jsonl"
+
+
+def readout_suffix(profile: Profile, mode: str) -> str:
+    """``_fp32`` for a first-token read-out with fp32 grade logits (Profile.eval_fp32_logits), else empty: it names
+    that read-out's cache in the run folder apart from the model-precision one."""
+    return "_fp32" if mode == "first_token" and profile.eval_fp32_logits else ""
 
 
 def prediction_cache(folder: str | Path, profile: Profile, mode: str) -> Path | None:

@@ -5,6 +5,7 @@ import os
 import random
 
 import pandas as pd
+import torch
 
 from she_lib.corruptions import corrupt
 from she_lib.labels import get_scale
@@ -73,3 +74,20 @@ def fake_trainer(cls, smoke, tmp_path, rows, process_weight, rollouts=None, guid
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); the loss is called directly here
     return trainer, ds
+
+
+def bf16_with_large_logits(model, ids, scale=600.0):
+    """A bf16 copy of ``model`` whose LM head rows ``ids`` share a large component (w_k += scale * mean of those
+    rows), so their logits are large (> 16) and bf16 rounds them to steps of 0.125 or more: the case where the
+    model's own logits and h . w in fp32 give different probabilities. The head is a fresh bias-free Linear (not
+    tied to the embeddings)."""
+    import copy
+
+    model = copy.deepcopy(model)
+    w = model.get_output_embeddings().weight.detach().clone()
+    w[ids] += scale * w[ids].mean(0)
+    head = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    head.weight = torch.nn.Parameter(w)
+    model.set_output_embeddings(head)
+    return model.to(torch.bfloat16).eval()
+

@@ -17,6 +17,7 @@ from she_lib.rationales import teacher_rationale
 from she_lib.schema import STEPS, parse
 from she_lib.verifier import INCORRECT, verify
 from callbacks import StopAt
+from fakes import bf16_with_large_logits
 
 
 def fast(smoke, **kw):
@@ -204,17 +205,10 @@ def test_scores_of_a_bf16_model_are_not_rounded_to_its_logits(splits, tiny_polic
     """A bf16 model's logits are rounded to its grid (0.125 near 16-32); the scorer takes the two verdict logits in
     fp32 from the LM head's input h: softmax(h . w_correct, h . w_incorrect). Here both verdict rows share a large
     component, so both logits are large and P read from the rounded logits is far off."""
-    import copy
-
     rows = labelled_rows(splits["validation"], 3, 1, seed=1)
-    model = copy.deepcopy(tiny_policy.model)
-    ids = GenRM(model, tiny_policy.tokenizer).ids
-    w = model.get_output_embeddings().weight.detach().clone()
-    w[ids] += 600 * w[ids].mean(0)
-    head = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
-    head.weight = torch.nn.Parameter(w)
-    model.set_output_embeddings(head)
-    model = model.to(torch.bfloat16)
+    ids = GenRM(tiny_policy.model, tiny_policy.tokenizer).ids
+    model = bf16_with_large_logits(tiny_policy.model, ids)
+    head = model.get_output_embeddings()
     genrm = GenRM(model, tiny_policy.tokenizer)
     s = genrm.score(rows, rows["rationale"].tolist())
     r = rows.iloc[0]

@@ -9,9 +9,10 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from she_lib.config import get_profile
 from she_lib.grade_head import FILE, GradeHead, GradeHeadProcessor, grade_head_of, tag_ends
-from she_lib.inference import generate, grade_probabilities, grade_token_ids
+from she_lib.inference import generate, grade_probabilities, grade_token_ids, head_logits
 from she_lib.labels import ESCI
 from she_lib.modeling import build_tiny_model
+from fakes import bf16_with_large_logits
 
 
 def test_tag_ends_marks_the_last_token_of_each_tag():
@@ -147,3 +148,62 @@ def test_probe_head_at_the_grade_position_keeps_the_sft_model(trained_sft, split
     with pytest.raises(ValueError, match="position"):
         write_probe_head(run, prof, splits["train"], splits["validation"], tmp_path / "bad",
                          ProbeHeadConfig(position="steps"), progress=False)
+
+
+# ------------------------------------------------------------------------------------------ fp32 read-out
+def test_fp32_read_out_takes_h_dot_w_in_fp32_not_the_bf16_logits(tokenizer):
+    """On a bf16 model with large grade logits, fp32=True gives softmax(fp32(h) . fp32(w_k)) over the grades (the
+    LM head's input h), while the default reads the model's rounded logits, which move P by about 0.01 here."""
+    torch.manual_seed(0)
+    ids = grade_token_ids(tokenizer, ESCI.words)
+    model = bf16_with_large_logits(build_tiny_model(tokenizer, get_profile("smoke")), ids)
+    prompts = ["query: red shoe\nproduct: a red shoe\n", "query: lamp\nproduct: a desk lamp, white\n"]
+    exact = grade_probabilities(model, tokenizer, prompts, ESCI.words, progress=False, fp32=True)
+    model_logits = grade_probabilities(model, tokenizer, prompts, ESCI.words, progress=False)
+    w = model.get_output_embeddings().weight.detach()[ids].float()
+    for i, p in enumerate(prompts):
+        enc = tokenizer([p + "<grade>"], return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = model(**enc, output_hidden_states=True)
+        h = out.hidden_states[-1][:, -1].float()
+        np.testing.assert_allclose(exact[i], torch.softmax(h @ w.T, -1)[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(model_logits[i], torch.softmax(out.logits[0, -1, ids].float(), -1).numpy(),
+                                   atol=1e-5)
+        assert out.logits[0, -1, ids].float().abs().min() > 16
+    assert np.abs(exact - model_logits).max() > 0.005  # the rounding moves P by about 0.01 here
+
+
+def test_fp32_read_out_of_a_bf16_grade_head_uses_its_rows(tokenizer, headed):
+    """Where the head swapped the grade rows (the prompt ends with the tag), the fp32 read-out is softmax(h . r_k)
+    with r_k the head's rows, on both the shared-prefix and the plain path."""
+    model, plain, head = headed
+    model, plain = model.to(torch.bfloat16), plain.to(torch.bfloat16)
+    shared = "query: a long shared prompt prefix of many tokens, more than sixteen of them, item"
+    prompts = [f"{shared} {i} " + "x" * i + "\n" for i in range(3)]
+    got = grade_probabilities(model, tokenizer, prompts, ESCI.words, progress=False, fp32=True)
+    one = grade_probabilities(model, tokenizer, prompts[:1], ESCI.words, progress=False, fp32=True)
+    for i, p in enumerate(prompts):
+        enc = tokenizer([p + "<grade>"], return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            h = plain(**enc, output_hidden_states=True).hidden_states[-1][:, -1].float()
+        np.testing.assert_allclose(got[i], torch.softmax(h @ head.rows.float().T, -1)[0].numpy(), atol=1e-3)
+    np.testing.assert_allclose(one[0], got[0], atol=1e-3)
+
+
+def test_head_logits_refuses_a_head_with_a_bias(tokenizer):
+    model = build_tiny_model(tokenizer, get_profile("smoke"))
+    n, d = model.get_output_embeddings().weight.shape
+    model.set_output_embeddings(torch.nn.Linear(d, n, bias=True))
+    with pytest.raises(ValueError, match="bias-free"):
+        head_logits(model, torch.zeros(1, d), [1, 2])
+
+
+def test_an_fp32_read_out_is_cached_and_named_apart():
+    from she_lib.predictions import prediction_file, readout_suffix
+
+    smoke = get_profile("smoke")
+    fp32 = smoke.replace(eval_fp32_logits=True)
+    plain = prediction_file(smoke, "first_token")
+    assert prediction_file(fp32, "first_token") == plain[:-len(".jsonl")] + "_fp32.jsonl"
+    assert prediction_file(fp32, "generate") == prediction_file(smoke, "generate")  # decoding is unchanged
+    assert (readout_suffix(fp32, "first_token"), readout_suffix(smoke, "first_token")) == ("_fp32", "")
