@@ -177,16 +177,16 @@ def train_rl(profile: Profile, method: str, sft_run: str | Path, args: SRPOConfi
                   rollout_func=rollout_func_for(args, policy.model, scale.words))
     eos = [policy.tokenizer.eos_token_id]  # a rollout cut at the token limit earns 0 (she_lib.rewards.truncated)
     weights = outcome_weights(args, prompts, method)
-    if method == "grpo" and args.advantage_baseline == "group":
+    if method == "grpo" and args.advantage_baseline == "group" and not args.sft_weight:
         trainer = SharedPromptGRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos,
                                                                       grade_weights=weights)], **common)
     elif method in ("grpo", "srpo"):  # GRPO with another baseline: SRPO's trainer at process_weight 0
         trainer = SRPOTrainer(reward_funcs=[OutcomeReward(scale, eos_token_ids=eos, grade_weights=weights)],
-                              examiner=examiner, scale=scale,
+                              examiner=examiner, scale=scale, order=profile.order,
                               rollout_log=run / "rollouts.jsonl", **common)
     else:
         trainer = SRPOTrainer(reward_funcs=[RuleReward(RuleRewardConfig(), scale, eos_token_ids=eos)],
-                              examiner=examiner, scale=scale,
+                              examiner=examiner, scale=scale, order=profile.order,
                               replay=AdaptiveReplay(replay, scale, profile.order),
                               rollout_log=run / "rollouts.jsonl", **common)
     if last is None and is_main_process() and (run / "rollouts.jsonl").exists():
@@ -267,10 +267,15 @@ def first_token_pass_rates(profile: Profile, sft_run: str | Path, pool: pd.DataF
     return pd.Series(p, index=pool["example_id"].to_numpy(), dtype=float)
 
 
+LATER_FIELDS = {"sft_weight": 0.0}  # fields added after runs were trained: at these defaults they stay out of the key
+
+
 def _args_key(args: SRPOConfig) -> dict:
-    """The fields of an SRPOConfig that define a run (paths, logging and max_steps, set by the curriculum, excluded)."""
+    """The fields of an SRPOConfig that define a run (paths, logging and max_steps, set by the curriculum, excluded;
+    a field of ``LATER_FIELDS`` only where it differs from its default, so earlier runs keep their keys)."""
     skip = {"output_dir", "logging_dir", "max_steps", "logging_steps", "save_steps", "report_to", *runs.SPEED_ONLY}
-    d = {k: v for k, v in args.to_dict().items() if k not in skip}
+    d = {k: v for k, v in args.to_dict().items()
+         if k not in skip and not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
     return json.loads(json.dumps(d, default=str))
 
 
@@ -339,6 +344,9 @@ def main(argv=None) -> int:
     ap.add_argument("--beta", type=float, default=None,
                     help="the KL anchor to the start model (TRL's beta; the adapter-disabled model is the reference, "
                          "grade head included; needs --name)")
+    ap.add_argument("--sft-weight", type=float, default=None,
+                    help="the SFT anchor: the teacher rationale's NLL added to the loss x this weight "
+                         "(she_lib.sft_anchor; needs --name)")
     ap.add_argument("--evaluate", nargs="*", default=[], choices=["generate", "first_token"])
     ap.add_argument("--save", action="store_true")
     a = ap.parse_args(argv)
@@ -347,11 +355,12 @@ def main(argv=None) -> int:
         ap.error("--replace-fraction and --hint are AGRL settings and their run needs its own --name")
     variant = {k: v for k, v in (("grade_temperature", a.grade_temperature), ("min_p", a.min_p),
                                  ("advantage_baseline", a.baseline), ("grade_weighting", a.grade_weighting),
-                                 ("learning_rate", a.learning_rate), ("beta", a.beta))
+                                 ("learning_rate", a.learning_rate), ("beta", a.beta),
+                                 ("sft_weight", a.sft_weight))
                if v is not None}
     if (variant or a.stage_steps) and not a.name:
-        ap.error("--grade-temperature, --min-p, --baseline, --grade-weighting, --learning-rate, --beta and --stage-steps "
-                 "make a variant, and its run needs its own --name")
+        ap.error("--grade-temperature, --min-p, --baseline, --grade-weighting, --learning-rate, --beta, --sft-weight and "
+                 "--stage-steps make a variant, and its run needs its own --name")
     sft_info = json.loads((Path(a.sft) / "run.json").read_text())
     profile = get_profile(a.profile, order=sft_info.get("order", "grade_first"))
     examiner = None

@@ -32,4 +32,6 @@ class SRPOConfig(GRPOConfig):
                                                           "generate) or 'auto' (shared on a CPU without vLLM)"})
     grade_temperature: float = field(default=1.0, metadata={"help": "exploration temperature T_g of the grade "
                                                             "token (she_lib.rollouts.GradeTemperature; 1 = off)"})
+    sft_weight: float = field(default=0.0, metadata={"help": "lambda_sft: the teacher rationale's NLL added to the "
+                                                     "loss (she_lib.sft_anchor; 0 = off)"})
     rollout_log_every: int = field(default=1, metadata={"help": "write rollouts.jsonl every k generations (0 = off)"})

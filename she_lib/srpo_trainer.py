@@ -8,7 +8,9 @@ and scored a batch, the examiner reads every completion's steps, :func:`she_lib.
 :func:`she_lib.srpo.token_advantages` replace TRL's advantages. AGRL's replay plugs into the same method through
 ``prepare_inputs`` / ``adjust_outputs`` callbacks. Three small overrides only record: ``_calculate_rewards`` keeps
 the summed rewards for the rollout log (she_lib.rollout_log), ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``
-keep the replay state in checkpoints (TRL does the same for its entropy state). Every knob is a field of
+keep the replay state in checkpoints (TRL does the same for its entropy state). With ``sft_weight`` > 0,
+``compute_loss`` adds she_lib.sft_anchor's term (the teacher rationale's NLL), whose gold tokens the generation hook
+puts in the batch. Every knob is a field of
 she_lib.srpo_config.SRPOConfig. Budgets, data, training and resuming of all three methods: she_lib.rl.
 
 Under ``accelerate launch`` a group's rollouts may sit on several processes: step rewards and correctness are
@@ -28,6 +30,7 @@ from .labels import GradeScale, get_scale
 from .prompt_sharing import SharedPromptGRPOTrainer
 from .rollout_log import rollout_record, token_steps
 from .schema import STEPS, parse
+from .sft_anchor import gold_batch, gold_nll
 from .srpo import BASELINES, batch_advantages, decision_credit, step_advantages, token_advantages
 from .step_spans import completion_step_spans
 
@@ -40,9 +43,9 @@ class SRPOTrainer(SharedPromptGRPOTrainer):
     the batch before generation and the outputs after scoring. ``rollout_log`` is a JSON-lines path (main process)."""
 
     def __init__(self, *args, examiner: Examiner | None = None, replay=None, rollout_log: str | Path | None = None,
-                 scale: GradeScale | str = "esci", **kwargs):
+                 scale: GradeScale | str = "esci", order: str = "grade_first", **kwargs):
         super().__init__(*args, **kwargs)
-        self.scale = get_scale(scale)
+        self.scale, self.order = get_scale(scale), order  # order: the SFT anchor's teacher rationales
         self.examiner = examiner or Examiner(None, HybridConfig(), self.scale)
         self.replay, self.rollout_log, self._generations = replay, rollout_log, 0
 
@@ -83,6 +86,10 @@ class SRPOTrainer(SharedPromptGRPOTrainer):
         adv = token_advantages(outcome, steps.to(outcome.dtype), spans, ids.shape[1], self.args.process_weight,
                                self.args.process_credit, self.args.advantage_clip, decision)
         out["advantages"] = adv
+        if self.args.sft_weight:  # the SFT anchor's gold tokens, on the first row of each group
+            out["sft_ids"], out["sft_mask"] = gold_batch(inputs, self.processing_class, self.order,
+                                                         self.max_completion_length,
+                                                         [(lo + i) % g == 0 for i in range(len(inputs))], dev)
         if self.replay is not None:
             out = self.replay.adjust_outputs(self, inputs, out, exam)
         m = self._metrics[mode]
@@ -103,6 +110,19 @@ class SRPOTrainer(SharedPromptGRPOTrainer):
                 with open(self.rollout_log, "a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in records)
         return out
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss, plus sft_weight x the gold NLL of the micro-batch / the accumulation steps (she_lib.sft_anchor)."""
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not self.args.sft_weight or "sft_ids" not in inputs:
+            return loss
+        with self.accelerator.autocast():
+            nll = gold_nll(model, inputs["prompt_ids"], inputs["prompt_mask"], inputs["sft_ids"], inputs["sft_mask"])
+        if nll is None:
+            return loss
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["sft_anchor/nll"].append(nll.item())
+        return loss + self.args.sft_weight * nll / (self.current_gradient_accumulation_steps if mode == "train" else 1)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
