@@ -44,6 +44,9 @@ prompts() {  # prompts SFT_RUN: the prompt set's pass rates, cached beside the S
   OMP_NUM_THREADS=2 $PY -c "from she_lib.config import get_profile; from she_lib.rl import rl_prompts, curriculum_for
 p = get_profile('cpu-full'); print(rl_prompts(p, '$1', curriculum_for(p), 4, progress=True)[1]['curriculum'])"
 }
+# the cpu-full SFT run every start is made from (60 steps, ~10 min on 2 cores; a fresh clone has none): deterministic on
+# one machine, its sft_gradehead gives the archived wide first-token predictions (634 of 634, |dP| <= 5e-11)
+[ -f runs/cpu-full/sft/run.json ] || OMP_NUM_THREADS=2 $PY -m she_lib.sft --profile cpu-full
 # the probe-headed start (she_lib.probe_head: the SFT model whose grade rows read its last-layer probe), its read-outs
 [ -f runs/cpu-full/sft_head/run.json ] || OMP_NUM_THREADS=2 $PY -m she_lib.probe_head --run runs/cpu-full/sft \
     --profile cpu-full --out runs/cpu-full/sft_head --pairs-per-query 16
@@ -76,7 +79,7 @@ from_start sft_gradehead grpo 0 5e-5 decoded 54 >> logs/cpu-full_rl_long_a.log 2
 from_start sft_gradehead srpo 0 5e-5 decoded 54 >> logs/cpu-full_rl_long_b.log 2>&1 &
 wait
 # levers on SRPO from the same start: the hybrid examiner (the policy-errors GenRM on the steps the verifier leaves
-# undecided; seeds 0-2) and KL anchors to the start on the 54-step run (beta 0.04, then 0.4)
+# undecided; seeds 0-2) and anchors to the start on the 54-step run (KL beta 0.04, then 0.4; the SFT anchor, lambda 1)
 (
   for seed in 0 1 2; do
     from_start sft_gradehead srpo "$seed" 5e-5 decoded "" genrm --genrm runs/cpu-full/genrm_policy_errors_3ep
@@ -85,6 +88,7 @@ wait
 (
   from_start sft_gradehead srpo 0 5e-5 decoded 54 kl004 --beta 0.04
   from_start sft_gradehead srpo 0 5e-5 decoded 54 kl04 --beta 0.4
+  from_start sft_gradehead srpo 0 5e-5 decoded 54 sft1 --sft-weight 1.0
 ) >> logs/cpu-full_rl_levers_b.log 2>&1 &
 wait
 (
