@@ -90,7 +90,7 @@ class Profile:
     # first-token read-out: the grade logits as the model computes them (False; bf16 on a bf16 model, rounded to steps
     # of 0.125 near 16-32) or h . w in fp32 from the same states (True, inference.head_logits). The committed figures
     # were read with False; a True read-out is cached apart (predictions.readout_suffix) and ``python -m
-    # she_lib.evaluate --fp32-logits --save`` saves it under <results_dir>/fp32/ with the same method names
+    # she_lib.evaluate --fp32-logits --save`` saves it under results/fp32/ with the same method names
     eval_fp32_logits: bool = False
     # Zero-shot decoding only: the grade tag comes first (grade_first; `<grade>Exact</grade>` is 8 tokens),
     # so 24 tokens suffice to read a grade if the untrained model writes one at all. With 64 tokens the

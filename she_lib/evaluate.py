@@ -339,8 +339,8 @@ def main(argv=None) -> int:
                     help="probe: the run's saved grade probe (grade_probe.joblib in the run folder)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--fp32-logits", action="store_true", help="first token: grade logits h . w in fp32 "
-                    "(Profile.eval_fp32_logits); with --save into <results_dir>/fp32/, apart from the model-precision "
-                    "read-outs")
+                    "(Profile.eval_fp32_logits); with --save into <results_dir>/fp32/ (with --data: into its "
+                    "<folder>_<split>/), apart from the model-precision read-outs")
     ap.add_argument("--save", action="store_true", help="merge the result into the profile's metrics.json "
                     "(with --data: into <results_dir>/<data folder name>/metrics.json)")
     args = ap.parse_args(argv)
@@ -358,12 +358,12 @@ def main(argv=None) -> int:
     if args.baseline and args.mode == "probe":
         ap.error("--mode probe reads a run's saved probe; use it with --run")
     splits = load_splits(profile)
+    if profile.eval_fp32_logits:  # results/fp32/ (and results/fp32/<data>_<split>/), apart from the committed read-outs
+        profile = profile.replace(results_dir=str(Path(profile.results_dir) / "fp32"))
     if args.data:  # an external folder (or one query split of it) is the evaluation set
         profile, df = external_set(profile, args.data, args.split)
         splits = {**splits, profile.eval_split: df}
     df = eval_frame(profile, splits)
-    if profile.eval_fp32_logits:
-        profile = profile.replace(results_dir=str(Path(profile.results_dir) / "fp32"))
     if args.baseline == "zero_shot":
         results = evaluate_zero_shot(profile, df, modes, save=args.save)
     elif args.baseline == "lexical":

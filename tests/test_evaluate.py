@@ -308,3 +308,17 @@ def test_runs_are_read_with_the_prompt_they_were_trained_on(tmp_path, smoke, mon
     evaluate.evaluate_run(run, smoke, df.assign(evidence="x"), modes=("first_token",))
     expect = (True, ["found: red; missing: shoes"]) if trained_with else (False, None)
     assert seen == [expect, (True, ["x"]) if trained_with else expect]
+
+
+def test_cli_saves_fp32_read_outs_apart(tmp_path, monkeypatch):
+    """--fp32-logits with --save writes into <results_dir>/fp32/ and, with --data, into fp32/<folder>_<split>/: the
+    committed model-precision tables are never touched."""
+    monkeypatch.setattr("she_lib.config.PROFILES", _tmp_profiles(tmp_path))
+    ext = tmp_path / "my_esci"
+    ext.symlink_to(Path("data_samples/esci_us").resolve())
+    assert main(["--baseline", "lexical", "--profile", "smoke", "--fp32-logits", "--save"]) == 0
+    assert main(["--baseline", "lexical", "--profile", "smoke", "--data", str(ext), "--split", "test",
+                 "--limit", "40", "--fp32-logits", "--save"]) == 0
+    assert set(json.loads((tmp_path / "results" / "fp32" / "metrics.json").read_text())) == {"lexical"}
+    assert (tmp_path / "results" / "fp32" / "my_esci_test" / "metrics.json").exists()
+    assert not (tmp_path / "results" / "metrics.json").exists() and not (tmp_path / "results" / "my_esci_test").exists()
