@@ -183,10 +183,9 @@ def evaluate_run(run: Path, profile: Profile, df: pd.DataFrame, modes=MODES,
     for mode in modes:
         frame = per_query(df, profile.eval_generate_per_query) if mode == "generate" else df
         preds = predict_llm(model, policy.tokenizer, frame, profile, mode, prediction_cache(run, profile, mode))
-        name = method_name(run.name, mode)
         if archive:
-            archive_predictions(archive, name, preds)
-        out[name] = score(
+            archive_predictions(archive, method_name(run.name, mode), preds)
+        out[method_name(run.name, mode)] = score(
             frame, preds, profile, split=profile.eval_split, model=str(run), scoring=mode, run=info,
             seconds=prediction_seconds(preds), pairs_per_query=profile.eval_generate_per_query if mode == "generate" else None)
     return out

@@ -32,8 +32,8 @@ from .corruptions import KINDS, POLICY_KINDS
 from .data import load_splits
 from .distributed import is_main_process
 from .genrm_data import build_genrm_dataset, complete, decided, genrm_messages, verdict_text, verdict_token_ids
-from .inference import head_logits, lm_head_input
 from .genrm_eval import build_data, evaluate_genrm, examiner_report, save_genrm_results, undecided_sample
+from .inference import head_logits, lm_head_input
 from .modeling import load_policy
 from .schema import STEPS
 from .sft import CoTSFTConfig, sft_trainer
