@@ -24,7 +24,7 @@ with pads after a cached prefix) take the plain path.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -313,7 +313,7 @@ def grade_probabilities(model, tokenizer, prompts: list[str], words, prefix: str
     ids = torch.tensor(grade_token_ids(tokenizer, words))
     texts = [p + prefix for p in prompts]
     out = np.zeros((len(texts), len(ids)), dtype=np.float64)
-    with lm_head_input(model) as seen:
+    with lm_head_input(model) if fp32 else nullcontext({}) as seen:  # the hook only where its states are read
         for idx, o in _answer_outputs(model, tokenizer, texts, batch_size, share_common_prefix, False,
                                       "first-token", progress):
             if fp32 and "h" in seen:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .prompt_sharing import token_logps
 from .rationales import teacher_rationale
 
 
@@ -42,5 +43,5 @@ def gold_nll(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ids: to
     x = torch.cat([prompt_ids[rows], ids[rows]], 1)
     m = torch.cat([prompt_mask[rows], mask[rows]], 1)
     logits = model(input_ids=x, attention_mask=m, logits_to_keep=ids.size(1) + 1).logits[:, :-1]
-    logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[rows][..., None]).squeeze(-1)
+    logp, _ = token_logps(logits, ids[rows], 1.0, False)
     return -logp[mask[rows].bool()].mean()
